@@ -1,0 +1,82 @@
+//! The copy of a response taken while it streams to the client, and its trip to the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+
+use crate::entry::{now_ms, Entry};
+use crate::state::Shared;
+use crate::store::TagVersion;
+
+/// What will be stored once the body is complete: everything but the body and trailers.
+pub(crate) struct PendingEntry {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) key: String,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) ttl: Duration,
+    pub(crate) tags: Vec<(String, TagVersion)>,
+}
+
+/// A bounded copy of a body in flight. Dropping it (client gone, body error, over the limit)
+/// stores nothing.
+pub(crate) struct Capture {
+    buf: BytesMut,
+    limit: usize,
+    trailers: Option<HeaderMap>,
+    pending: PendingEntry,
+}
+
+impl Capture {
+    pub(crate) fn new(pending: PendingEntry, limit: usize, expected_len: u64) -> Self {
+        let capacity = usize::try_from(expected_len).unwrap_or(limit).min(limit);
+        Self {
+            buf: BytesMut::with_capacity(capacity),
+            limit,
+            trailers: None,
+            pending,
+        }
+    }
+
+    /// Copies a data frame; `false` once the copy would exceed the limit.
+    pub(crate) fn push_data(&mut self, data: &Bytes) -> bool {
+        if self.buf.len() + data.len() > self.limit {
+            return false;
+        }
+        self.buf.extend_from_slice(data);
+        true
+    }
+
+    pub(crate) fn set_trailers(&mut self, trailers: HeaderMap) {
+        self.trailers = Some(trailers);
+    }
+
+    /// The body is complete: write the entry in the background, so that the client's last
+    /// frame is not held back by the store.
+    pub(crate) fn finish(self) {
+        let PendingEntry {
+            shared,
+            key,
+            status,
+            headers,
+            ttl,
+            tags,
+        } = self.pending;
+        let entry = Entry {
+            status,
+            headers,
+            trailers: self.trailers,
+            stored_at_ms: now_ms(),
+            ttl,
+            tags,
+            body: self.buf.freeze(),
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("no Tokio runtime to write the entry on; not stored");
+            return;
+        };
+        runtime.spawn(async move { shared.put(&key, entry.encode(), ttl).await });
+    }
+}

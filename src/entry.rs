@@ -1,0 +1,197 @@
+//! The stored form of a response.
+//!
+//! An entry is `TRC` plus a format version byte, the length of the metadata (`u32`, little
+//! endian), the metadata (postcard: status, headers, trailers, timestamps, tag versions) and the
+//! body as it was sent. Keeping the body outside the metadata lets a hit serve it as a slice of
+//! the bytes the store returned, without a copy. Anything that does not decode (another
+//! program's value, a truncated write, an older format) is a miss, never an error.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::store::TagVersion;
+
+const MAGIC: &[u8; 4] = b"TRC\x01";
+const HEADER_LEN: usize = MAGIC.len() + 4;
+
+/// A response as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) trailers: Option<HeaderMap>,
+    /// When the entry was stored, in milliseconds since the Unix epoch.
+    pub(crate) stored_at_ms: u64,
+    pub(crate) ttl: Duration,
+    /// Each tag with the version it had before the response was computed.
+    pub(crate) tags: Vec<(String, TagVersion)>,
+    pub(crate) body: Bytes,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    trailers: Option<Vec<(String, Vec<u8>)>>,
+    stored_at_ms: u64,
+    ttl_ms: u64,
+    tags: Vec<(String, TagVersion)>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Entry {
+    /// Whether the entry is still within its time to live at `now_ms`.
+    pub(crate) fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms
+            < self
+                .stored_at_ms
+                .saturating_add(self.ttl.as_millis() as u64)
+    }
+
+    /// The entry's age in whole seconds, for the `Age` header.
+    pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_at_ms) / 1000
+    }
+
+    pub(crate) fn encode(&self) -> Bytes {
+        let meta = Meta {
+            status: self.status.as_u16(),
+            headers: header_pairs(&self.headers),
+            trailers: self.trailers.as_ref().map(header_pairs),
+            stored_at_ms: self.stored_at_ms,
+            ttl_ms: self.ttl.as_millis() as u64,
+            tags: self.tags.clone(),
+        };
+        let meta =
+            postcard::to_allocvec(&meta).expect("serializing owned data into a Vec cannot fail");
+        let mut out = BytesMut::with_capacity(HEADER_LEN + meta.len() + self.body.len());
+        out.put_slice(MAGIC);
+        out.put_u32_le(meta.len() as u32);
+        out.put_slice(&meta);
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    /// Decodes stored bytes; `None` for anything malformed.
+    pub(crate) fn decode(bytes: Bytes) -> Option<Self> {
+        if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+            return None;
+        }
+        let meta_len = u32::from_le_bytes(bytes[MAGIC.len()..HEADER_LEN].try_into().ok()?) as usize;
+        let body_start = HEADER_LEN.checked_add(meta_len)?;
+        let meta: Meta = postcard::from_bytes(bytes.get(HEADER_LEN..body_start)?).ok()?;
+        Some(Self {
+            status: StatusCode::from_u16(meta.status).ok()?,
+            headers: header_map(meta.headers)?,
+            trailers: match meta.trailers {
+                Some(pairs) => Some(header_map(pairs)?),
+                None => None,
+            },
+            stored_at_ms: meta.stored_at_ms,
+            ttl: Duration::from_millis(meta.ttl_ms),
+            tags: meta.tags,
+            body: bytes.slice(body_start..),
+        })
+    }
+}
+
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+fn header_map(pairs: Vec<(String, Vec<u8>)>) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(&value).ok()?,
+        );
+    }
+    Some(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-many", HeaderValue::from_static("1"));
+        headers.append("x-many", HeaderValue::from_static("2"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        Entry {
+            status: StatusCode::OK,
+            headers,
+            trailers: Some(trailers),
+            stored_at_ms: 1_700_000_000_000,
+            ttl: Duration::from_secs(60),
+            tags: vec![("users".into(), 7), ("user:1".into(), u64::MAX)],
+            body: Bytes::from_static(b"[{\"id\":1}]"),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let entry = sample();
+        assert_eq!(Entry::decode(entry.encode()), Some(entry));
+    }
+
+    #[test]
+    fn the_body_is_not_copied_on_decode() {
+        let encoded = sample().encode();
+        let decoded = Entry::decode(encoded.clone()).unwrap();
+        let start = encoded.len() - decoded.body.len();
+        assert_eq!(decoded.body.as_ptr(), encoded[start..].as_ptr());
+    }
+
+    #[test]
+    fn malformed_bytes_are_rejected_without_panicking() {
+        let encoded = sample().encode();
+        for len in 0..encoded.len() - sample().body.len() {
+            assert_eq!(
+                Entry::decode(encoded.slice(..len)),
+                None,
+                "truncated to {len}"
+            );
+        }
+        assert_eq!(
+            Entry::decode(Bytes::from_static(b"{\"json\":\"from another program\"}")),
+            None
+        );
+        let mut old_version = encoded.to_vec();
+        old_version[3] = 0;
+        assert_eq!(Entry::decode(old_version.into()), None);
+        let mut huge_len = encoded.to_vec();
+        huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Entry::decode(huge_len.into()), None);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..10_000 {
+            let mut bytes = encoded.to_vec();
+            let at = rng.usize(..bytes.len());
+            bytes[at] = rng.u8(..);
+            let _ = Entry::decode(bytes.into());
+        }
+    }
+
+    #[test]
+    fn freshness_and_age() {
+        let entry = sample();
+        assert!(entry.is_fresh(entry.stored_at_ms + 59_999));
+        assert!(!entry.is_fresh(entry.stored_at_ms + 60_000));
+        assert_eq!(entry.age_secs(entry.stored_at_ms + 2_500), 2);
+        assert_eq!(entry.age_secs(entry.stored_at_ms - 10), 0);
+    }
+}

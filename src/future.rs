@@ -1,0 +1,83 @@
+//! The response future of [`CacheService`](crate::CacheService).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{HeaderName, Response};
+use pin_project_lite::pin_project;
+
+use crate::body::CacheBody;
+use crate::service::BYPASS;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+pin_project! {
+    /// The response future of [`CacheService`](crate::CacheService).
+    ///
+    /// Requests the cache stays out of run the inner future as it is, with no allocation;
+    /// cacheable requests and mutations, which await the store around the inner call, run as
+    /// one boxed future.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Bypass { #[pin] future: F, status_header: Option<HeaderName> },
+        Cache { future: BoxFuture<Result<Response<CacheBody<B>>, E>> },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    pub(crate) fn bypass(future: F, status_header: Option<HeaderName>) -> Self {
+        Self {
+            kind: Kind::Bypass {
+                future,
+                status_header,
+            },
+        }
+    }
+
+    pub(crate) fn boxed(
+        future: impl Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static,
+    ) -> Self {
+        Self {
+            kind: Kind::Cache {
+                future: Box::pin(future),
+            },
+        }
+    }
+}
+
+impl<F, B, E> std::fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Bypass {
+                future,
+                status_header,
+            } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(name) = status_header.take() {
+                    response.headers_mut().insert(name, BYPASS);
+                }
+                Poll::Ready(Ok(response.map(CacheBody::passthrough)))
+            }
+            KindProj::Cache { future } => future.as_mut().poll(cx),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! [`CacheLayer`] and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use tower_layer::Layer;
+
+use crate::error::BuildError;
+use crate::handle::CacheHandle;
+use crate::rules::{RouteTable, Rule, RuleDefaults};
+use crate::service::CacheService;
+use crate::state::{Settings, Shared};
+use crate::store::Store;
+use crate::user::{IdentifyUser, UserFromHeader};
+
+/// Applies [`CacheService`] to a service: caches responses by route rule, in a [`Store`].
+///
+/// Build it with [`CacheLayer::builder`]. Clones share everything (store, rules, counters).
+#[derive(Clone)]
+pub struct CacheLayer {
+    shared: Arc<Shared>,
+}
+
+impl CacheLayer {
+    /// Starts configuring a layer that keeps its entries in `store`.
+    pub fn builder(store: impl Store) -> CacheLayerBuilder {
+        CacheLayerBuilder {
+            store: Arc::new(store),
+            routes: Vec::new(),
+            bypass: Vec::new(),
+            default_ttl: Duration::from_secs(60),
+            cache_statuses: vec![StatusCode::OK],
+            identify: Arc::new(UserFromHeader::authorization()),
+            key_prefix: "trc".to_owned(),
+            store_timeout: Duration::from_millis(100),
+            max_body_bytes: 1024 * 1024,
+            status_header: Some(HeaderName::from_static("x-cache")),
+        }
+    }
+
+    /// A handle for code outside the request path: evicting tags from a background job, reading
+    /// the counters.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle::new(Arc::clone(&self.shared))
+    }
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Configures a [`CacheLayer`]. Made by [`CacheLayer::builder`]; checked by
+/// [`build`](Self::build).
+#[must_use]
+pub struct CacheLayerBuilder {
+    store: Arc<dyn Store>,
+    routes: Vec<(String, Rule)>,
+    bypass: Vec<String>,
+    default_ttl: Duration,
+    cache_statuses: Vec<StatusCode>,
+    identify: Arc<dyn IdentifyUser>,
+    key_prefix: String,
+    store_timeout: Duration,
+    max_body_bytes: usize,
+    status_header: Option<HeaderName>,
+}
+
+impl std::fmt::Debug for CacheLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayerBuilder")
+            .field("routes", &self.routes)
+            .field("bypass", &self.bypass)
+            .field("default_ttl", &self.default_ttl)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayerBuilder {
+    /// Adds a rule for the route `pattern` (axum 0.8 syntax: `/users/{id}`, `/files/{*rest}`).
+    /// A pattern may have one read rule and several mutation rules for distinct methods.
+    pub fn route(mut self, pattern: impl Into<String>, rule: Rule) -> Self {
+        self.routes.push((pattern.into(), rule));
+        self
+    }
+
+    /// Keeps the cache out of every request matching `pattern` (e.g. `/auth/{*rest}`), whatever
+    /// other rules say: nothing is looked up, stored or evicted for them.
+    pub fn bypass(mut self, pattern: impl Into<String>) -> Self {
+        self.bypass.push(pattern.into());
+        self
+    }
+
+    /// The time to live of entries whose rule sets none (default 60 s).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The response statuses that may be stored when a rule does not say (default: `200`).
+    pub fn cache_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.cache_statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// How [`Rule::per_user`] routes identify users (default: a digest of the `Authorization`
+    /// header, [`UserFromHeader::authorization`]).
+    pub fn identify_users(mut self, identify: impl IdentifyUser) -> Self {
+        self.identify = Arc::new(identify);
+        self
+    }
+
+    /// The namespace of every key the layer writes (default `trc`). Give layers that share a
+    /// Redis but must not share entries different prefixes.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The longest a store operation may take before the layer gives up on it and serves the
+    /// request from the inner service (default 100 ms). This bounds the latency a sick store
+    /// adds to a request.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// The largest body that is stored (default 1 MiB). Larger bodies stream through untouched,
+    /// and no more than this is ever held in memory for one response.
+    pub fn max_body_bytes(mut self, max: usize) -> Self {
+        self.max_body_bytes = max;
+        self
+    }
+
+    /// The response header that tells `HIT`, `MISS` or `BYPASS` (default `x-cache`).
+    pub fn cache_status_header(mut self, name: HeaderName) -> Self {
+        self.status_header = Some(name);
+        self
+    }
+
+    /// Adds no cache status header to responses.
+    pub fn without_cache_status_header(mut self) -> Self {
+        self.status_header = None;
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    ///
+    /// Fails with a [`BuildError`] naming the route or option at fault: an invalid or
+    /// conflicting pattern, a tag naming a parameter the pattern does not capture, two rules
+    /// for one method, settings that contradict each other.
+    pub fn build(self) -> Result<CacheLayer, BuildError> {
+        let prefix_ok = !self.key_prefix.is_empty()
+            && self.key_prefix.len() <= 64
+            && self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+        if !prefix_ok {
+            return Err(BuildError::option(
+                "key_prefix",
+                "must be 1 to 64 visible ASCII characters, without `{` or `}`",
+            ));
+        }
+        if self.default_ttl.is_zero() {
+            return Err(BuildError::option("default_ttl", "must be more than zero"));
+        }
+        if self.store_timeout.is_zero() {
+            return Err(BuildError::option(
+                "store_timeout",
+                "must be more than zero",
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(BuildError::option(
+                "max_body_bytes",
+                "must be more than zero",
+            ));
+        }
+        if self.cache_statuses.is_empty() {
+            return Err(BuildError::option(
+                "cache_statuses",
+                "must name at least one status",
+            ));
+        }
+        let defaults = RuleDefaults {
+            ttl: self.default_ttl,
+            statuses: self.cache_statuses,
+            identify: self.identify,
+        };
+        let routes = RouteTable::build(self.routes, self.bypass, &defaults)?;
+        let settings = Settings {
+            key_prefix: self.key_prefix,
+            store_timeout: self.store_timeout,
+            max_body_bytes: self.max_body_bytes,
+            status_header: self.status_header,
+        };
+        Ok(CacheLayer {
+            shared: Arc::new(Shared::new(self.store, routes, settings)),
+        })
+    }
+}

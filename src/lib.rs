@@ -1,0 +1,121 @@
+//! A [Tower] layer that answers slow, read-heavy HTTP endpoints from Redis (or an in-process
+//! store), per route, per user, and evicts by tag after writes.
+//!
+//! It replaces the cache-aside code people write around handlers:
+//!
+//! ```text
+//! GET  /users      cached = redis.get("users") ?: db.query(...) then redis.set("users", json, EX 60)
+//! POST /users      db.insert(...) then redis.del("users")
+//! ```
+//!
+//! with rules declared once, next to the router:
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+//!
+//! # async fn list_users() -> &'static str { "[]" }
+//! # async fn create_user() -> &'static str { "{}" }
+//! # async fn me() -> &'static str { "{}" }
+//! # fn main() -> Result<(), tower_redis_cache::BuildError> {
+//! // `RedisStore::from_url("redis://127.0.0.1:6379").await?` in production.
+//! let store = MemoryStore::default();
+//! let cache = CacheLayer::builder(store)
+//!     .route("/users", Rule::get().ttl(Duration::from_secs(60)).tag("users"))
+//!     .route("/users", Rule::post().evicts(["users"]))
+//!     .route("/me", Rule::get().per_user())
+//!     .bypass("/auth/{*rest}")
+//!     .build()?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/users", get(list_users).post(create_user))
+//!     .route("/me", get(me))
+//!     .layer(cache);
+//! # Ok(()) }
+//! ```
+//!
+//! # What happens to a request
+//!
+//! 1. **Decide.** The request's method and path pick a [`Rule`]. No rule, a
+//!    [bypass](CacheLayerBuilder::bypass) pattern, a request with `Authorization` or `Cookie` to
+//!    a route that is neither [per-user](Rule::per_user) nor [shared](Rule::shared), or a
+//!    per-user route whose user is unknown: the request goes to the inner service untouched
+//!    (`X-Cache: BYPASS`).
+//! 2. **Look up** (`GET`, and `HEAD` from the `GET` entry). One store round trip reads the entry
+//!    and the current versions of its tags. A fresh entry whose tag versions still match is
+//!    served (`X-Cache: HIT`, with `Age`).
+//! 3. **Miss.** The inner service is called and its response streams to the client as it comes,
+//!    while a copy of at most [`max_body_bytes`](CacheLayerBuilder::max_body_bytes) is taken.
+//!    If the body ends normally and the response may be stored (see below), the entry is
+//!    written in the background (`X-Cache: MISS`).
+//! 4. **Writes.** A `POST`, `PUT`, `PATCH` or `DELETE` covered by a mutation rule that succeeds
+//!    (2xx) evicts the rule's tags before the response goes back to the client.
+//!
+//! # Default safety rules
+//!
+//! | Rule | Why |
+//! |---|---|
+//! | Only `GET` and `HEAD` are looked up | other methods change things or depend on their body |
+//! | Only `200` is stored (configurable) | errors and redirects are rarely meant to be shared |
+//! | `Set-Cookie`, `Cache-Control: no-store` or `no-cache`, and `Vary: *` are never stored | they are meant for one client, or for no cache |
+//! | `Cache-Control: private` only into per-user entries | it is for one user |
+//! | `Vary` on a header the rule does not key on: not stored | the entry would be served to clients it was not made for |
+//! | Credentialed requests to routes neither per-user nor shared bypass | their response may be that user's |
+//! | Bypass patterns win over every other rule | `/auth/{*rest}` stays out of the cache whatever else matches |
+//! | Bodies over `max_body_bytes`, and bodies that fail or are cut short, are not stored | nothing partial is ever served |
+//!
+//! # Guarantees
+//!
+//! - **No cross-user leaks.** Per-user entries are keyed by a digest of the user; credentialed
+//!   requests never read or fill shared entries unless the route says [`Rule::shared`].
+//! - **No stale read after a write.** Each tag has a version in the store. An entry records its
+//!   tags' versions as read *before* the inner service computed it, and is a hit only while they
+//!   are current; an eviction gives the tag a new version. So a slow miss that computed its
+//!   response from old data and stores it after the eviction is never served. If the store is
+//!   down when a write succeeds, the eviction is retried in the background and this process
+//!   bypasses the affected entries until it lands.
+//! - **The cache never breaks the service.** Every store call runs under
+//!   [`store_timeout`](CacheLayerBuilder::store_timeout); a failure or timeout serves the
+//!   request from the inner service, is logged with `tracing` and counted in [`Stats`].
+//! - **Hits cost one round trip** and serve the body without copying it again.
+//!
+//! # Stores
+//!
+//! [`RedisStore`] (through `fred`: single node, cluster, sentinel and TLS URLs, a pool that
+//! reconnects by itself) and [`MemoryStore`] (bounded by bytes, through `moka`) implement
+//! [`Store`]; so can your own.
+//!
+//! [Tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![deny(unreachable_pub, missing_docs)]
+
+mod body;
+mod capture;
+mod entry;
+mod error;
+mod future;
+mod handle;
+mod key;
+mod layer;
+mod policy;
+mod rules;
+mod service;
+mod state;
+mod stats;
+pub mod store;
+pub mod user;
+
+pub use self::body::CacheBody;
+pub use self::error::BuildError;
+pub use self::future::ResponseFuture;
+pub use self::handle::CacheHandle;
+pub use self::layer::{CacheLayer, CacheLayerBuilder};
+pub use self::rules::{escape_tag_param, Rule};
+pub use self::service::CacheService;
+pub use self::stats::Stats;
+#[doc(inline)]
+pub use self::store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreError};
+#[doc(inline)]
+pub use self::user::{user_fn, IdentifyUser, UserFromExtension, UserFromHeader, UserId};

@@ -1,0 +1,161 @@
+//! The default safety rules: which requests may be answered from the store, and which
+//! responses may be stored.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::request;
+use http::response;
+use http::Method;
+
+use crate::key::entry_key;
+use crate::rules::{Matched, ReadRule, Scope};
+use crate::state::Shared;
+
+/// What the layer does with one request.
+pub(crate) enum Decision {
+    /// Stay out of the way.
+    Bypass,
+    /// Call the inner service, then evict `evicts` if it succeeded.
+    Mutation { evicts: Vec<String> },
+    /// Look the request up, and on a miss call the inner service and store its response.
+    Lookup(Plan),
+}
+
+/// Everything the request path needs to look up and store one cacheable request.
+pub(crate) struct Plan {
+    pub(crate) key: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) tag_keys: Vec<String>,
+    pub(crate) rule: Arc<ReadRule>,
+    /// `HEAD`: answered from the `GET` entry, never stored from (its response has no body).
+    pub(crate) head: bool,
+}
+
+impl Plan {
+    fn per_user(&self) -> bool {
+        matches!(self.rule.scope, Scope::PerUser(_))
+    }
+}
+
+pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
+    let (rule, tags) = match shared.routes.classify(&request.method, request.uri.path()) {
+        Matched::Bypass | Matched::Unmatched => return Decision::Bypass,
+        Matched::Mutation { evicts } => return Decision::Mutation { evicts },
+        Matched::Read { rule, tags } => (rule, tags),
+    };
+    let user = match &rule.scope {
+        Scope::PerUser(identify) => match identify.identify(request) {
+            Some(user) => Some(user),
+            None => return Decision::Bypass,
+        },
+        // A credentialed request may get a response made for that user: RFC 9111 section 3.5.
+        Scope::Default if has_credentials(request) => return Decision::Bypass,
+        Scope::Default | Scope::Shared => None,
+    };
+    if shared.eviction_pending(&tags) {
+        return Decision::Bypass;
+    }
+    Decision::Lookup(Plan {
+        key: entry_key(
+            &shared.settings.key_prefix,
+            request,
+            user.as_ref(),
+            &rule.vary,
+        ),
+        tag_keys: shared.tag_keys(&tags),
+        tags,
+        rule: Arc::clone(rule),
+        head: request.method == Method::HEAD,
+    })
+}
+
+fn has_credentials(request: &request::Parts) -> bool {
+    request.headers.contains_key(header::AUTHORIZATION)
+        || request.headers.contains_key(header::COOKIE)
+}
+
+/// Why a response is not stored, or `None` when it may be.
+pub(crate) fn not_storable(
+    response: &response::Parts,
+    plan: &Plan,
+    max_body_bytes: usize,
+) -> Option<&'static str> {
+    if plan.head {
+        return Some("HEAD responses have no body to store");
+    }
+    if !plan.rule.statuses.contains(&response.status) {
+        return Some("status not cacheable");
+    }
+    let headers = &response.headers;
+    if headers.contains_key(header::SET_COOKIE) {
+        return Some("Set-Cookie");
+    }
+    for directive in comma_list(headers, &header::CACHE_CONTROL) {
+        let name = directive.split('=').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("no-store") {
+            return Some("Cache-Control: no-store");
+        }
+        // Revalidation is not supported yet, so a response that demands it is not stored.
+        if name.eq_ignore_ascii_case("no-cache") {
+            return Some("Cache-Control: no-cache");
+        }
+        if name.eq_ignore_ascii_case("private") && !plan.per_user() {
+            return Some("Cache-Control: private on a shared route");
+        }
+    }
+    for name in comma_list(headers, &header::VARY) {
+        if name == "*" {
+            return Some("Vary: *");
+        }
+        if !plan
+            .rule
+            .vary
+            .iter()
+            .any(|v| v.as_str().eq_ignore_ascii_case(name))
+        {
+            return Some("Vary names a header the rule does not key on");
+        }
+    }
+    let too_long = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|len| len > max_body_bytes as u64);
+    if too_long {
+        return Some("body over max_body_bytes");
+    }
+    None
+}
+
+/// The items of a comma-separated header, trimmed, across all its lines.
+fn comma_list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+}
+
+/// The headers kept in an entry: everything but hop-by-hop headers, the length (recomputed on
+/// every hit) and the headers the layer adds itself.
+pub(crate) fn stored_headers(headers: &HeaderMap, status_header: Option<&HeaderName>) -> HeaderMap {
+    const DROPPED: [HeaderName; 9] = [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::CONTENT_LENGTH,
+        header::AGE,
+        header::SET_COOKIE,
+    ];
+    let mut kept = headers.clone();
+    for name in DROPPED.iter().chain(status_header) {
+        kept.remove(name);
+    }
+    kept.remove("keep-alive");
+    kept
+}

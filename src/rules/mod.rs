@@ -1,0 +1,203 @@
+//! Per-route rules: what is cached, for whom, for how long, and what a write evicts.
+//!
+//! A [`Rule`] covers some methods of one route pattern. Read rules ([`Rule::get`]) make `GET`
+//! (and `HEAD`, answered from the `GET` entry) cacheable; mutation rules ([`Rule::mutations`],
+//! [`Rule::post`], ...) name the tags a successful write evicts. Patterns use axum 0.8's syntax
+//! (`/users/{id}`, `/files/{*rest}`), and tags may name the pattern's parameters (`user:{id}`).
+//!
+//! Everything is checked when the layer is built, and a mistake is a
+//! [`BuildError`](crate::BuildError) that names the route.
+
+mod table;
+mod template;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+
+pub(crate) use self::table::{Matched, ReadRule, RouteTable, RuleDefaults, Scope};
+pub use self::template::escape_tag_param;
+use crate::user::IdentifyUser;
+
+/// The cache rule for some methods of one route. Register it with
+/// [`CacheLayerBuilder::route`](crate::CacheLayerBuilder::route).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+///
+/// let layer = CacheLayer::builder(MemoryStore::default())
+///     // Shared by everyone, for a minute, tagged so that writes can evict it.
+///     .route("/users", Rule::get().ttl(Duration::from_secs(60)).tag("users"))
+///     .route("/users", Rule::post().evicts(["users"]))
+///     .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
+///     .route("/users/{id}", Rule::methods([http::Method::PUT, http::Method::DELETE])
+///         .evicts(["users", "user:{id}"]))
+///     // One entry per user, keyed by a digest of the `Authorization` header.
+///     .route("/me", Rule::get().per_user())
+///     .build()?;
+/// # Ok::<(), tower_redis_cache::BuildError>(())
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Rule {
+    pub(crate) methods: Vec<Method>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) evicts: Vec<String>,
+    pub(crate) scope: ScopeSetting,
+    pub(crate) vary: Vec<String>,
+    pub(crate) statuses: Option<Vec<StatusCode>>,
+}
+
+/// Whose entry a cacheable response goes into, as the rule asked.
+#[derive(Clone, Default)]
+pub(crate) enum ScopeSetting {
+    /// Not said: anonymous requests share entries; credentialed ones bypass the cache.
+    #[default]
+    Default,
+    /// Explicitly public: credentialed requests share entries too.
+    Shared,
+    /// One entry per user, identified by the layer's identity or by the rule's own.
+    PerUser(Option<Arc<dyn IdentifyUser>>),
+    /// Said both `shared()` and `per_user()`: rejected at build time.
+    Contradictory,
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("methods", &self.methods)
+            .field("ttl", &self.ttl)
+            .field("tags", &self.tags)
+            .field("evicts", &self.evicts)
+            .field("vary", &self.vary)
+            .field("statuses", &self.statuses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rule {
+    /// Caches `GET` responses of the route (and answers `HEAD` from them).
+    pub fn get() -> Self {
+        Self::methods([Method::GET])
+    }
+
+    /// Evicts tags after successful `POST`, `PUT`, `PATCH` and `DELETE` requests.
+    pub fn mutations() -> Self {
+        Self::methods([Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+    }
+
+    /// Evicts tags after successful `POST` requests.
+    pub fn post() -> Self {
+        Self::methods([Method::POST])
+    }
+
+    /// Evicts tags after successful `PUT` requests.
+    pub fn put() -> Self {
+        Self::methods([Method::PUT])
+    }
+
+    /// Evicts tags after successful `PATCH` requests.
+    pub fn patch() -> Self {
+        Self::methods([Method::PATCH])
+    }
+
+    /// Evicts tags after successful `DELETE` requests.
+    pub fn delete() -> Self {
+        Self::methods([Method::DELETE])
+    }
+
+    /// A rule for the given methods: either `GET` (a read rule) or any of `POST`, `PUT`,
+    /// `PATCH`, `DELETE` and extension methods (a mutation rule). Mixing the two is a build error.
+    pub fn methods(methods: impl IntoIterator<Item = Method>) -> Self {
+        Self {
+            methods: methods.into_iter().collect(),
+            ttl: None,
+            tags: Vec::new(),
+            evicts: Vec::new(),
+            scope: ScopeSetting::Default,
+            vary: Vec::new(),
+            statuses: None,
+        }
+    }
+
+    /// How long entries of this route live (default: the layer's
+    /// [`default_ttl`](crate::CacheLayerBuilder::default_ttl)).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Adds a tag to this route's entries. `{name}` placeholders are filled from the path
+    /// parameters (`user:{id}`), escaped so that a parameter cannot forge another tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    /// Adds several tags to this route's entries, as [`tag`](Self::tag) does.
+    pub fn tags<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// The tags a successful (2xx) request of this mutation rule evicts; templates as for
+    /// [`tag`](Self::tag).
+    pub fn evicts<T: Into<String>>(mut self, tags: impl IntoIterator<Item = T>) -> Self {
+        self.evicts.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// One entry per user: the key includes the user, as found by the layer's
+    /// [`identify_users`](crate::CacheLayerBuilder::identify_users) setting (by default a
+    /// digest of the `Authorization` header). Requests with no identifiable user bypass the cache.
+    pub fn per_user(mut self) -> Self {
+        self.scope = self.scope.with(ScopeSetting::PerUser(None));
+        self
+    }
+
+    /// One entry per user, identified by `identify` rather than the layer's setting.
+    pub fn per_user_by(mut self, identify: impl IdentifyUser) -> Self {
+        self.scope = self
+            .scope
+            .with(ScopeSetting::PerUser(Some(Arc::new(identify))));
+        self
+    }
+
+    /// Declares the route's responses public: requests carrying `Authorization` or `Cookie` are
+    /// answered from, and stored into, the same entries as anonymous ones.
+    ///
+    /// Without this (or [`per_user`](Self::per_user)) such requests bypass the cache, because
+    /// their responses may depend on who is asking.
+    pub fn shared(mut self) -> Self {
+        self.scope = self.scope.with(ScopeSetting::Shared);
+        self
+    }
+
+    /// Request headers whose values are part of the key (e.g. `accept-language`). A response
+    /// whose `Vary` names a header not listed here is not stored.
+    pub fn vary<T: Into<String>>(mut self, headers: impl IntoIterator<Item = T>) -> Self {
+        self.vary.extend(headers.into_iter().map(Into::into));
+        self
+    }
+
+    /// The response statuses that may be stored (default: the layer's
+    /// [`cache_statuses`](crate::CacheLayerBuilder::cache_statuses), itself `200` by default).
+    pub fn cache_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = Some(statuses.into_iter().collect());
+        self
+    }
+}
+
+impl ScopeSetting {
+    fn with(self, next: ScopeSetting) -> ScopeSetting {
+        match (&self, &next) {
+            (ScopeSetting::Default, _) => next,
+            (ScopeSetting::Shared, ScopeSetting::Shared) => self,
+            (ScopeSetting::PerUser(_), ScopeSetting::PerUser(_)) => next,
+            _ => ScopeSetting::Contradictory,
+        }
+    }
+}

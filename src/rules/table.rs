@@ -1,0 +1,420 @@
+//! The compiled rules: which rule, if any, a request falls under.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+
+use super::template::{pattern_params, TagTemplate};
+use super::{Rule, ScopeSetting};
+use crate::error::BuildError;
+use crate::user::IdentifyUser;
+
+/// The layer-wide settings a rule falls back to.
+pub(crate) struct RuleDefaults {
+    pub(crate) ttl: Duration,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) identify: Arc<dyn IdentifyUser>,
+}
+
+/// A compiled read rule.
+pub(crate) struct ReadRule {
+    pub(crate) pattern: Arc<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) tags: Vec<TagTemplate>,
+    pub(crate) scope: Scope,
+    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) statuses: Vec<StatusCode>,
+}
+
+/// Whose entry a response goes into.
+pub(crate) enum Scope {
+    /// Anonymous requests share entries; credentialed requests bypass.
+    Default,
+    /// Everyone shares entries.
+    Shared,
+    /// One entry per user.
+    PerUser(Arc<dyn IdentifyUser>),
+}
+
+struct MutationRule {
+    methods: Vec<Method>,
+    evicts: Vec<TagTemplate>,
+}
+
+struct RouteRules {
+    read: Option<Arc<ReadRule>>,
+    mutations: Vec<MutationRule>,
+}
+
+/// What the rules say about one request.
+pub(crate) enum Matched<'a> {
+    /// A bypass pattern matched: the cache stays out of the way.
+    Bypass,
+    /// A read rule covers the request; `tags` are its rendered tags.
+    Read {
+        rule: &'a Arc<ReadRule>,
+        tags: Vec<String>,
+    },
+    /// A mutation rule covers the request; `evicts` are the rendered tags to evict on success.
+    Mutation { evicts: Vec<String> },
+    /// No rule covers this method on this path.
+    Unmatched,
+}
+
+/// Every route's rules, indexed by `matchit` the way axum indexes its routes.
+pub(crate) struct RouteTable {
+    bypass: matchit::Router<()>,
+    routes: matchit::Router<RouteRules>,
+}
+
+impl RouteTable {
+    pub(crate) fn build(
+        rules: Vec<(String, Rule)>,
+        bypass: Vec<String>,
+        defaults: &RuleDefaults,
+    ) -> Result<Self, BuildError> {
+        let mut grouped: Vec<(String, RouteRules)> = Vec::new();
+        for (pattern, rule) in rules {
+            check_pattern(&pattern)?;
+            let index = match grouped.iter().position(|(p, _)| *p == pattern) {
+                Some(index) => index,
+                None => {
+                    grouped.push((
+                        pattern.clone(),
+                        RouteRules {
+                            read: None,
+                            mutations: Vec::new(),
+                        },
+                    ));
+                    grouped.len() - 1
+                }
+            };
+            let route = &mut grouped[index].1;
+            match compile(&pattern, rule, defaults)? {
+                Compiled::Read(read) => {
+                    if route.read.is_some() {
+                        return Err(BuildError::route(&pattern, "has two GET rules"));
+                    }
+                    route.read = Some(Arc::new(read));
+                }
+                Compiled::Mutation(mutation) => {
+                    let taken = route.mutations.iter().flat_map(|m| &m.methods);
+                    if let Some(method) = taken.into_iter().find(|m| mutation.methods.contains(m)) {
+                        return Err(BuildError::route(
+                            &pattern,
+                            format!("has two rules for {method}"),
+                        ));
+                    }
+                    route.mutations.push(mutation);
+                }
+            }
+        }
+
+        let mut bypass_router = matchit::Router::new();
+        for pattern in bypass {
+            check_pattern(&pattern)?;
+            if grouped.iter().any(|(p, _)| *p == pattern) {
+                return Err(BuildError::route(
+                    &pattern,
+                    "is both bypassed and given cache rules",
+                ));
+            }
+            bypass_router
+                .insert(pattern.as_str(), ())
+                .map_err(|e| BuildError::route(&pattern, format!("invalid bypass pattern: {e}")))?;
+        }
+
+        let mut routes = matchit::Router::new();
+        for (pattern, rules) in grouped {
+            routes
+                .insert(pattern.as_str(), rules)
+                .map_err(|e| BuildError::route(&pattern, format!("invalid pattern: {e}")))?;
+        }
+        Ok(Self {
+            bypass: bypass_router,
+            routes,
+        })
+    }
+
+    /// Finds the rule for `method` on `path` (the raw, still percent-encoded path, which is
+    /// what axum matches on too). Bypass patterns win over every other rule.
+    pub(crate) fn classify(&self, method: &Method, path: &str) -> Matched<'_> {
+        if self.bypass.at(path).is_ok() {
+            return Matched::Bypass;
+        }
+        let Ok(found) = self.routes.at(path) else {
+            return Matched::Unmatched;
+        };
+        let route = found.value;
+        if *method == Method::GET || *method == Method::HEAD {
+            return match &route.read {
+                Some(rule) => Matched::Read {
+                    rule,
+                    tags: rule.tags.iter().map(|t| t.render(&found.params)).collect(),
+                },
+                None => Matched::Unmatched,
+            };
+        }
+        match route.mutations.iter().find(|m| m.methods.contains(method)) {
+            Some(rule) => Matched::Mutation {
+                evicts: rule
+                    .evicts
+                    .iter()
+                    .map(|t| t.render(&found.params))
+                    .collect(),
+            },
+            None => Matched::Unmatched,
+        }
+    }
+}
+
+fn check_pattern(pattern: &str) -> Result<(), BuildError> {
+    if !pattern.starts_with('/') {
+        return Err(BuildError::route(pattern, "a pattern must start with `/`"));
+    }
+    Ok(())
+}
+
+enum Compiled {
+    Read(ReadRule),
+    Mutation(MutationRule),
+}
+
+fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compiled, BuildError> {
+    let err = |problem: String| BuildError::route(pattern, problem);
+    if rule.methods.is_empty() {
+        return Err(err("a rule must cover at least one method".into()));
+    }
+    let is_read = |m: &Method| *m == Method::GET || *m == Method::HEAD;
+    let never_cached = [Method::OPTIONS, Method::TRACE, Method::CONNECT];
+    if let Some(m) = rule.methods.iter().find(|m| never_cached.contains(m)) {
+        return Err(err(format!(
+            "{m} requests are neither cached nor evict tags"
+        )));
+    }
+    let params = pattern_params(pattern);
+    let templates = |tags: &[String]| -> Result<Vec<TagTemplate>, BuildError> {
+        tags.iter()
+            .map(|t| TagTemplate::parse(t, &params).map_err(|p| err(p)))
+            .collect()
+    };
+
+    if rule.methods.iter().all(is_read) {
+        if !rule.evicts.is_empty() {
+            return Err(err(
+                "a GET rule cannot evict tags: give the writes their own rule".into(),
+            ));
+        }
+        let ttl = rule.ttl.unwrap_or(defaults.ttl);
+        if ttl.is_zero() {
+            return Err(err("`ttl` must be more than zero".into()));
+        }
+        let scope = match rule.scope {
+            ScopeSetting::Default => Scope::Default,
+            ScopeSetting::Shared => Scope::Shared,
+            ScopeSetting::PerUser(identify) => {
+                Scope::PerUser(identify.unwrap_or_else(|| defaults.identify.clone()))
+            }
+            ScopeSetting::Contradictory => {
+                return Err(err(
+                    "a rule cannot be both `shared()` and `per_user()`".into()
+                ));
+            }
+        };
+        let mut vary = Vec::with_capacity(rule.vary.len());
+        for name in &rule.vary {
+            let header = HeaderName::try_from(name.as_str())
+                .map_err(|_| err(format!("`vary` names `{name}`, which is not a header name")))?;
+            vary.push(header);
+        }
+        vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        vary.dedup();
+        let statuses = rule.statuses.unwrap_or_else(|| defaults.statuses.clone());
+        if statuses.is_empty() {
+            return Err(err("`cache_statuses` must name at least one status".into()));
+        }
+        return Ok(Compiled::Read(ReadRule {
+            pattern: pattern.into(),
+            ttl,
+            tags: templates(&rule.tags)?,
+            scope,
+            vary,
+            statuses,
+        }));
+    }
+
+    if let Some(m) = rule.methods.iter().find(|m| is_read(m)) {
+        return Err(err(format!(
+            "a rule cannot both cache {m} and evict on writes"
+        )));
+    }
+    let read_only_setting = [
+        (rule.ttl.is_some(), "ttl"),
+        (!rule.tags.is_empty(), "tag"),
+        (
+            !matches!(rule.scope, ScopeSetting::Default),
+            "per_user/shared",
+        ),
+        (!rule.vary.is_empty(), "vary"),
+        (rule.statuses.is_some(), "cache_statuses"),
+    ];
+    if let Some((_, name)) = read_only_setting.iter().find(|(set, _)| *set) {
+        return Err(err(format!(
+            "`{name}` applies to GET rules, not to mutation rules"
+        )));
+    }
+    if rule.evicts.is_empty() {
+        return Err(err("a mutation rule must name the tags it `evicts`".into()));
+    }
+    Ok(Compiled::Mutation(MutationRule {
+        methods: rule.methods,
+        evicts: templates(&rule.evicts)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::user::UserFromHeader;
+
+    fn defaults() -> RuleDefaults {
+        RuleDefaults {
+            ttl: Duration::from_secs(60),
+            statuses: vec![StatusCode::OK],
+            identify: Arc::new(UserFromHeader::authorization()),
+        }
+    }
+
+    fn build(rules: Vec<(&str, Rule)>, bypass: Vec<&str>) -> Result<RouteTable, BuildError> {
+        RouteTable::build(
+            rules.into_iter().map(|(p, r)| (p.to_owned(), r)).collect(),
+            bypass.into_iter().map(Into::into).collect(),
+            &defaults(),
+        )
+    }
+
+    fn problem(rules: Vec<(&str, Rule)>, bypass: Vec<&str>) -> String {
+        build(rules, bypass)
+            .err()
+            .expect("the configuration should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn reads_and_mutations_share_a_pattern() {
+        let table = build(
+            vec![
+                ("/users/{id}", Rule::get().tags(["users", "user:{id}"])),
+                ("/users/{id}", Rule::put().evicts(["user:{id}"])),
+                ("/users/{id}", Rule::delete().evicts(["users", "user:{id}"])),
+            ],
+            vec![],
+        )
+        .unwrap();
+        match table.classify(&Method::GET, "/users/7") {
+            Matched::Read { tags, rule } => {
+                assert_eq!(tags, ["users", "user:7"]);
+                assert_eq!(&*rule.pattern, "/users/{id}");
+            }
+            _ => panic!("expected a read rule"),
+        }
+        assert!(matches!(
+            table.classify(&Method::HEAD, "/users/7"),
+            Matched::Read { .. }
+        ));
+        match table.classify(&Method::DELETE, "/users/7") {
+            Matched::Mutation { evicts } => assert_eq!(evicts, ["users", "user:7"]),
+            _ => panic!("expected a mutation rule"),
+        }
+        assert!(matches!(
+            table.classify(&Method::PATCH, "/users/7"),
+            Matched::Unmatched
+        ));
+        assert!(matches!(
+            table.classify(&Method::GET, "/other"),
+            Matched::Unmatched
+        ));
+    }
+
+    #[test]
+    fn bypass_wins_over_more_specific_routes() {
+        // Registered separately, so `/auth/login` cannot be both: the bypass pattern still wins.
+        let table = build(vec![("/auth/me", Rule::get())], vec!["/auth/{*rest}"]).unwrap();
+        assert!(matches!(
+            table.classify(&Method::GET, "/auth/me"),
+            Matched::Bypass
+        ));
+    }
+
+    #[test]
+    fn mistakes_name_the_route() {
+        assert_eq!(
+            problem(vec![("users", Rule::get())], vec![]),
+            "route `users`: a pattern must start with `/`"
+        );
+        assert!(problem(vec![("/a/{id", Rule::get())], vec![])
+            .starts_with("route `/a/{id`: invalid pattern"));
+        assert_eq!(
+            problem(vec![("/a", Rule::get()), ("/a", Rule::get())], vec![]),
+            "route `/a`: has two GET rules"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::get().shared().per_user())], vec![]),
+            "route `/a`: a rule cannot be both `shared()` and `per_user()`"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::get().evicts(["x"]))], vec![]),
+            "route `/a`: a GET rule cannot evict tags: give the writes their own rule"
+        );
+        assert_eq!(
+            problem(
+                vec![("/a", Rule::post().ttl(Duration::from_secs(1)).evicts(["x"]))],
+                vec![]
+            ),
+            "route `/a`: `ttl` applies to GET rules, not to mutation rules"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::post())], vec![]),
+            "route `/a`: a mutation rule must name the tags it `evicts`"
+        );
+        assert_eq!(
+            problem(
+                vec![("/a", Rule::methods([Method::GET, Method::POST]))],
+                vec![]
+            ),
+            "route `/a`: a rule cannot both cache GET and evict on writes"
+        );
+        assert_eq!(
+            problem(
+                vec![
+                    ("/a", Rule::mutations().evicts(["x"])),
+                    ("/a", Rule::put().evicts(["y"]))
+                ],
+                vec![]
+            ),
+            "route `/a`: has two rules for PUT"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::get().ttl(Duration::ZERO))], vec![]),
+            "route `/a`: `ttl` must be more than zero"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::get().vary(["bad header"]))], vec![]),
+            "route `/a`: `vary` names `bad header`, which is not a header name"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::get())], vec!["/a"]),
+            "route `/a`: is both bypassed and given cache rules"
+        );
+        assert!(problem(
+            vec![("/u/{id}", Rule::get()), ("/u/{name}", Rule::get())],
+            vec![]
+        )
+        .starts_with("route `/u/{name}`: invalid pattern"));
+        assert_eq!(
+            problem(vec![("/a", Rule::methods([Method::OPTIONS]))], vec![]),
+            "route `/a`: OPTIONS requests are neither cached nor evict tags"
+        );
+    }
+}

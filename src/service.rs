@@ -1,0 +1,216 @@
+//! The cache service and its request path:
+//! lookup → decide → serve or call inner → capture → store.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::CacheBody;
+use crate::capture::{Capture, PendingEntry};
+use crate::entry::{now_ms, Entry};
+use crate::future::ResponseFuture;
+use crate::policy::{decide, not_storable, stored_headers, Decision, Plan};
+use crate::state::Shared;
+use crate::stats::Counters;
+use crate::store::{Lookup, TagVersion};
+
+const HIT: HeaderValue = HeaderValue::from_static("HIT");
+const MISS: HeaderValue = HeaderValue::from_static("MISS");
+pub(crate) const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
+
+/// Caches the responses of the inner service `S` according to its layer's rules.
+///
+/// Made by [`CacheLayer`](crate::CacheLayer). Clones share the store, rules and counters.
+#[derive(Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> CacheService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Drops the cache and returns the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Keep the instance that was polled ready; the clone takes its place (tower#547).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        let (parts, body) = request.into_parts();
+        match decide(&shared, &parts) {
+            Decision::Bypass => {
+                Counters::add(&shared.counters.bypasses, 1);
+                let status_header = shared.settings.status_header.clone();
+                ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), status_header)
+            }
+            Decision::Mutation { evicts } => {
+                Counters::add(&shared.counters.bypasses, 1);
+                ResponseFuture::boxed(async move {
+                    let response = inner.call(Request::from_parts(parts, body)).await?;
+                    if response.status().is_success() {
+                        // Evict before the client hears back, so that no read it starts
+                        // afterwards sees an entry from before its write. A failure is retried.
+                        let _ = shared.evict(&evicts).await;
+                    }
+                    Ok(mark(&shared, response.map(CacheBody::passthrough), BYPASS))
+                })
+            }
+            Decision::Lookup(plan) => ResponseFuture::boxed(async move {
+                // Lookup: the entry and its tags' current versions, in one round trip.
+                let versions = match shared.lookup(&plan.key, &plan.tag_keys).await {
+                    Some(found) => match answer_from_store(&shared, &plan, found) {
+                        Ok(hit) => return Ok(hit),
+                        Err(versions) => versions,
+                    },
+                    // The store failed: serve from the inner service, and store nothing, since
+                    // the tag versions the entry would need are unknown.
+                    None => None,
+                };
+                Counters::add(&shared.counters.misses, 1);
+                let versions = match versions {
+                    Some(versions) => Some(versions),
+                    None if plan.head => None,
+                    None => shared.ensure_tag_versions(&plan.tag_keys).await,
+                };
+                // Call inner, then capture the body as it streams if the response may be stored.
+                let response = inner.call(Request::from_parts(parts, body)).await?;
+                let response = match versions {
+                    Some(versions) => capture_if_storable(&shared, plan, versions, response),
+                    None => response.map(CacheBody::passthrough),
+                };
+                Ok(mark(&shared, response, MISS))
+            }),
+        }
+    }
+}
+
+/// Serves a hit, or says why not: `Err` carries the tag versions to record on a miss (`None`
+/// when some tag has no version yet).
+fn answer_from_store<B>(
+    shared: &Shared,
+    plan: &Plan,
+    found: Lookup,
+) -> Result<Response<CacheBody<B>>, Option<Vec<TagVersion>>> {
+    let versions: Option<Vec<TagVersion>> = found.versions.into_iter().collect();
+    let Some(versions) = versions else {
+        return Err(None);
+    };
+    let now = now_ms();
+    let entry = found
+        .entry
+        .and_then(Entry::decode)
+        .filter(|entry| entry.is_fresh(now) && tags_match(entry, &plan.tags, &versions));
+    let Some(entry) = entry else {
+        return Err(Some(versions));
+    };
+
+    Counters::add(&shared.counters.hits, 1);
+    let age = entry.age_secs(now);
+    let length = entry.body.len();
+    let body = if plan.head {
+        CacheBody::cached(Bytes::new(), None)
+    } else {
+        CacheBody::cached(entry.body, entry.trailers)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers;
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    response.headers_mut().insert(AGE, HeaderValue::from(age));
+    Ok(mark(shared, response, HIT))
+}
+
+/// An entry is valid only if it was computed under the tags' current versions: any eviction
+/// since then changed a version.
+fn tags_match(entry: &Entry, tags: &[String], versions: &[TagVersion]) -> bool {
+    entry.tags.len() == tags.len()
+        && entry
+            .tags
+            .iter()
+            .zip(tags.iter().zip(versions))
+            .all(|((t, v), (tag, version))| t == tag && v == version)
+}
+
+fn capture_if_storable<B: Body<Data = Bytes>>(
+    shared: &Arc<Shared>,
+    plan: Plan,
+    versions: Vec<TagVersion>,
+    response: Response<B>,
+) -> Response<CacheBody<B>> {
+    let (parts, body) = response.into_parts();
+    let settings = &shared.settings;
+    if let Some(reason) = not_storable(&parts, &plan, settings.max_body_bytes) {
+        tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
+        return Response::from_parts(parts, CacheBody::passthrough(body));
+    }
+    let pending = PendingEntry {
+        shared: Arc::clone(shared),
+        headers: stored_headers(&parts.headers, settings.status_header.as_ref()),
+        status: parts.status,
+        ttl: plan.rule.ttl,
+        tags: plan.tags.into_iter().zip(versions).collect(),
+        key: plan.key,
+    };
+    let capture = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower());
+    Response::from_parts(parts, CacheBody::capturing(body, capture))
+}
+
+/// Adds the cache status header (`X-Cache` by default), if the layer has one.
+pub(crate) fn mark<B>(
+    shared: &Shared,
+    mut response: Response<B>,
+    status: HeaderValue,
+) -> Response<B> {
+    if let Some(name) = &shared.settings.status_header {
+        response.headers_mut().insert(name.clone(), status);
+    }
+    response
+}

@@ -1,0 +1,204 @@
+//! The state every clone of a layer's services shares: store, rules, settings, counters.
+//!
+//! Every store call goes through here, under the store timeout; a failure is logged, counted
+//! and turned into "no answer", so the request path carries on without the cache.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderName;
+
+use crate::key::tag_key;
+use crate::rules::RouteTable;
+use crate::stats::Counters;
+use crate::store::{Lookup, Store, StoreError, TagVersion};
+
+/// Layer-wide settings, fixed at build time.
+pub(crate) struct Settings {
+    pub(crate) key_prefix: String,
+    pub(crate) store_timeout: Duration,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) status_header: Option<HeaderName>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) routes: RouteTable,
+    pub(crate) settings: Settings,
+    pub(crate) counters: Counters,
+    failed_evictions: FailedEvictions,
+}
+
+/// Tags whose eviction failed (store down or slow) and is being retried. Until it succeeds,
+/// requests for entries carrying them bypass the cache: an entry stored before the write may
+/// still be in the store, and serving it would be a stale read after the write.
+#[derive(Default)]
+struct FailedEvictions {
+    any: AtomicBool,
+    state: Mutex<FailedState>,
+}
+
+#[derive(Default)]
+struct FailedState {
+    tags: HashSet<String>,
+    retrying: bool,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+impl Shared {
+    pub(crate) fn new(store: Arc<dyn Store>, routes: RouteTable, settings: Settings) -> Self {
+        Self {
+            store,
+            routes,
+            settings,
+            counters: Counters::default(),
+            failed_evictions: FailedEvictions::default(),
+        }
+    }
+
+    pub(crate) fn tag_keys(&self, tags: &[String]) -> Vec<String> {
+        tags.iter()
+            .map(|tag| tag_key(&self.settings.key_prefix, tag))
+            .collect()
+    }
+
+    /// Runs one store operation under the store timeout. `None` means it failed or timed out,
+    /// which has been logged and counted.
+    async fn run<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
+        let error = match tokio::time::timeout(self.settings.store_timeout, call).await {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("timed out after {:?}", self.settings.store_timeout),
+        };
+        Counters::add(&self.counters.store_errors, 1);
+        tracing::warn!(operation, %error, "cache store operation failed; carrying on without the cache");
+        None
+    }
+
+    pub(crate) async fn lookup(&self, key: &str, tag_keys: &[String]) -> Option<Lookup> {
+        self.run("lookup", self.store.lookup(key, tag_keys)).await
+    }
+
+    pub(crate) async fn ensure_tag_versions(&self, tag_keys: &[String]) -> Option<Vec<TagVersion>> {
+        let versions = self
+            .run(
+                "ensure_tag_versions",
+                self.store.ensure_tag_versions(tag_keys),
+            )
+            .await?;
+        (versions.len() == tag_keys.len()).then_some(versions)
+    }
+
+    pub(crate) async fn put(&self, key: &str, value: Bytes, ttl: Duration) {
+        if self
+            .run("put", self.store.put(key, value, ttl))
+            .await
+            .is_some()
+        {
+            Counters::add(&self.counters.stores, 1);
+        }
+    }
+
+    /// Evicts `tags`. On failure the tags are remembered, bypassed and retried in the
+    /// background until the store takes the eviction.
+    pub(crate) async fn evict(self: &Arc<Self>, tags: &[String]) -> Result<(), StoreError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        if self
+            .run("evict_tags", self.store.evict_tags(&self.tag_keys(tags)))
+            .await
+            .is_some()
+        {
+            Counters::add(&self.counters.evictions, tags.len() as u64);
+            return Ok(());
+        }
+        self.remember_failed_evictions(tags);
+        Err(StoreError::msg(
+            "eviction failed; it is retried in the background",
+        ))
+    }
+
+    /// Whether any of `tags` has an eviction that has not reached the store yet.
+    pub(crate) fn eviction_pending(&self, tags: &[String]) -> bool {
+        if !self.failed_evictions.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let state = self
+            .failed_evictions
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        tags.iter().any(|tag| state.tags.contains(tag))
+    }
+
+    fn remember_failed_evictions(self: &Arc<Self>, tags: &[String]) {
+        let mut state = self
+            .failed_evictions
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        state.tags.extend(tags.iter().cloned());
+        self.failed_evictions.any.store(true, Ordering::Release);
+        if state.retrying {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.retrying = true;
+        runtime.spawn(Arc::clone(self).retry_failed_evictions());
+    }
+
+    async fn retry_failed_evictions(self: Arc<Self>) {
+        let mut delay = RETRY_MIN;
+        loop {
+            tokio::time::sleep(delay).await;
+            let tags: Vec<String> = {
+                let state = self
+                    .failed_evictions
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                state.tags.iter().cloned().collect()
+            };
+            if self
+                .run(
+                    "evict_tags (retry)",
+                    self.store.evict_tags(&self.tag_keys(&tags)),
+                )
+                .await
+                .is_some()
+            {
+                Counters::add(&self.counters.evictions, tags.len() as u64);
+                let mut state = self
+                    .failed_evictions
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for tag in &tags {
+                    state.tags.remove(tag);
+                }
+                if state.tags.is_empty() {
+                    state.retrying = false;
+                    self.failed_evictions.any.store(false, Ordering::Release);
+                    tracing::info!("pending cache evictions reached the store");
+                    return;
+                }
+                delay = RETRY_MIN;
+            } else {
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Counters of what the layer did.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a layer's counters, from [`CacheHandle::stats`](crate::CacheHandle::stats).
+///
+/// Every request that passes the layer counts once as a hit, a miss or a bypass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests answered from the store.
+    pub hits: u64,
+    /// Cacheable requests that went to the inner service.
+    pub misses: u64,
+    /// Requests the cache stayed out of: no rule, a bypass rule, a credentialed request to a
+    /// route that is not per-user or shared, a mutation.
+    pub bypasses: u64,
+    /// Entries written to the store.
+    pub stores: u64,
+    /// Tags evicted (each tag of each successful eviction counts once).
+    pub evictions: u64,
+    /// Store operations that failed or timed out.
+    pub store_errors: u64,
+}
+
+impl Stats {
+    /// Hits over hits and misses, or `0.0` before the first cacheable request.
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) bypasses: AtomicU64,
+    pub(crate) stores: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            bypasses: self.bypasses.load(Relaxed),
+            stores: self.stores.load(Relaxed),
+            evictions: self.evictions.load(Relaxed),
+            store_errors: self.store_errors.load(Relaxed),
+        }
+    }
+}

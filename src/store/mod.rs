@@ -1,0 +1,115 @@
+//! Where entries and tag versions live.
+//!
+//! The layer talks to storage through the [`Store`] trait. Two implementations ship with the
+//! crate: [`RedisStore`] (a Redis server, pool of connections, through `fred`) and
+//! [`MemoryStore`] (a bounded in-process cache, through `moka`).
+//!
+//! # Tags and versions
+//!
+//! Eviction uses generations rather than sets of keys: every tag has a *version* in the store.
+//! An entry records the versions of its tags as they were read *before* the inner service was
+//! called, and a lookup reads the entry together with the current versions. Evicting a tag gives
+//! it a fresh version, which makes every entry that recorded the old one a miss. This is one
+//! write per tag whatever the number of entries, it cannot be undone by a slow miss that
+//! finishes after the eviction, and every command touches a single key, so it works unchanged
+//! on Redis Cluster.
+//!
+//! A tag with no version (never used, or its version was lost) never matches an entry: lookups
+//! report it as missing and the layer gives it a version with
+//! [`Store::ensure_tag_versions`] before it calls the inner service.
+
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{RedisStore, RedisStoreBuilder};
+
+/// A tag's version: an opaque number that changes every time the tag is evicted.
+pub type TagVersion = u64;
+
+/// What a lookup found: the raw entry (if any) and the current version of each tag asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// The stored bytes under the key, if there were any.
+    pub entry: Option<Bytes>,
+    /// The current version of each tag, in the order the tags were given; `None` for a tag that
+    /// has no version.
+    pub versions: Vec<Option<TagVersion>>,
+}
+
+/// Storage for cached entries and tag versions.
+///
+/// Implementations must be safe to share between threads and every method must do its work in
+/// a single round trip to the backing server where it has one (guarantee 5 of the design: a hit
+/// costs one round trip). The layer runs every call under its own timeout, so an
+/// implementation need not add one, though it may.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads the entry under `key` and the current versions of `tags`, in one round trip.
+    async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError>;
+
+    /// Gives each tag that has no version a fresh one, keeps the versions that exist, and
+    /// returns the current version of every tag, in order.
+    async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError>;
+
+    /// Stores `value` under `key` for `ttl`, replacing what was there.
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Gives every tag in `tags` a fresh version, so that no entry stored before becomes a hit.
+    async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError>;
+}
+
+/// An error from a [`Store`].
+///
+/// The layer never returns these to clients: it logs them, counts them and carries on as if the
+/// request were not cached.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// An error with a message and no underlying cause.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error caused by another error.
+    pub fn from_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// A new, effectively unique tag version.
+///
+/// Random rather than a counter so that a version lost in the store (expired, evicted under
+/// memory pressure, flushed) and then given again can never equal one that an old entry recorded.
+pub(crate) fn fresh_version() -> TagVersion {
+    fastrand::u64(..)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fresh_versions_differ() {
+        let a: std::collections::HashSet<_> = (0..10_000).map(|_| super::fresh_version()).collect();
+        assert_eq!(a.len(), 10_000);
+    }
+}

@@ -1,0 +1,293 @@
+//! The Redis store, through `fred`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::{
+    Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy, SetOptions,
+    TcpConfig, Value,
+};
+
+use super::{fresh_version, Lookup, Store, StoreError, TagVersion};
+
+/// How long a tag version lives in Redis when nothing refreshes it. Losing a version is safe
+/// (entries that recorded it become misses), so this only bounds the memory of templated tags.
+const DEFAULT_TAG_VERSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A store on a Redis server (or a Redis Cluster, Sentinel or TLS deployment, by URL), through a
+/// pool of `fred` clients that reconnect by themselves.
+///
+/// Every operation is a single round trip: a lookup pipelines the entry's `GET` with one `GET` per
+/// tag version, and no command names more than one key, so nothing spans hash slots on a cluster.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), tower_redis_cache::StoreError> {
+/// use std::time::Duration;
+/// use tower_redis_cache::RedisStore;
+///
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .pool_size(4)
+///     .command_timeout(Duration::from_millis(200))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    tag_version_ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("clients", &self.pool.size())
+            .field("tag_version_ttl", &self.tag_version_ttl)
+            .finish()
+    }
+}
+
+/// Configures and connects a [`RedisStore`]. Made by [`RedisStore::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    pool_size: usize,
+    connection_timeout: Duration,
+    command_timeout: Duration,
+    tag_version_ttl: Duration,
+}
+
+impl RedisStore {
+    /// Starts configuring a store for a Redis URL: `redis://`, `rediss://` (TLS),
+    /// `redis-cluster://`, `redis-sentinel://` or `redis+unix://`, as `fred` reads them.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            pool_size: 4,
+            connection_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_millis(500),
+            tag_version_ttl: DEFAULT_TAG_VERSION_TTL,
+        }
+    }
+
+    /// Connects to `url` with the default settings.
+    pub async fn from_url(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build().await
+    }
+
+    /// Uses a pool that the application built and connected itself.
+    ///
+    /// Give the pool a reconnect policy and a command timeout: without a policy `fred` never
+    /// reconnects.
+    pub fn from_pool(pool: Pool) -> Self {
+        Self {
+            pool,
+            tag_version_ttl: DEFAULT_TAG_VERSION_TTL,
+        }
+    }
+
+    /// The underlying `fred` pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn tag_version_expiry(&self) -> Option<Expiration> {
+        let secs = i64::try_from(self.tag_version_ttl.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        Some(Expiration::EX(secs))
+    }
+}
+
+impl RedisStoreBuilder {
+    /// How many connections the pool keeps (default 4). `fred` pipelines commands from many
+    /// tasks over each connection, so a small pool goes a long way.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long connecting (TCP, TLS, `AUTH`) may take (default 2 s).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// How long one command may take before the client gives up on it (default 500 ms). The
+    /// layer's own [`store_timeout`](crate::CacheLayerBuilder::store_timeout) is usually shorter.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// How long an unused tag version stays in Redis (default 24 h).
+    pub fn tag_version_ttl(mut self, ttl: Duration) -> Self {
+        self.tag_version_ttl = ttl;
+        self
+    }
+
+    /// Builds the pool and waits for its first connection.
+    ///
+    /// Fails when the URL is invalid or the server cannot be reached within the connection
+    /// timeout. Once connected, the clients reconnect by themselves (exponential backoff with
+    /// jitter, without limit), and the layer serves from the inner service meanwhile.
+    pub async fn build(self) -> Result<RedisStore, StoreError> {
+        if self.pool_size == 0 {
+            return Err(StoreError::msg("option `pool_size`: must be at least 1"));
+        }
+        let config = Config::from_url(&self.url)
+            .map_err(|e| StoreError::from_source("invalid Redis URL", e))?;
+        let connection_timeout = self.connection_timeout;
+        let pool = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = connection_timeout;
+                c.internal_command_timeout = connection_timeout;
+                // A cache read is worthless once it is late: never replay it after a reconnect.
+                c.max_command_attempts = 1;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+            })
+            .with_performance_config(|p| p.default_command_timeout = self.command_timeout)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build_pool(self.pool_size)
+            .map_err(|e| StoreError::from_source("cannot build the Redis pool", e))?;
+        match tokio::time::timeout(self.connection_timeout, pool.init()).await {
+            Ok(Ok(_connection_task)) => {}
+            Ok(Err(e)) => return Err(StoreError::from_source("cannot connect to Redis", e)),
+            Err(_) => {
+                let _ = pool.quit().await;
+                return Err(StoreError::msg("cannot connect to Redis: timed out"));
+            }
+        }
+        Ok(RedisStore {
+            pool,
+            tag_version_ttl: self.tag_version_ttl,
+        })
+    }
+}
+
+fn redis_error(context: &'static str) -> impl FnOnce(fred::error::Error) -> StoreError {
+    move |e| StoreError::from_source(context, e)
+}
+
+/// Reads a tag version written by this store; anything else (foreign or corrupt) is `None`.
+fn parse_version(value: Value) -> Option<TagVersion> {
+    let bytes = value.into_bytes()?;
+    std::str::from_utf8(&bytes).ok()?.parse().ok()
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
+        let pipeline = self.pool.next().pipeline();
+        let queue = redis_error("cannot queue a Redis command");
+        let _: () = pipeline.get(key).await.map_err(queue)?;
+        for tag in tags {
+            let _: () = pipeline
+                .get(tag.as_str())
+                .await
+                .map_err(redis_error("cannot queue GET"))?;
+        }
+        let mut values: Vec<Value> = pipeline
+            .all()
+            .await
+            .map_err(redis_error("Redis lookup failed"))?;
+        if values.len() != tags.len() + 1 {
+            return Err(StoreError::msg(
+                "Redis lookup returned an unexpected number of replies",
+            ));
+        }
+        let versions = values.split_off(1).into_iter().map(parse_version).collect();
+        let entry = values.pop().and_then(Value::into_bytes);
+        Ok(Lookup { entry, versions })
+    }
+
+    async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
+        let client = self.pool.next();
+        let pipeline = client.pipeline();
+        for tag in tags {
+            let _: () = pipeline
+                .set(
+                    tag.as_str(),
+                    fresh_version().to_string(),
+                    self.tag_version_expiry(),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(redis_error("cannot queue SET"))?;
+            let _: () = pipeline
+                .get(tag.as_str())
+                .await
+                .map_err(redis_error("cannot queue GET"))?;
+        }
+        let values: Vec<Value> = pipeline
+            .all()
+            .await
+            .map_err(redis_error("Redis tag version update failed"))?;
+        let mut versions = Vec::with_capacity(tags.len());
+        for (tag, current) in tags.iter().zip(values.into_iter().skip(1).step_by(2)) {
+            match parse_version(current) {
+                Some(version) => versions.push(version),
+                None => {
+                    // Something else sits under the tag's key: replace it, which is what an
+                    // eviction would do and so is always safe.
+                    let version = fresh_version();
+                    let _: () = client
+                        .set(
+                            tag.as_str(),
+                            version.to_string(),
+                            self.tag_version_expiry(),
+                            None,
+                            false,
+                        )
+                        .await
+                        .map_err(redis_error("cannot replace a corrupt tag version"))?;
+                    versions.push(version);
+                }
+            }
+        }
+        if versions.len() != tags.len() {
+            return Err(StoreError::msg(
+                "Redis returned an unexpected number of tag versions",
+            ));
+        }
+        Ok(versions)
+    }
+
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.pool
+            .set::<(), _, _>(key, value, Some(Expiration::PX(millis)), None, false)
+            .await
+            .map_err(redis_error("Redis SET failed"))
+    }
+
+    async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let pipeline = self.pool.next().pipeline();
+        for tag in tags {
+            let _: () = pipeline
+                .set(
+                    tag.as_str(),
+                    fresh_version().to_string(),
+                    self.tag_version_expiry(),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(redis_error("cannot queue SET"))?;
+        }
+        let _: Vec<Value> = pipeline
+            .all()
+            .await
+            .map_err(redis_error("Redis eviction failed"))?;
+        Ok(())
+    }
+}
