@@ -69,6 +69,13 @@ impl MemoryStore {
         let versions = Cache::builder().max_capacity(MAX_TAG_VERSIONS).build();
         Self { entries, versions }
     }
+
+    /// The bytes of keys and entries held now, once pending evictions have run. Never more
+    /// than the bound given to [`new`](Self::new), give or take one entry being inserted.
+    pub fn used_bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
 }
 
 impl Default for MemoryStore {

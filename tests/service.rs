@@ -1,0 +1,782 @@
+//! The service seen through tower-test: the inner service is a mock whose every call the test
+//! answers by hand, so each test knows exactly when the inner service was reached.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower_redis_cache::store::{Lookup, TagVersion};
+use tower_redis_cache::{
+    CacheBody, CacheHandle, CacheLayer, CacheLayerBuilder, CacheService, MemoryStore, Rule, Store,
+    StoreError,
+};
+use tower_test::mock::{self, Handle, Mock};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+type Req = Request<String>;
+type Resp = Response<Body>;
+
+fn full(text: &'static str) -> Body {
+    Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
+}
+
+fn ok(text: &'static str) -> Resp {
+    Response::new(full(text))
+}
+
+fn with_header(mut response: Resp, name: &'static str, value: &'static str) -> Resp {
+    response
+        .headers_mut()
+        .append(name, HeaderValue::from_static(value));
+    response
+}
+
+fn with_status(mut response: Resp, status: StatusCode) -> Resp {
+    *response.status_mut() = status;
+    response
+}
+
+fn get(path: &str) -> Req {
+    Request::get(path).body(String::new()).unwrap()
+}
+
+fn get_as(path: &str, header: &str, value: &str) -> Req {
+    Request::get(path)
+        .header(header, value)
+        .body(String::new())
+        .unwrap()
+}
+
+fn request(method: Method, path: &str) -> Req {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .body(String::new())
+        .unwrap()
+}
+
+/// The users API's rules, over whichever store.
+fn users_rules(builder: CacheLayerBuilder) -> CacheLayerBuilder {
+    builder
+        .route("/users", Rule::get().tag("users"))
+        .route("/users", Rule::post().evicts(["users"]))
+        .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
+        .route(
+            "/users/{id}",
+            Rule::mutations().evicts(["users", "user:{id}"]),
+        )
+        .route("/me", Rule::get().per_user())
+        .route("/public", Rule::get().shared())
+        .bypass("/auth/{*rest}")
+}
+
+struct Harness {
+    svc: mock::Spawn<CacheService<Mock<Req, Resp>>>,
+    inner: Handle<Req, Resp>,
+    cache: CacheHandle,
+}
+
+/// What a request through the harness gave.
+struct Outcome {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+    /// The request as the inner service saw it, if it was reached.
+    reached_inner: Option<Req>,
+}
+
+impl Outcome {
+    fn x_cache(&self) -> &str {
+        self.headers
+            .get("x-cache")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+impl Harness {
+    fn new(layer: CacheLayer) -> Self {
+        let cache = layer.handle();
+        let (svc, inner) = mock::spawn_layer(layer);
+        Self { svc, inner, cache }
+    }
+
+    fn users() -> Self {
+        Self::new(
+            users_rules(CacheLayer::builder(MemoryStore::default()))
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Sends `req`; if it reaches the inner service, answers with `respond`. Reads the whole
+    /// body, then gives the background store write time to land.
+    async fn send(&mut self, req: Req, respond: impl FnOnce(&Req) -> Resp) -> Outcome {
+        assert_ready_ok!(self.svc.poll_ready());
+        let mut call = tokio::spawn(self.svc.call(req));
+        let mut reached_inner = None;
+        let response = tokio::select! {
+            response = &mut call => response,
+            next = self.inner.next_request() => {
+                let (seen, reply) = next.expect("the inner mock is alive");
+                reply.send_response(respond(&seen));
+                reached_inner = Some(seen);
+                call.await
+            }
+        };
+        let response = response.expect("no panic").expect("no error");
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.expect("body reads");
+        let trailers = collected.trailers().cloned();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Outcome {
+            status: parts.status,
+            headers: parts.headers,
+            body: collected.to_bytes(),
+            trailers,
+            reached_inner,
+        }
+    }
+
+    async fn get(&mut self, path: &str, text: &'static str) -> Outcome {
+        self.send(get(path), |_| ok(text)).await
+    }
+}
+
+#[tokio::test]
+async fn a_miss_is_stored_and_the_next_request_is_a_hit() {
+    let mut h = Harness::users();
+    let first = h
+        .send(get("/users"), |_| {
+            with_header(ok("[1]"), "content-type", "application/json")
+        })
+        .await;
+    assert_eq!(first.x_cache(), "MISS");
+    assert!(first.reached_inner.is_some());
+    assert_eq!(first.body, "[1]");
+
+    let second = h.get("/users", "must not be called").await;
+    assert_eq!(second.x_cache(), "HIT");
+    assert!(
+        second.reached_inner.is_none(),
+        "a hit must not reach the inner service"
+    );
+    assert_eq!(second.body, "[1]");
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.headers["content-type"], "application/json");
+    assert_eq!(second.headers["content-length"], "3");
+    assert_eq!(second.headers["age"], "0");
+    let stats = h.cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.stores), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn age_counts_the_seconds_since_the_entry_was_stored() {
+    let mut h = Harness::users();
+    h.get("/users", "[]").await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(h.get("/users", "unused").await.headers["age"], "1");
+}
+
+#[tokio::test]
+async fn entries_expire_after_the_rule_ttl() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/short", Rule::get().ttl(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.get("/short", "one").await;
+    assert_eq!(h.get("/short", "two").await.x_cache(), "HIT");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = h.get("/short", "three").await;
+    assert_eq!((after.x_cache(), &after.body[..]), ("MISS", &b"three"[..]));
+}
+
+#[tokio::test]
+async fn head_is_answered_from_the_get_entry_without_a_body() {
+    let mut h = Harness::users();
+    let head_miss = h.send(request(Method::HEAD, "/users"), |_| ok("")).await;
+    assert_eq!(head_miss.x_cache(), "MISS");
+    assert_eq!(
+        h.get("/users", "[1,2]").await.x_cache(),
+        "MISS",
+        "HEAD must not have stored an empty entry"
+    );
+
+    let head = h
+        .send(request(Method::HEAD, "/users"), |_| ok("unused"))
+        .await;
+    assert_eq!(head.x_cache(), "HIT");
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-length"], "5");
+}
+
+#[tokio::test]
+async fn query_order_shares_an_entry_and_query_values_do_not() {
+    let mut h = Harness::users();
+    h.get("/users?a=1&b=2", "ab").await;
+    assert_eq!(h.get("/users?b=2&a=1", "unused").await.body, "ab");
+    let other = h.get("/users?a=2&b=2", "other").await;
+    assert_eq!((other.x_cache(), &other.body[..]), ("MISS", &b"other"[..]));
+}
+
+#[tokio::test]
+async fn requests_without_a_rule_or_with_a_bypass_rule_pass_through() {
+    let mut h = Harness::users();
+    for path in ["/health", "/auth/login", "/auth/a/b"] {
+        for _ in 0..2 {
+            let outcome = h.get(path, "fresh").await;
+            assert_eq!(outcome.x_cache(), "BYPASS", "{path}");
+            assert!(outcome.reached_inner.is_some(), "{path}");
+        }
+    }
+    let options = h.send(request(Method::OPTIONS, "/users"), |_| ok("")).await;
+    assert_eq!(options.x_cache(), "BYPASS");
+    assert_eq!(h.cache.stats().bypasses, 7);
+}
+
+#[tokio::test]
+async fn credentialed_requests_to_a_route_that_is_not_per_user_or_shared_bypass() {
+    let mut h = Harness::users();
+    h.get("/users", "anonymous").await;
+    for (header, value) in [("authorization", "Bearer 1"), ("cookie", "session=1")] {
+        let outcome = h
+            .send(get_as("/users", header, value), |_| ok("for this user"))
+            .await;
+        assert_eq!(outcome.x_cache(), "BYPASS", "{header}");
+        assert_eq!(outcome.body, "for this user");
+    }
+    // And what they got was not stored for anyone else.
+    assert_eq!(h.get("/users", "unused").await.body, "anonymous");
+}
+
+#[tokio::test]
+async fn shared_routes_serve_credentialed_requests_from_the_shared_entry() {
+    let mut h = Harness::users();
+    h.send(get_as("/public", "authorization", "Bearer 1"), |_| {
+        ok("public")
+    })
+    .await;
+    let other = h
+        .send(get_as("/public", "cookie", "s=2"), |_| ok("unused"))
+        .await;
+    assert_eq!((other.x_cache(), &other.body[..]), ("HIT", &b"public"[..]));
+    assert_eq!(h.get("/public", "unused").await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn per_user_routes_keep_one_entry_per_user() {
+    let mut h = Harness::users();
+    let one = h
+        .send(get_as("/me", "authorization", "Bearer 1"), |_| ok("user 1"))
+        .await;
+    assert_eq!(one.x_cache(), "MISS");
+    let two = h
+        .send(get_as("/me", "authorization", "Bearer 2"), |_| ok("user 2"))
+        .await;
+    assert_eq!((two.x_cache(), &two.body[..]), ("MISS", &b"user 2"[..]));
+    let one_again = h
+        .send(get_as("/me", "authorization", "Bearer 1"), |_| ok("unused"))
+        .await;
+    assert_eq!(
+        (one_again.x_cache(), &one_again.body[..]),
+        ("HIT", &b"user 1"[..])
+    );
+    let anonymous = h
+        .send(get("/me"), |_| {
+            with_status(ok("who?"), StatusCode::UNAUTHORIZED)
+        })
+        .await;
+    assert_eq!(anonymous.x_cache(), "BYPASS");
+}
+
+#[tokio::test]
+async fn successful_mutations_evict_their_tags() {
+    let mut h = Harness::users();
+    h.get("/users", "[1]").await;
+    h.get("/users/1", "one").await;
+    h.get("/users/2", "two").await;
+
+    let put = h
+        .send(request(Method::PUT, "/users/1"), |_| ok("updated"))
+        .await;
+    assert_eq!(put.x_cache(), "BYPASS");
+    assert_eq!(h.cache.stats().evictions, 2);
+
+    assert_eq!(
+        h.get("/users", "[1']").await.x_cache(),
+        "MISS",
+        "`users` was evicted"
+    );
+    assert_eq!(
+        h.get("/users/1", "one'").await.x_cache(),
+        "MISS",
+        "`user:1` was evicted"
+    );
+    // `/users/2` carries `users` too, so it went as well: tags are shared.
+    assert_eq!(h.get("/users/2", "two'").await.x_cache(), "MISS");
+    assert_eq!(h.get("/users/2", "unused").await.body, "two'");
+}
+
+#[tokio::test]
+async fn a_write_evicts_only_what_its_tags_name() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/items/{id}", Rule::get().tag("item:{id}"))
+        .route("/items/{id}", Rule::delete().evicts(["item:{id}"]))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.get("/items/1", "one").await;
+    h.get("/items/2", "two").await;
+    h.send(request(Method::DELETE, "/items/1"), |_| {
+        with_status(ok(""), StatusCode::NO_CONTENT)
+    })
+    .await;
+    assert_eq!(h.get("/items/1", "gone").await.x_cache(), "MISS");
+    assert_eq!(h.get("/items/2", "unused").await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn percent_encoded_params_evict_the_same_tag() {
+    let mut h = Harness::users();
+    h.get("/users/%31", "one").await;
+    h.send(request(Method::PUT, "/users/1"), |_| ok("")).await;
+    assert_eq!(h.get("/users/%31", "one'").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn failed_mutations_evict_nothing() {
+    let mut h = Harness::users();
+    h.get("/users", "[1]").await;
+    for status in [
+        StatusCode::BAD_REQUEST,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::FOUND,
+    ] {
+        h.send(request(Method::POST, "/users"), move |_| {
+            with_status(ok(""), status)
+        })
+        .await;
+        assert_eq!(h.get("/users", "unused").await.x_cache(), "HIT", "{status}");
+    }
+    assert_eq!(h.cache.stats().evictions, 0);
+}
+
+#[tokio::test]
+async fn the_handle_evicts_from_outside_http() {
+    let mut h = Harness::users();
+    h.get("/users/7", "seven").await;
+    h.cache.evict_tags(["user:7"]).await.unwrap();
+    assert_eq!(h.get("/users/7", "seven'").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn only_cacheable_responses_are_stored() {
+    let cases: Vec<(&str, fn() -> Resp)> = vec![
+        ("404", || with_status(ok("missing"), StatusCode::NOT_FOUND)),
+        ("500", || {
+            with_status(ok("boom"), StatusCode::INTERNAL_SERVER_ERROR)
+        }),
+        ("set-cookie", || {
+            with_header(ok("x"), "set-cookie", "session=secret")
+        }),
+        ("no-store", || {
+            with_header(ok("x"), "cache-control", "no-store")
+        }),
+        ("no-store among others", || {
+            with_header(ok("x"), "cache-control", "max-age=60, No-Store")
+        }),
+        ("no-cache", || {
+            with_header(ok("x"), "cache-control", "no-cache")
+        }),
+        ("private on a shared route", || {
+            with_header(ok("x"), "cache-control", "private")
+        }),
+        ("vary *", || with_header(ok("x"), "vary", "*")),
+        ("vary on an unkeyed header", || {
+            with_header(ok("x"), "vary", "accept-language")
+        }),
+    ];
+    for (name, respond) in cases {
+        let mut h = Harness::users();
+        let first = h.send(get("/users"), |_| respond()).await;
+        assert_eq!(first.x_cache(), "MISS", "{name}");
+        let second = h.send(get("/users"), |_| respond()).await;
+        assert!(
+            second.reached_inner.is_some(),
+            "{name}: must not have been stored"
+        );
+        assert_eq!(h.cache.stats().stores, 0, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn private_responses_are_stored_per_user_only() {
+    let mut h = Harness::users();
+    let private = || with_header(ok("mine"), "cache-control", "private, max-age=60");
+    h.send(get_as("/me", "authorization", "Bearer 1"), |_| private())
+        .await;
+    let again = h
+        .send(get_as("/me", "authorization", "Bearer 1"), |_| private())
+        .await;
+    assert_eq!(again.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn statuses_and_vary_headers_are_configurable() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route(
+            "/gone",
+            Rule::get().cache_statuses([StatusCode::OK, StatusCode::NOT_FOUND]),
+        )
+        .route("/greeting", Rule::get().vary(["accept-language"]))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.send(get("/gone"), |_| {
+        with_status(ok("no"), StatusCode::NOT_FOUND)
+    })
+    .await;
+    let hit = h.get("/gone", "unused").await;
+    assert_eq!((hit.x_cache(), hit.status), ("HIT", StatusCode::NOT_FOUND));
+
+    let vary = |text| move |_: &Req| with_header(ok(text), "vary", "Accept-Language");
+    h.send(get_as("/greeting", "accept-language", "en"), vary("hello"))
+        .await;
+    h.send(
+        get_as("/greeting", "accept-language", "fr"),
+        vary("bonjour"),
+    )
+    .await;
+    let en = h
+        .send(get_as("/greeting", "accept-language", "en"), vary("unused"))
+        .await;
+    let fr = h
+        .send(get_as("/greeting", "accept-language", "fr"), vary("unused"))
+        .await;
+    assert_eq!((en.x_cache(), &en.body[..]), ("HIT", &b"hello"[..]));
+    assert_eq!((fr.x_cache(), &fr.body[..]), ("HIT", &b"bonjour"[..]));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_replayed() {
+    let mut h = Harness::users();
+    h.send(get("/users"), |_| {
+        with_header(with_header(ok("x"), "connection", "close"), "x-kept", "1")
+    })
+    .await;
+    let hit = h.get("/users", "unused").await;
+    assert!(hit.headers.get("connection").is_none());
+    assert_eq!(hit.headers["x-kept"], "1");
+}
+
+fn streamed(frames: Vec<Result<http_body::Frame<Bytes>, BoxError>>) -> Body {
+    StreamBody::new(futures_stream(frames)).boxed_unsync()
+}
+
+fn futures_stream(
+    frames: Vec<Result<http_body::Frame<Bytes>, BoxError>>,
+) -> impl tokio_stream::Stream<Item = Result<http_body::Frame<Bytes>, BoxError>> {
+    tokio_stream::iter(frames)
+}
+
+#[tokio::test]
+async fn streamed_bodies_and_trailers_are_stored_whole() {
+    let mut h = Harness::users();
+    let respond = |_: &Req| {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        Response::new(streamed(vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"hello "))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"world"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]))
+    };
+    let first = h.send(get("/users"), respond).await;
+    assert_eq!(first.body, "hello world");
+    let hit = h.get("/users", "unused").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.body, "hello world");
+    assert_eq!(hit.trailers.unwrap()["x-checksum"], "abc");
+}
+
+#[tokio::test]
+async fn bodies_that_fail_midway_are_not_stored() {
+    let mut h = Harness::users();
+    let respond = |_: &Req| {
+        Response::new(streamed(vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+            Err("upstream reset".into()),
+        ]))
+    };
+    assert_ready_ok!(h.svc.poll_ready());
+    let call = tokio::spawn(h.svc.call(get("/users")));
+    let (seen, reply) = h.inner.next_request().await.unwrap();
+    reply.send_response(respond(&seen));
+    let response = call.await.unwrap().unwrap();
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the body error reaches the client"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(h.get("/users", "whole").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_leaves_nothing_stored() {
+    let mut h = Harness::users();
+    assert_ready_ok!(h.svc.poll_ready());
+    let call = tokio::spawn(h.svc.call(get("/users")));
+    let (_, reply) = h.inner.next_request().await.unwrap();
+    reply.send_response(Response::new(streamed(vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"first half "))),
+        Ok(http_body::Frame::data(Bytes::from_static(b"second half"))),
+    ])));
+    let mut body = call.await.unwrap().unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first half ");
+    drop(body); // the client went away
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(h.get("/users", "whole").await.x_cache(), "MISS");
+    assert_eq!(
+        h.cache.stats().stores,
+        1,
+        "only the second, complete response was stored"
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_stream_through_unstored() {
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
+        .max_body_bytes(8)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    // Known length over the limit.
+    let big = h.get("/users", "0123456789").await;
+    assert_eq!(big.body, "0123456789");
+    // Unknown length that grows over the limit while streaming.
+    let respond = |_: &Req| {
+        Response::new(streamed(vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"01234"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"56789"))),
+        ]))
+    };
+    let streamed = h.send(get("/users/1"), respond).await;
+    assert_eq!(streamed.body, "0123456789");
+    assert_eq!(h.get("/users", "again").await.x_cache(), "MISS");
+    assert_eq!(h.get("/users/1", "again").await.x_cache(), "MISS");
+    // At the limit is fine.
+    h.get("/users/2", "01234567").await;
+    assert_eq!(h.get("/users/2", "unused").await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn empty_bodies_are_stored_too() {
+    let mut h = Harness::users();
+    h.get("/users", "").await;
+    let hit = h.get("/users", "unused").await;
+    assert_eq!((hit.x_cache(), hit.body.len()), ("HIT", 0));
+}
+
+#[tokio::test]
+async fn poll_ready_is_the_inner_services() {
+    let mut h = Harness::users();
+    h.inner.allow(0);
+    assert_pending!(h.svc.poll_ready());
+    h.inner.allow(1);
+    assert_ready_ok!(h.svc.poll_ready());
+    h.inner.send_error("not ready");
+    let err = match h.svc.poll_ready() {
+        std::task::Poll::Ready(Err(e)) => e,
+        _ => panic!("the inner readiness error must come through"),
+    };
+    assert_eq!(err.to_string(), "not ready");
+}
+
+#[tokio::test]
+async fn inner_errors_pass_through_unchanged() {
+    for req in [
+        get("/users"),
+        get("/health"),
+        request(Method::POST, "/users"),
+    ] {
+        let mut h = Harness::users();
+        let path = req.uri().to_string();
+        assert_ready_ok!(h.svc.poll_ready());
+        let call = tokio::spawn(h.svc.call(req));
+        let (_, reply) = h.inner.next_request().await.unwrap();
+        reply.send_error("inner failed");
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "inner failed", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_status_header_can_be_renamed_or_left_out() {
+    let renamed = CacheLayer::builder(MemoryStore::default())
+        .route("/a", Rule::get())
+        .cache_status_header(http::HeaderName::from_static("x-edge-cache"))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(renamed);
+    h.get("/a", "a").await;
+    let hit = h.get("/a", "unused").await;
+    assert_eq!(hit.headers["x-edge-cache"], "HIT");
+    assert!(hit.headers.get("x-cache").is_none());
+
+    let silent = CacheLayer::builder(MemoryStore::default())
+        .route("/a", Rule::get())
+        .without_cache_status_header()
+        .build()
+        .unwrap();
+    let mut h = Harness::new(silent);
+    h.get("/a", "a").await;
+    assert!(h.get("/a", "unused").await.headers.get("x-cache").is_none());
+    assert!(h.get("/other", "x").await.headers.get("x-cache").is_none());
+}
+
+/// The slow-miss race of guarantee 2: a miss reads old data, a write and its eviction complete,
+/// then the slow miss stores its (old) response. That entry must never be served.
+#[tokio::test]
+async fn a_slow_miss_that_finishes_after_a_write_is_never_served() {
+    let mut h = Harness::users();
+    assert_ready_ok!(h.svc.poll_ready());
+    let slow_read = tokio::spawn(h.svc.call(get("/users/1")));
+    let (_, answer_slow_read) = h.inner.next_request().await.unwrap();
+    // The read has computed its answer from the old row ("old") but not returned yet.
+
+    let write = h
+        .send(request(Method::PUT, "/users/1"), |_| ok("new"))
+        .await;
+    assert_eq!(write.status, StatusCode::OK);
+
+    answer_slow_read.send_response(ok("old"));
+    let stale = slow_read
+        .await
+        .unwrap()
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        stale, "old",
+        "the slow read itself started before the write"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let after = h.get("/users/1", "new").await;
+    assert_eq!((after.x_cache(), &after.body[..]), ("MISS", &b"new"[..]));
+    assert_eq!(h.get("/users/1", "unused").await.body, "new");
+}
+
+/// A store that always fails, or never answers: the layer must serve every request anyway.
+#[derive(Clone, Copy)]
+enum BrokenStore {
+    Failing,
+    Hanging,
+}
+
+#[async_trait]
+impl Store for BrokenStore {
+    async fn lookup(&self, _: &str, _: &[String]) -> Result<Lookup, StoreError> {
+        self.fail().await
+    }
+    async fn ensure_tag_versions(&self, _: &[String]) -> Result<Vec<TagVersion>, StoreError> {
+        self.fail().await
+    }
+    async fn put(&self, _: &str, _: Bytes, _: Duration) -> Result<(), StoreError> {
+        self.fail().await
+    }
+    async fn evict_tags(&self, _: &[String]) -> Result<(), StoreError> {
+        self.fail().await
+    }
+}
+
+impl BrokenStore {
+    async fn fail<T>(&self) -> Result<T, StoreError> {
+        match self {
+            BrokenStore::Failing => Err(StoreError::msg("connection refused")),
+            BrokenStore::Hanging => std::future::pending().await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broken_store_never_fails_a_request() {
+    for store in [BrokenStore::Failing, BrokenStore::Hanging] {
+        let layer = users_rules(CacheLayer::builder(store))
+            .store_timeout(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        let mut h = Harness::new(layer);
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            let outcome = h.get("/users", "from the handler").await;
+            assert_eq!(
+                (outcome.status, &outcome.body[..]),
+                (StatusCode::OK, &b"from the handler"[..])
+            );
+            assert_eq!(outcome.x_cache(), "MISS");
+        }
+        let write = h
+            .send(request(Method::POST, "/users"), |_| {
+                with_status(ok("created"), StatusCode::CREATED)
+            })
+            .await;
+        assert_eq!(write.status, StatusCode::CREATED);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "each store call is bounded by the timeout"
+        );
+        assert!(h.cache.stats().store_errors >= 4);
+    }
+}
+
+#[tokio::test]
+async fn while_an_eviction_is_pending_its_entries_are_bypassed() {
+    let layer = users_rules(CacheLayer::builder(BrokenStore::Failing))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.send(request(Method::PUT, "/users/1"), |_| ok("")).await;
+    // `users` and `user:1` could not be evicted: their entries must not be served.
+    assert_eq!(h.get("/users/1", "fresh").await.x_cache(), "BYPASS");
+    assert_eq!(h.get("/users", "fresh").await.x_cache(), "BYPASS");
+    // Routes without those tags are still looked up.
+    assert_eq!(
+        h.send(get_as("/me", "authorization", "Bearer 1"), |_| ok("me"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+}
+
+#[tokio::test]
+async fn clones_share_entries_and_counters() {
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut a = Harness::new(layer.clone());
+    let mut b = Harness::new(layer);
+    a.get("/users", "from a").await;
+    assert_eq!(b.get("/users", "unused").await.body, "from a");
+    assert_eq!(handle.stats().hits, 1);
+}
+
+#[test]
+fn cache_body_is_send() {
+    fn send<T: Send>() {}
+    send::<CacheBody<Body>>();
+}

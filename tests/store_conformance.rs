@@ -1,0 +1,266 @@
+//! One conformance suite for every `Store`: the in-process store and Redis (a private
+//! `redis-server` the harness starts) must behave the same.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::redis::RedisServer;
+use tower_redis_cache::{MemoryStore, RedisStore, Store};
+
+fn tags(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| format!("test:v1:t:{n}")).collect()
+}
+
+async fn missing_keys_and_tags_are_reported_as_missing(store: &dyn Store) {
+    let found = store
+        .lookup("test:v1:e:nothing", &tags(&["a", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(found.entry, None);
+    assert_eq!(found.versions, vec![None, None]);
+    let found = store.lookup("test:v1:e:nothing", &[]).await.unwrap();
+    assert!(found.versions.is_empty());
+}
+
+async fn put_values_come_back_byte_for_byte(store: &dyn Store) {
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    for (key, value) in [
+        ("test:v1:e:binary", Bytes::from(binary)),
+        ("test:v1:e:empty", Bytes::new()),
+        ("test:v1:e:text", Bytes::from_static(b"hello")),
+    ] {
+        store
+            .put(key, value.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.lookup(key, &[]).await.unwrap().entry,
+            Some(value),
+            "{key}"
+        );
+    }
+    store
+        .put(
+            "test:v1:e:text",
+            Bytes::from_static(b"replaced"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let found = store.lookup("test:v1:e:text", &[]).await.unwrap();
+    assert_eq!(found.entry.as_deref(), Some(&b"replaced"[..]));
+}
+
+async fn entries_expire_after_their_ttl(store: &dyn Store) {
+    store
+        .put(
+            "test:v1:e:short",
+            Bytes::from_static(b"x"),
+            Duration::from_millis(150),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            "test:v1:e:long",
+            Bytes::from_static(b"y"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .lookup("test:v1:e:short", &[])
+        .await
+        .unwrap()
+        .entry
+        .is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.lookup("test:v1:e:short", &[]).await.unwrap().entry,
+        None
+    );
+    assert!(store
+        .lookup("test:v1:e:long", &[])
+        .await
+        .unwrap()
+        .entry
+        .is_some());
+}
+
+async fn tag_versions_are_given_once_and_kept(store: &dyn Store) {
+    let t = tags(&["users", "user:1"]);
+    let first = store.ensure_tag_versions(&t).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(store.ensure_tag_versions(&t).await.unwrap(), first);
+    let found = store.lookup("test:v1:e:any", &t).await.unwrap();
+    assert_eq!(
+        found.versions,
+        first.iter().copied().map(Some).collect::<Vec<_>>()
+    );
+    // Order follows the request.
+    let reversed: Vec<String> = t.iter().rev().cloned().collect();
+    let mut expected = first.clone();
+    expected.reverse();
+    assert_eq!(
+        store.ensure_tag_versions(&reversed).await.unwrap(),
+        expected
+    );
+}
+
+async fn eviction_changes_only_the_evicted_tags(store: &dyn Store) {
+    let t = tags(&["posts", "post:9"]);
+    let before = store.ensure_tag_versions(&t).await.unwrap();
+    store.evict_tags(&t[..1]).await.unwrap();
+    let after = store.lookup("test:v1:e:any", &t).await.unwrap().versions;
+    assert_ne!(after[0], Some(before[0]));
+    assert!(after[0].is_some(), "an evicted tag has a (new) version");
+    assert_eq!(after[1], Some(before[1]));
+    // Evicting a tag that never had a version gives it one.
+    let fresh = tags(&["never-used"]);
+    store.evict_tags(&fresh).await.unwrap();
+    assert!(store
+        .lookup("test:v1:e:any", &fresh)
+        .await
+        .unwrap()
+        .versions[0]
+        .is_some());
+    store.evict_tags(&[]).await.unwrap();
+}
+
+async fn repeated_evictions_never_reuse_a_version(store: &dyn Store) {
+    let t = tags(&["churn"]);
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        store.evict_tags(&t).await.unwrap();
+        let version = store.lookup("test:v1:e:any", &t).await.unwrap().versions[0].unwrap();
+        assert!(seen.insert(version), "version {version} came back");
+    }
+}
+
+async fn concurrent_first_uses_agree_on_one_version(store: Arc<dyn Store>) {
+    let t = tags(&["raced"]);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = Arc::clone(&store);
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            store.ensure_tag_versions(&t).await.unwrap()
+        }));
+    }
+    let mut versions = HashSet::new();
+    for task in tasks {
+        versions.insert(task.await.unwrap());
+    }
+    assert_eq!(
+        versions.len(),
+        1,
+        "every caller must see the one version that won"
+    );
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    missing_keys_and_tags_are_reported_as_missing(&*store).await;
+    put_values_come_back_byte_for_byte(&*store).await;
+    entries_expire_after_their_ttl(&*store).await;
+    tag_versions_are_given_once_and_kept(&*store).await;
+    eviction_changes_only_the_evicted_tags(&*store).await;
+    repeated_evictions_never_reuse_a_version(&*store).await;
+    concurrent_first_uses_agree_on_one_version(store).await;
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_store_conforms() {
+    let server = RedisServer::start();
+    let store = RedisStore::from_url(server.url()).await.unwrap();
+    conformance(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn redis_store_with_one_connection_conforms() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .pool_size(1)
+        .build()
+        .await
+        .unwrap();
+    conformance(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn memory_store_stays_within_its_byte_bound() {
+    let store = MemoryStore::new(64 * 1024);
+    let value = Bytes::from(vec![7u8; 1024]);
+    for i in 0..1_000 {
+        store
+            .put(
+                &format!("test:v1:e:{i}"),
+                value.clone(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+    }
+    let used = store.used_bytes();
+    assert!(used <= 64 * 1024, "holds {used} bytes");
+    assert!(
+        used > 32 * 1024,
+        "should still hold a good share of the bound, holds {used}"
+    );
+}
+
+#[tokio::test]
+async fn redis_tag_versions_overwritten_by_something_else_are_replaced() {
+    let server = RedisServer::start();
+    let store = RedisStore::from_url(server.url()).await.unwrap();
+    let t = tags(&["corrupt"]);
+    server.command(&["SET", &t[0], "not a number"]).unwrap();
+    assert_eq!(
+        store.lookup("test:v1:e:any", &t).await.unwrap().versions,
+        vec![None]
+    );
+    let version = store.ensure_tag_versions(&t).await.unwrap()[0];
+    assert_eq!(
+        store.lookup("test:v1:e:any", &t).await.unwrap().versions,
+        vec![Some(version)]
+    );
+}
+
+#[tokio::test]
+async fn redis_tag_versions_expire_so_templated_tags_do_not_pile_up() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .tag_version_ttl(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    store.ensure_tag_versions(&tags(&["user:1"])).await.unwrap();
+    let ttl = server.command(&["TTL", "test:v1:t:user:1"]).unwrap();
+    let secs: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!((3500..=3600).contains(&secs), "TTL was {ttl:?}");
+}
+
+#[tokio::test]
+async fn redis_store_reports_unreachable_servers_and_bad_urls() {
+    let port = support::redis::free_port();
+    let started = std::time::Instant::now();
+    let err = RedisStore::builder(format!("redis://127.0.0.1:{port}"))
+        .connection_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let err = RedisStore::from_url("redis://127.0.0.1:not-a-port")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+}

@@ -1,0 +1,4 @@
+//! Test support: a real `redis-server` per test, on a free loopback port.
+#![allow(dead_code)]
+
+pub mod redis;
