@@ -1,0 +1,428 @@
+//! The guarantees, end to end, through axum, against a private `redis-server`:
+//! no cross-user leaks, no stale read after a write (including the slow-miss race, across
+//! instances, and across a store outage), and a cache that never breaks the service.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use http_body_util::BodyExt;
+use support::redis::RedisServer;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+use tower_redis_cache::{CacheHandle, CacheLayer, RedisStore, Rule};
+
+/// A stand-in for a database, with a way to hold a read after it has read its row.
+#[derive(Default)]
+struct Db {
+    rows: Mutex<HashMap<String, String>>,
+    reads: AtomicUsize,
+    hold_next_read: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+}
+
+type Shared = Arc<Db>;
+
+async fn read_user(State(db): State<Shared>, Path(id): Path<String>) -> (StatusCode, String) {
+    db.reads.fetch_add(1, Ordering::SeqCst);
+    let row = db.rows.lock().unwrap().get(&id).cloned();
+    let hold = db.hold_next_read.lock().unwrap().take();
+    if let Some((has_read, release)) = hold {
+        has_read.notify_one();
+        release.notified().await;
+    }
+    match row {
+        Some(row) => (StatusCode::OK, row),
+        None => (StatusCode::NOT_FOUND, "no such user".into()),
+    }
+}
+
+async fn write_user(State(db): State<Shared>, Path(id): Path<String>, body: String) -> StatusCode {
+    db.rows.lock().unwrap().insert(id, body);
+    StatusCode::OK
+}
+
+fn auth(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+async fn me(headers: HeaderMap) -> (StatusCode, String) {
+    match auth(&headers) {
+        Some(token) => (StatusCode::OK, format!("me:{token}")),
+        None => (StatusCode::UNAUTHORIZED, "who are you?".into()),
+    }
+}
+
+/// Personalises its answer although its route is neither per-user nor shared: the layer must
+/// keep credentialed answers out of the shared entry.
+async fn feed(headers: HeaderMap) -> String {
+    format!(
+        "feed:{}",
+        auth(&headers).unwrap_or_else(|| "anonymous".into())
+    )
+}
+
+async fn app(redis_url: &str, db: Shared) -> (Router, CacheHandle) {
+    let store = RedisStore::builder(redis_url)
+        .command_timeout(Duration::from_millis(200))
+        .connection_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let cache = CacheLayer::builder(store)
+        .store_timeout(Duration::from_millis(50))
+        .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
+        .route("/users/{id}", Rule::put().evicts(["users", "user:{id}"]))
+        .route("/me", Rule::get().per_user())
+        .route("/feed", Rule::get())
+        .route("/public", Rule::get().shared())
+        .build()
+        .unwrap();
+    let handle = cache.handle();
+    let router = Router::new()
+        .route("/users/{id}", get(read_user).put(write_user))
+        .route("/me", get(me))
+        .route("/feed", get(feed))
+        .route("/public", get(|| async { "public" }))
+        .with_state(db)
+        .layer(cache);
+    (router, handle)
+}
+
+struct Reply {
+    status: StatusCode,
+    x_cache: String,
+    body: String,
+}
+
+async fn send(
+    router: &Router,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", token);
+    }
+    let response = router
+        .clone()
+        .oneshot(
+            request
+                .body(axum::body::Body::from(body.to_owned()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let x_cache = response
+        .headers()
+        .get("x-cache")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        x_cache,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+async fn get_path(router: &Router, path: &str) -> Reply {
+    send(router, Method::GET, path, None, "").await
+}
+
+/// Waits until the background write of an entry has reached Redis.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_response_is_ever_served_to_another_user() {
+    let server = RedisServer::start();
+    let (router, handle) = app(&server.url(), Shared::default()).await;
+    let users = 50;
+    let mut rng = fastrand::Rng::with_seed(2026);
+    let mut checked = 0;
+    for _round in 0..40 {
+        let mut batch = Vec::new();
+        for _ in 0..64 {
+            let user = rng.usize(..=users); // `users` stands for "anonymous"
+            let token = (user < users).then(|| format!("Bearer u{user}"));
+            let path = ["/me", "/feed", "/public"][rng.usize(..3)];
+            let router = router.clone();
+            batch.push(tokio::spawn(async move {
+                let reply = send(&router, Method::GET, path, token.as_deref(), "").await;
+                (path, token, reply)
+            }));
+        }
+        for task in batch {
+            let (path, token, reply) = task.await.unwrap();
+            let expected = match (path, &token) {
+                ("/me", Some(token)) => format!("me:{token}"),
+                ("/me", None) => "who are you?".to_owned(),
+                ("/feed", Some(token)) => format!("feed:{token}"),
+                ("/feed", None) => "feed:anonymous".to_owned(),
+                _ => "public".to_owned(),
+            };
+            assert_eq!(
+                reply.body, expected,
+                "{path} as {token:?} ({})",
+                reply.x_cache
+            );
+            if path == "/feed" && token.is_some() {
+                assert_eq!(
+                    reply.x_cache, "BYPASS",
+                    "credentialed requests to a default route bypass"
+                );
+            }
+            checked += 1;
+        }
+    }
+    let stats = handle.stats();
+    assert_eq!(checked, 40 * 64);
+    assert!(
+        stats.hits > 1_000,
+        "the cache must actually serve most of these: {stats:?}"
+    );
+    assert_eq!(stats.store_errors, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_slow_miss_that_read_old_data_is_never_served_after_the_write() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "old".into());
+    let (router, _) = app(&server.url(), db.clone()).await;
+
+    let (has_read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    *db.hold_next_read.lock().unwrap() = Some((has_read.clone(), release.clone()));
+    let slow_read = tokio::spawn({
+        let router = router.clone();
+        async move { get_path(&router, "/users/1").await }
+    });
+    has_read.notified().await; // the slow read has read "old" and is still computing
+
+    let write = send(&router, Method::PUT, "/users/1", None, "new").await;
+    assert_eq!(write.status, StatusCode::OK);
+
+    release.notify_one();
+    let slow = slow_read.await.unwrap();
+    assert_eq!((slow.x_cache.as_str(), slow.body.as_str()), ("MISS", "old"));
+    settle().await; // its entry, computed from old data, is now in Redis
+
+    let after = get_path(&router, "/users/1").await;
+    assert_eq!(
+        (after.x_cache.as_str(), after.body.as_str()),
+        ("MISS", "new")
+    );
+    settle().await;
+    let cached = get_path(&router, "/users/1").await;
+    assert_eq!(
+        (cached.x_cache.as_str(), cached.body.as_str()),
+        ("HIT", "new")
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_redis_share_entries_and_evictions() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "v1".into());
+    let (a, _) = app(&server.url(), db.clone()).await;
+    let (b, _) = app(&server.url(), db.clone()).await;
+
+    assert_eq!(get_path(&a, "/users/1").await.x_cache, "MISS");
+    settle().await;
+    let from_b = get_path(&b, "/users/1").await;
+    assert_eq!(
+        (from_b.x_cache.as_str(), from_b.body.as_str()),
+        ("HIT", "v1")
+    );
+
+    send(&b, Method::PUT, "/users/1", None, "v2").await;
+    let from_a = get_path(&a, "/users/1").await;
+    assert_eq!(
+        (from_a.x_cache.as_str(), from_a.body.as_str()),
+        ("MISS", "v2")
+    );
+    assert_eq!(db.reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_answered_while_redis_is_killed_and_restarted() {
+    let mut server = RedisServer::start();
+    let db = Shared::default();
+    for id in 0..20 {
+        db.rows
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), format!("user {id}"));
+    }
+    let (router, handle) = app(&server.url(), db.clone()).await;
+    for id in 0..20 {
+        get_path(&router, &format!("/users/{id}")).await;
+    }
+    settle().await;
+
+    let total = 1_200;
+    let concurrency = 16;
+    let mut answered = 0;
+    let mut restarted_at = None;
+    for wave in 0..total / concurrency {
+        if wave == 25 {
+            server.kill();
+        }
+        if wave == 50 {
+            server.restart();
+            restarted_at = Some(Instant::now());
+        }
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let router = router.clone();
+                let id = (wave * concurrency + i) % 20;
+                tokio::spawn(async move { (id, get_path(&router, &format!("/users/{id}")).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (id, reply) = task.await.unwrap();
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.body, format!("user {id}"));
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, total);
+    assert!(
+        handle.stats().store_errors > 0,
+        "the outage must have been seen"
+    );
+
+    // Hits come back once Redis does (the restarted server is empty: one miss refills it).
+    let restarted_at = restarted_at.unwrap();
+    loop {
+        let reply = get_path(&router, "/users/3").await;
+        assert_eq!(reply.body, "user 3");
+        if reply.x_cache == "HIT" {
+            break;
+        }
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(15),
+            "hits did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "hits resumed {:?} after redis-server restarted",
+        restarted_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_a_redis_stall_never_lets_the_old_entry_back() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "old".into());
+    let (router, handle) = app(&server.url(), db.clone()).await;
+    get_path(&router, "/users/1").await;
+    settle().await;
+    assert_eq!(get_path(&router, "/users/1").await.x_cache, "HIT");
+
+    server.pause(); // Redis stalls with the old entry in it
+    let write = send(&router, Method::PUT, "/users/1", None, "new").await;
+    assert_eq!(
+        write.status,
+        StatusCode::OK,
+        "the write succeeds without the cache"
+    );
+    let during = get_path(&router, "/users/1").await;
+    assert_eq!(
+        (during.x_cache.as_str(), during.body.as_str()),
+        ("BYPASS", "new")
+    );
+
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get_path(&router, "/users/1").await;
+        assert_eq!(
+            reply.body, "new",
+            "served the entry from before the write ({})",
+            reply.x_cache
+        );
+        if reply.x_cache != "BYPASS" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the eviction never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle().await;
+    let cached = get_path(&router, "/users/1").await;
+    assert_eq!(
+        (cached.x_cache.as_str(), cached.body.as_str()),
+        ("HIT", "new")
+    );
+    assert!(handle.stats().store_errors > 0);
+}
+
+/// Redis refuses writes (full, `maxmemory` with `noeviction`) but still answers reads: the
+/// eviction of a write fails while the old entry stays readable. It must not be served.
+#[tokio::test]
+async fn a_write_whose_eviction_redis_refuses_never_lets_the_old_entry_back() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "old".into());
+    let (router, handle) = app(&server.url(), db.clone()).await;
+    get_path(&router, "/users/1").await;
+    settle().await;
+    assert_eq!(get_path(&router, "/users/1").await.x_cache, "HIT");
+
+    server
+        .command(&["CONFIG", "SET", "maxmemory", "1"])
+        .unwrap(); // every SET now fails: OOM
+    let write = send(&router, Method::PUT, "/users/1", None, "new").await;
+    assert_eq!(
+        write.status,
+        StatusCode::OK,
+        "the write succeeds without the cache"
+    );
+    for _ in 0..5 {
+        let during = get_path(&router, "/users/1").await;
+        assert_eq!(
+            (during.x_cache.as_str(), during.body.as_str()),
+            ("BYPASS", "new")
+        );
+    }
+
+    server
+        .command(&["CONFIG", "SET", "maxmemory", "0"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get_path(&router, "/users/1").await;
+        assert_eq!(
+            reply.body, "new",
+            "served the entry from before the write ({})",
+            reply.x_cache
+        );
+        if reply.x_cache != "BYPASS" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the eviction never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(handle.stats().store_errors > 0);
+}
