@@ -105,25 +105,23 @@ where
             KindProj::Passthrough { inner } => inner.poll_frame(cx),
             KindProj::Capturing { mut inner, capture } => {
                 let frame = ready!(inner.as_mut().poll_frame(cx));
-                match &frame {
+                let ended = match &frame {
                     Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            if capture.as_mut().is_some_and(|c| !c.push_data(data)) {
-                                *capture = None; // over the size limit: stream the rest uncaptured
-                            }
-                        } else if let (Some(trailers), Some(c)) =
-                            (frame.trailers_ref(), capture.as_mut())
-                        {
-                            c.set_trailers(trailers.clone());
+                        if capture.as_mut().is_some_and(|c| !c.record(frame)) {
+                            *capture = None; // over the size limit: stream the rest uncaptured
                         }
-                        if inner.is_end_stream() {
-                            capture.take().map(Capture::finish);
-                        }
+                        inner.is_end_stream()
                     }
                     // An error means the copy is incomplete: drop it.
-                    Some(Err(_)) => *capture = None,
-                    None => {
-                        capture.take().map(Capture::finish);
+                    Some(Err(_)) => {
+                        *capture = None;
+                        false
+                    }
+                    None => true,
+                };
+                if ended {
+                    if let Some(complete) = capture.take() {
+                        complete.finish();
                     }
                 }
                 Poll::Ready(frame)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
+use http_body::Frame;
 
 use crate::entry::{now_ms, Entry};
 use crate::state::Shared;
@@ -40,17 +41,17 @@ impl Capture {
         }
     }
 
-    /// Copies a data frame; `false` once the copy would exceed the limit.
-    pub(crate) fn push_data(&mut self, data: &Bytes) -> bool {
-        if self.buf.len() + data.len() > self.limit {
-            return false;
+    /// Copies a frame; `false` once the copy would exceed the limit.
+    pub(crate) fn record(&mut self, frame: &Frame<Bytes>) -> bool {
+        if let Some(data) = frame.data_ref() {
+            if self.buf.len() + data.len() > self.limit {
+                return false;
+            }
+            self.buf.extend_from_slice(data);
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.trailers = Some(trailers.clone());
         }
-        self.buf.extend_from_slice(data);
         true
-    }
-
-    pub(crate) fn set_trailers(&mut self, trailers: HeaderMap) {
-        self.trailers = Some(trailers);
     }
 
     /// The body is complete: write the entry in the background, so that the client's last

@@ -380,7 +380,8 @@ async fn the_handle_evicts_from_outside_http() {
 
 #[tokio::test]
 async fn only_cacheable_responses_are_stored() {
-    let cases: Vec<(&str, fn() -> Resp)> = vec![
+    type Responder = fn() -> Resp;
+    let cases: Vec<(&str, Responder)> = vec![
         ("404", || with_status(ok("missing"), StatusCode::NOT_FOUND)),
         ("500", || {
             with_status(ok("boom"), StatusCode::INTERNAL_SERVER_ERROR)

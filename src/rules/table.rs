@@ -196,7 +196,7 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
     let params = pattern_params(pattern);
     let templates = |tags: &[String]| -> Result<Vec<TagTemplate>, BuildError> {
         tags.iter()
-            .map(|t| TagTemplate::parse(t, &params).map_err(|p| err(p)))
+            .map(|t| TagTemplate::parse(t, &params).map_err(err))
             .collect()
     };
 
