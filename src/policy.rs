@@ -76,11 +76,7 @@ fn has_credentials(request: &request::Parts) -> bool {
 }
 
 /// Why a response is not stored, or `None` when it may be.
-pub(crate) fn not_storable(
-    response: &response::Parts,
-    plan: &Plan,
-    max_body_bytes: usize,
-) -> Option<&'static str> {
+pub(crate) fn not_storable(response: &response::Parts, plan: &Plan) -> Option<&'static str> {
     if plan.head {
         return Some("HEAD responses have no body to store");
     }
@@ -116,13 +112,6 @@ pub(crate) fn not_storable(
         {
             return Some("Vary names a header the rule does not key on");
         }
-    }
-    let too_long = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|len| len > max_body_bytes as u64);
-    if too_long {
-        return Some("body over max_body_bytes");
     }
     None
 }

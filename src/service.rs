@@ -187,7 +187,12 @@ fn capture_if_storable<B: Body<Data = Bytes>>(
 ) -> Response<CacheBody<B>> {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
-    if let Some(reason) = not_storable(&parts, &plan, settings.max_body_bytes) {
+    let reason = not_storable(&parts, &plan).or_else(|| {
+        // A known length over the limit: do not even start a copy.
+        let too_long = body.size_hint().lower() > settings.max_body_bytes as u64;
+        too_long.then_some("body over max_body_bytes")
+    });
+    if let Some(reason) = reason {
         tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
         return Response::from_parts(parts, CacheBody::passthrough(body));
     }
