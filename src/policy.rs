@@ -28,14 +28,10 @@ pub(crate) struct Plan {
     pub(crate) tags: Vec<String>,
     pub(crate) tag_keys: Vec<String>,
     pub(crate) rule: Arc<ReadRule>,
+    /// Whether the entry belongs to one identified user (so `private` responses may go in it).
+    pub(crate) per_user: bool,
     /// `HEAD`: answered from the `GET` entry, never stored from (its response has no body).
     pub(crate) head: bool,
-}
-
-impl Plan {
-    fn per_user(&self) -> bool {
-        matches!(self.rule.scope, Scope::PerUser(_))
-    }
 }
 
 pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
@@ -45,8 +41,12 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         Matched::Read { rule, tags } => (rule, tags),
     };
     let user = match &rule.scope {
-        Scope::PerUser(identify) => match identify.identify(request) {
+        Scope::PerUser {
+            identify,
+            share_anonymous,
+        } => match identify.identify(request) {
             Some(user) => Some(user),
+            None if *share_anonymous && !has_credentials(request) => None,
             None => return Decision::Bypass,
         },
         // A credentialed request may get a response made for that user: RFC 9111 section 3.5.
@@ -66,6 +66,7 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         tag_keys: shared.tag_keys(&tags),
         tags,
         rule: Arc::clone(rule),
+        per_user: user.is_some(),
         head: request.method == Method::HEAD,
     })
 }
@@ -96,7 +97,7 @@ pub(crate) fn not_storable(response: &response::Parts, plan: &Plan) -> Option<&'
         if name.eq_ignore_ascii_case("no-cache") {
             return Some("Cache-Control: no-cache");
         }
-        if name.eq_ignore_ascii_case("private") && !plan.per_user() {
+        if name.eq_ignore_ascii_case("private") && !plan.per_user {
             return Some("Cache-Control: private on a shared route");
         }
     }

@@ -54,44 +54,57 @@ pub trait IdentifyUser: Send + Sync + 'static {
     fn identify(&self, request: &Parts) -> Option<UserId>;
 }
 
-/// Identifies users by the value of a request header, digested.
+/// Identifies users by the values of one or more request headers, digested.
 ///
-/// Two requests share per-user entries only when they carry the same header value, byte for byte.
+/// Two requests share per-user entries only when they carry the same values, byte for byte.
+/// A request carrying none of the headers has no user.
 ///
 /// ```
+/// use http::header::COOKIE;
 /// use tower_redis_cache::UserFromHeader;
 ///
 /// let by_token = UserFromHeader::authorization();
-/// let by_session = UserFromHeader::new(http::header::COOKIE);
+/// let by_session = UserFromHeader::new(COOKIE);
+/// let by_either = UserFromHeader::authorization().and(COOKIE);
 /// ```
 #[derive(Debug, Clone)]
 pub struct UserFromHeader {
-    name: HeaderName,
+    names: Vec<HeaderName>,
 }
 
 impl UserFromHeader {
     /// Identifies users by the header `name`. When it appears more than once, all its values
     /// count, in order.
     pub fn new(name: HeaderName) -> Self {
-        Self { name }
+        Self { names: vec![name] }
     }
 
     /// Identifies users by their `Authorization` header.
     pub fn authorization() -> Self {
         Self::new(AUTHORIZATION)
     }
+
+    /// Also counts the header `name`: the user is the combination of all the headers' values.
+    pub fn and(mut self, name: HeaderName) -> Self {
+        self.names.push(name);
+        self
+    }
 }
 
 impl IdentifyUser for UserFromHeader {
     fn identify(&self, request: &Parts) -> Option<UserId> {
-        let mut values = request.headers.get_all(&self.name).iter().peekable();
-        values.peek()?;
         let mut hasher = blake3::Hasher::new();
-        for value in values {
-            hasher.update(&(value.len() as u64).to_le_bytes());
-            hasher.update(value.as_bytes());
+        let mut found = false;
+        for name in &self.names {
+            let values = request.headers.get_all(name);
+            hasher.update(&(values.iter().count() as u64).to_le_bytes());
+            for value in values {
+                found = true;
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(value.as_bytes());
+            }
         }
-        Some(UserId::digest(hasher.finalize().as_bytes()))
+        found.then(|| UserId::digest(hasher.finalize().as_bytes()))
     }
 }
 
@@ -226,6 +239,21 @@ mod tests {
             .identify(&parts(&[("cookie", "a=1"), ("cookie", "b=2")]))
             .unwrap();
         assert_ne!(one, two);
+    }
+
+    #[test]
+    fn several_headers_combine() {
+        let identify = UserFromHeader::authorization().and(http::header::COOKIE);
+        let token = identify
+            .identify(&parts(&[("authorization", "t")]))
+            .unwrap();
+        let cookie = identify.identify(&parts(&[("cookie", "t")])).unwrap();
+        let both = identify
+            .identify(&parts(&[("authorization", "t"), ("cookie", "t")]))
+            .unwrap();
+        assert_ne!(token, cookie);
+        assert_ne!(token, both);
+        assert_eq!(identify.identify(&parts(&[("x-other", "t")])), None);
     }
 
     #[test]

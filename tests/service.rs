@@ -781,3 +781,65 @@ fn cache_body_is_send() {
     fn send<T: Send>() {}
     send::<CacheBody<Body>>();
 }
+
+#[tokio::test]
+async fn per_user_routes_can_share_one_entry_among_anonymous_requests() {
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(MemoryStore::default());
+    let layer = CacheLayer::builder(store)
+        .route("/page", Rule::get().per_user().share_anonymous())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.get("/page", "for everyone").await;
+    let anonymous = h.get("/page", "unused").await;
+    assert_eq!(
+        (anonymous.x_cache(), &anonymous.body[..]),
+        ("HIT", &b"for everyone"[..])
+    );
+
+    let user = h
+        .send(get_as("/page", "authorization", "Bearer 1"), |_| {
+            ok("for user 1")
+        })
+        .await;
+    assert_eq!(
+        (user.x_cache(), &user.body[..]),
+        ("MISS", &b"for user 1"[..])
+    );
+    let user = h
+        .send(get_as("/page", "authorization", "Bearer 1"), |_| {
+            ok("unused")
+        })
+        .await;
+    assert_eq!(
+        (user.x_cache(), &user.body[..]),
+        ("HIT", &b"for user 1"[..])
+    );
+    // A cookie the identity does not read cannot be keyed: it must not reach the shared entry.
+    let cookie = h
+        .send(get_as("/page", "cookie", "session=9"), |_| {
+            ok("for session 9")
+        })
+        .await;
+    assert_eq!(
+        (cookie.x_cache(), &cookie.body[..]),
+        ("BYPASS", &b"for session 9"[..])
+    );
+    assert_eq!(h.get("/page", "unused").await.body, "for everyone");
+}
+
+#[tokio::test]
+async fn private_responses_to_anonymous_requests_are_not_shared() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/page", Rule::get().per_user().share_anonymous())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let private = || with_header(ok("x"), "cache-control", "private");
+    h.send(get("/page"), |_| private()).await;
+    assert!(h
+        .send(get("/page"), |_| private())
+        .await
+        .reached_inner
+        .is_some());
+}

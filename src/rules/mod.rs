@@ -47,6 +47,7 @@ pub struct Rule {
     pub(crate) tags: Vec<String>,
     pub(crate) evicts: Vec<String>,
     pub(crate) scope: ScopeSetting,
+    pub(crate) share_anonymous: bool,
     pub(crate) vary: Vec<String>,
     pub(crate) statuses: Option<Vec<StatusCode>>,
 }
@@ -118,6 +119,7 @@ impl Rule {
             tags: Vec::new(),
             evicts: Vec::new(),
             scope: ScopeSetting::Default,
+            share_anonymous: false,
             vary: Vec::new(),
             statuses: None,
         }
@@ -163,6 +165,22 @@ impl Rule {
         self.scope = self
             .scope
             .with(ScopeSetting::PerUser(Some(Arc::new(identify))));
+        self
+    }
+
+    /// With [`per_user`](Self::per_user): requests with neither `Authorization` nor `Cookie`
+    /// share one set of entries instead of bypassing the cache. Credentialed requests still get
+    /// entries of their own (or bypass, when their user cannot be identified), and
+    /// `Cache-Control: private` responses are stored only for identified users.
+    ///
+    /// This is the usual shape for pages that logged-in users see personalised:
+    ///
+    /// ```
+    /// use tower_redis_cache::Rule;
+    /// let rule = Rule::get().per_user().share_anonymous();
+    /// ```
+    pub fn share_anonymous(mut self) -> Self {
+        self.share_anonymous = true;
         self
     }
 

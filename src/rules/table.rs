@@ -33,8 +33,11 @@ pub(crate) enum Scope {
     Default,
     /// Everyone shares entries.
     Shared,
-    /// One entry per user.
-    PerUser(Arc<dyn IdentifyUser>),
+    /// One entry per user; with `share_anonymous`, requests without credentials share one.
+    PerUser {
+        identify: Arc<dyn IdentifyUser>,
+        share_anonymous: bool,
+    },
 }
 
 struct MutationRule {
@@ -213,15 +216,21 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         let scope = match rule.scope {
             ScopeSetting::Default => Scope::Default,
             ScopeSetting::Shared => Scope::Shared,
-            ScopeSetting::PerUser(identify) => {
-                Scope::PerUser(identify.unwrap_or_else(|| defaults.identify.clone()))
-            }
+            ScopeSetting::PerUser(identify) => Scope::PerUser {
+                identify: identify.unwrap_or_else(|| defaults.identify.clone()),
+                share_anonymous: rule.share_anonymous,
+            },
             ScopeSetting::Contradictory => {
                 return Err(err(
                     "a rule cannot be both `shared()` and `per_user()`".into()
                 ));
             }
         };
+        if rule.share_anonymous && !matches!(scope, Scope::PerUser { .. }) {
+            return Err(err(
+                "`share_anonymous()` applies to `per_user()` rules".into()
+            ));
+        }
         let mut vary = Vec::with_capacity(rule.vary.len());
         for name in &rule.vary {
             let header = HeaderName::try_from(name.as_str())
@@ -362,6 +371,10 @@ mod tests {
         assert_eq!(
             problem(vec![("/a", Rule::get().shared().per_user())], vec![]),
             "route `/a`: a rule cannot be both `shared()` and `per_user()`"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::get().shared().share_anonymous())], vec![]),
+            "route `/a`: `share_anonymous()` applies to `per_user()` rules"
         );
         assert_eq!(
             problem(vec![("/a", Rule::get().evicts(["x"]))], vec![]),

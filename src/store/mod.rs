@@ -64,6 +64,27 @@ pub trait Store: Send + Sync + 'static {
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError>;
 }
 
+/// A shared store is a store: lets an application pick its store at run time
+/// (`Arc<dyn Store>`) or hand the same one to several layers.
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
+        (**self).lookup(key, tags).await
+    }
+
+    async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
+        (**self).ensure_tag_versions(tags).await
+    }
+
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        (**self).put(key, value, ttl).await
+    }
+
+    async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
+        (**self).evict_tags(tags).await
+    }
+}
+
 /// An error from a [`Store`].
 ///
 /// The layer never returns these to clients: it logs them, counts them and carries on as if the

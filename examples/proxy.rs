@@ -1,0 +1,270 @@
+//! A caching reverse proxy: every request goes to one upstream, and `GET` responses are cached by
+//! `tower-redis-cache`, per user when the request carries credentials.
+//!
+//! ```text
+//! UPSTREAM_URL=http://127.0.0.1:3000 cargo run --example proxy
+//! ```
+//!
+//! Environment (no command-line options):
+//!
+//! | Variable         | Default                 | Meaning                                                 |
+//! |------------------|-------------------------|---------------------------------------------------------|
+//! | `UPSTREAM_URL`   | required                | `http://host:port`, optionally with a base path         |
+//! | `BIND`           | `127.0.0.1:3001`        | address to listen on (`127.0.0.1:0` picks a free port)  |
+//! | `CACHE_TTL_SECS` | `60`                    | how long `GET` responses stay cached                    |
+//! | `REDIS_URL`      | unset: in-process store | cache in Redis, e.g. `redis://127.0.0.1:6379`           |
+//! | `RUST_LOG`       | `info`                  | log filter (`tracing_subscriber` env-filter syntax)     |
+//!
+//! The method, path, query, headers and body of each request are forwarded, but for the
+//! hop-by-hop headers and `Host` (the upstream's is used; the original goes in
+//! `X-Forwarded-Host`). The upstream's status, headers (but hop-by-hop ones) and body come back
+//! as they are, streamed both ways. Only `200` responses to `GET` are stored, under the crate's
+//! default safety rules (no `Set-Cookie`, no `Cache-Control: no-store`/`private`...); other
+//! methods pass straight through. The upstream must be plain `http://`: this example has no TLS.
+//!
+//! Every response carries `X-Cache: HIT`, `MISS` or `BYPASS`; an unreachable upstream is a
+//! `502`, a silent one a `504`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{StatusCode, Uri, Version};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_redis_cache::{
+    BuildError, CacheLayer, MemoryStore, RedisStore, Rule, Store, UserFromHeader,
+};
+
+/// The longest the upstream may take to start answering.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let bind = env_var("BIND").unwrap_or_else(|| "127.0.0.1:3001".to_owned());
+    let upstream = Upstream::from_env()?;
+    let ttl = match env_var("CACHE_TTL_SECS") {
+        Some(secs) => secs
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&secs| secs > 0)
+            .map(Duration::from_secs)
+            .with_context(|| {
+                format!("CACHE_TTL_SECS must be a positive number of seconds, not `{secs}`")
+            })?,
+        None => Duration::from_secs(60),
+    };
+
+    let cache = match env_var("REDIS_URL") {
+        Some(url) => {
+            let store = RedisStore::from_url(url.as_str())
+                .await
+                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            tracing::info!(%url, "caching in Redis");
+            cache_layer(store, ttl)?
+        }
+        None => {
+            tracing::info!("caching in process (set REDIS_URL to use Redis)");
+            cache_layer(MemoryStore::default(), ttl)?
+        }
+    };
+    tracing::info!(upstream = %upstream.base, ttl_secs = ttl.as_secs(), "proxying");
+    let app = Router::new()
+        .fallback(forward)
+        .with_state(upstream)
+        .layer(cache);
+
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    println!("proxy listening on http://{addr}");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// Caches every `GET` (`/` and everything under it) for `ttl`.
+///
+/// Anonymous requests share entries; a request with `Authorization` or `Cookie` gets entries of
+/// its own, keyed by a digest of both headers (a session cookie alone must not land a personal
+/// page in the shared entries). `Cache-Control: private` responses are stored only per user.
+fn cache_layer(store: impl Store, ttl: Duration) -> Result<CacheLayer, BuildError> {
+    let rule = || {
+        Rule::get()
+            .ttl(ttl)
+            .per_user_by(UserFromHeader::authorization().and(header::COOKIE))
+            .share_anonymous()
+            // Key on the negotiation headers, so that responses which `Vary` on them can be
+            // stored (a response varying on any other header is not).
+            .vary(["accept", "accept-encoding", "accept-language"])
+    };
+    CacheLayer::builder(store)
+        .default_ttl(ttl)
+        .route("/", rule())
+        .route("/{*path}", rule())
+        .build()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarding
+
+#[derive(Clone)]
+struct Upstream {
+    client: Client<HttpConnector, Body>,
+    /// `http://host:port`.
+    base: String,
+    /// The upstream's base path without its trailing `/` (often empty).
+    prefix: String,
+}
+
+impl Upstream {
+    fn from_env() -> anyhow::Result<Self> {
+        let Some(url) = env_var("UPSTREAM_URL") else {
+            bail!("UPSTREAM_URL is not set: say where to forward requests, e.g. UPSTREAM_URL=http://127.0.0.1:3000");
+        };
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("UPSTREAM_URL `{url}` is not a valid URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("UPSTREAM_URL `{url}` must start with http:// (this example has no TLS)");
+        }
+        let Some(authority) = uri.authority() else {
+            bail!("UPSTREAM_URL `{url}` has no host");
+        };
+        if uri.query().is_some() {
+            bail!("UPSTREAM_URL `{url}` must not have a query");
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: format!("http://{authority}"),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Where `uri` (path and query, as the client sent them) goes upstream.
+    fn target(&self, uri: &Uri) -> Result<Uri, axum::http::uri::InvalidUri> {
+        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        format!("{}{}{path_and_query}", self.base, self.prefix).parse()
+    }
+}
+
+async fn forward(
+    State(upstream): State<Upstream>,
+    ConnectInfo(client_addr): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let target = match upstream.target(&parts.uri) {
+        Ok(target) => target,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "invalid request target"),
+    };
+    remove_hop_by_hop(&mut parts.headers);
+    if let Some(host) = parts.headers.remove(header::HOST) {
+        parts.headers.insert("x-forwarded-host", host);
+    }
+    append_forwarded_for(&mut parts.headers, client_addr);
+    parts.uri = target;
+    // The client speaks HTTP/1.1 to the upstream whatever the caller spoke to us.
+    parts.version = Version::HTTP_11;
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+
+    let sent = upstream.client.request(Request::from_parts(parts, body));
+    let response = match tokio::time::timeout(UPSTREAM_TIMEOUT, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            tracing::warn!(%method, %uri, error = %e, "upstream request failed");
+            return error(StatusCode::BAD_GATEWAY, "the upstream cannot be reached");
+        }
+        Err(_) => {
+            tracing::warn!(%method, %uri, "upstream timed out");
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream did not answer in time",
+            );
+        }
+    };
+    tracing::debug!(%method, %uri, status = %response.status(), "forwarded");
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// Removes the headers that concern one connection only (RFC 9110 section 7.6.1), including
+/// those the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP_BY_HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {ip}"),
+        None => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup helpers
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+}
+
+/// An environment variable, with unset and empty both meaning "not set".
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}

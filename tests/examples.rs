@@ -1,0 +1,1054 @@
+//! End-to-end tests of the examples: the built `users_api` and `proxy` binaries run as child
+//! processes and are driven over HTTP.
+//!
+//! A plain `cargo test` builds the examples first; `cargo test --test examples` does not, so run
+//! `cargo build --examples` before it. A missing or out-of-date binary fails the test with a
+//! message saying so.
+//!
+//! The Redis runs use a private `redis-server` on a free port (tests/support). The PostgreSQL run
+//! needs a server at `postgres://postgres@127.0.0.1:5432/test` (or `TEST_POSTGRES_URL`); without
+//! one it is skipped with a note, unless `CI` is set, where it fails.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::redis::{free_port, RedisServer};
+
+/// How long an example may take to start answering.
+const STARTUP: Duration = Duration::from_secs(30);
+/// How long a response may take to reach the store after it was served.
+const STORE_WAIT: Duration = Duration::from_secs(3);
+/// The environment the examples read; cleared so that the caller's shell cannot leak in.
+const EXAMPLE_ENV: [&str; 6] = [
+    "BIND",
+    "REDIS_URL",
+    "DATABASE_URL",
+    "UPSTREAM_URL",
+    "CACHE_TTL_SECS",
+    "RUST_LOG",
+];
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+// =============================================================================================
+// users_api
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_api_in_process_store_and_sqlite_core_flow() {
+    let app = Example::start("users_api", &[]).await;
+    users_core_flow(&app.api()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_api_errors_are_json_and_bypass_routes_stay_uncached() {
+    let app = Example::start("users_api", &[]).await;
+    let api = app.api();
+
+    // /health has no rule, /auth/* is bypassed: never cached.
+    for _ in 0..2 {
+        let health = api.get("/health", None).await;
+        assert_eq!(health.status, StatusCode::OK);
+        assert_eq!(health.cache, "BYPASS");
+        assert_eq!(health.json(), json!({ "status": "ok" }));
+    }
+    for _ in 0..2 {
+        let login = api.post_json("/auth/login", &json!({ "id": 1 })).await;
+        assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+        assert_eq!(login.cache, "BYPASS");
+        assert_eq!(login.json()["token"], "1");
+    }
+    let bad_login = api.post_json("/auth/login", &json!({ "user": 1 })).await;
+    assert_json_error(&bad_login, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_login.cache, "BYPASS");
+
+    // /me needs a bearer user id, of a user that exists.
+    let anonymous = api.get("/me", None).await;
+    assert_json_error(&anonymous, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.cache, "BYPASS");
+    let garbage = api.get("/me", Some("Bearer not-a-number")).await;
+    assert_json_error(&garbage, StatusCode::UNAUTHORIZED);
+    let basic = api.get("/me", Some("Basic YTpi")).await;
+    assert_json_error(&basic, StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        // Errors are never stored.
+        let ghost = api.get("/me", Some("Bearer 999")).await;
+        assert_json_error(&ghost, StatusCode::NOT_FOUND);
+        assert_eq!(ghost.cache, "MISS");
+    }
+
+    // Prime the list, so that we can see that failed writes evict nothing.
+    let list = api.get("/users", None).await;
+    api.wait_stored("/users", None).await;
+
+    let bad_bodies: [(&str, Option<&str>); 8] = [
+        ("{not json", Some("application/json")),
+        ("", Some("application/json")),
+        ("[]", Some("application/json")),
+        (
+            r#"{"name":"x","email":"x@example.com"}"#,
+            Some("application/json"),
+        ),
+        (r#"{"name":"x","age":3}"#, Some("application/json")),
+        (
+            r#"{"name":"x","email":"x@example.com","age":"old"}"#,
+            Some("application/json"),
+        ),
+        (
+            r#"{"name":7,"email":"x@example.com","age":3}"#,
+            Some("application/json"),
+        ),
+        (r#"{"name":"x","email":"x@example.com","age":3}"#, None),
+    ];
+    for (body, content_type) in bad_bodies {
+        for (method, path) in [(Method::POST, "/users"), (Method::PUT, "/users/1")] {
+            let reply = api
+                .send(method.clone(), path, None, content_type, body)
+                .await;
+            assert_json_error(&reply, StatusCode::BAD_REQUEST);
+            assert_eq!(reply.cache, "BYPASS", "{method} {path}");
+        }
+    }
+    let empty_name = api
+        .post_json(
+            "/users",
+            &json!({ "name": " ", "email": "x@example.com", "age": 3 }),
+        )
+        .await;
+    assert_json_error(&empty_name, StatusCode::BAD_REQUEST);
+
+    let taken = api
+        .post_json(
+            "/users",
+            &json!({ "id": 1, "name": "Dup", "email": "d@example.com", "age": 1 }),
+        )
+        .await;
+    assert_json_error(&taken, StatusCode::CONFLICT);
+    let missing = api
+        .put_json(
+            "/users/12345",
+            &json!({ "name": "N", "email": "n@example.com", "age": 1 }),
+        )
+        .await;
+    assert_json_error(&missing, StatusCode::NOT_FOUND);
+    let gone = api
+        .send(Method::DELETE, "/users/12345", None, None, "")
+        .await;
+    assert_json_error(&gone, StatusCode::NOT_FOUND);
+    let bad_id = api.get("/users/abc", None).await;
+    assert_json_error(&bad_id, StatusCode::BAD_REQUEST);
+
+    // None of the failed writes evicted anything.
+    let still = api.get("/users", None).await;
+    assert_eq!(still.cache, "HIT", "a failed write must not evict");
+    assert_eq!(still.body, list.body);
+
+    // An explicit, free id is used as given, and evicts the list.
+    let chosen = api
+        .post_json(
+            "/users",
+            &json!({ "id": 100, "name": "Hedy", "email": "hedy@example.com", "age": 40 }),
+        )
+        .await;
+    assert_eq!(chosen.status, StatusCode::CREATED, "{}", chosen.body);
+    assert_eq!(chosen.json()["id"], 100);
+    let list = api.get("/users", None).await;
+    assert_eq!(list.cache, "MISS");
+    assert!(user_ids(&list.json()).contains(&100));
+
+    // A path the router does not know still passes the layer.
+    let unknown = api.get("/nope", None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.cache, "BYPASS");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_api_redis_store_core_flow() {
+    let redis = RedisServer::start();
+    let app = Example::start("users_api", &[("REDIS_URL", redis.url())]).await;
+    users_core_flow(&app.api()).await;
+
+    let keys = redis.keys();
+    assert!(keys.contains("trc:v1:e:"), "no entry keys in Redis: {keys}");
+    assert!(
+        keys.contains("trc:v1:t:users"),
+        "no `users` tag version in Redis: {keys}"
+    );
+    assert!(
+        !keys.contains("Bearer"),
+        "a raw token ended up in a key: {keys}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_api_postgres_core_flow() {
+    use sqlx::{Connection, Executor, PgConnection};
+
+    let admin_url = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let connected =
+        tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url)).await;
+    let mut admin = match connected {
+        Ok(Ok(connection)) => connection,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_owned(),
+            };
+            if std::env::var_os("CI").is_some() {
+                panic!("PostgreSQL at {admin_url} is unreachable in CI: {why}");
+            }
+            eprintln!(
+                "\n!!!!!!!!\n!!! SKIPPED users_api_postgres_core_flow: PostgreSQL at {admin_url} is \
+                 unreachable ({why}).\n!!! Start one or set TEST_POSTGRES_URL to run it.\n!!!!!!!!\n"
+            );
+            return;
+        }
+    };
+
+    let name = format!(
+        "trc_users_api_{}_{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create the test database");
+    let database_url = with_database(&admin_url, &name);
+
+    // Run the flow in its own task, so that the database is dropped whatever happens to it.
+    let flow = tokio::spawn(async move {
+        let app = Example::start("users_api", &[("DATABASE_URL", database_url)]).await;
+        users_core_flow(&app.api()).await;
+        let log = app.log();
+        assert!(
+            log.contains("DATABASE_URL"),
+            "the example did not use PostgreSQL:\n{log}"
+        );
+    })
+    .await;
+
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .expect("drop the test database");
+    if let Err(e) = flow {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Reads, writes and per-user reads, checking that every write is seen by the next read and that
+/// no user ever gets another's `/me`. Expects the seeded users 1 and 2.
+async fn users_core_flow(api: &Api) {
+    // The list: a miss, then a hit with the very same body.
+    let first = api.get("/users", None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.cache, "MISS");
+    let ids = user_ids(&first.json());
+    assert!(
+        ids.starts_with(&[1, 2]),
+        "seeded users missing: {}",
+        first.body
+    );
+    api.wait_stored("/users", None).await;
+    let second = api.get("/users", None).await;
+    assert_eq!(second.cache, "HIT");
+    assert_eq!(second.body, first.body);
+
+    // A create evicts the list: the next read is a miss that shows the new user.
+    let created = api
+        .post_json(
+            "/users",
+            &json!({ "name": "Alan Turing", "email": "alan@example.com", "age": 41 }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.cache, "BYPASS");
+    let user = created.json();
+    let id = user["id"].as_i64().expect("the created user has an id");
+    assert!(!ids.contains(&id), "id {id} reused");
+    assert_eq!(user["name"], "Alan Turing");
+    assert_eq!(user["email"], "alan@example.com");
+    assert_eq!(user["age"], 41);
+    let list = api.get("/users", None).await;
+    assert_eq!(list.cache, "MISS", "stale list after a create");
+    assert!(
+        list.json().as_array().unwrap().contains(&user),
+        "{}",
+        list.body
+    );
+
+    // One user: miss, hit; an update is seen by the next read of it and of the list.
+    let path = format!("/users/{id}");
+    let one = api.get(&path, None).await;
+    assert_eq!((one.status, one.cache.as_str()), (StatusCode::OK, "MISS"));
+    assert_eq!(one.json(), user);
+    api.wait_stored(&path, None).await;
+    let again = api.get(&path, None).await;
+    assert_eq!(again.cache, "HIT");
+    assert_eq!(again.body, one.body);
+    api.wait_stored("/users", None).await;
+
+    let changes = json!({ "name": "Alan M. Turing", "email": "turing@example.com", "age": 42 });
+    let updated = api.put_json(&path, &changes).await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    assert_eq!(updated.cache, "BYPASS");
+    let expected =
+        json!({ "id": id, "name": "Alan M. Turing", "email": "turing@example.com", "age": 42 });
+    assert_eq!(updated.json(), expected);
+    let fresh = api.get(&path, None).await;
+    assert_eq!(fresh.cache, "MISS", "stale user after an update");
+    assert_eq!(fresh.json(), expected);
+    let list = api.get("/users", None).await;
+    assert_eq!(list.cache, "MISS", "stale list after an update");
+    assert!(list.json().as_array().unwrap().contains(&expected));
+
+    // A delete: the user is gone for the next reads.
+    api.wait_stored(&path, None).await;
+    let deleted = api.send(Method::DELETE, &path, None, None, "").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    assert_eq!(deleted.cache, "BYPASS");
+    let missing = api.get(&path, None).await;
+    assert_json_error(&missing, StatusCode::NOT_FOUND);
+    assert_ne!(missing.cache, "HIT");
+    let list = api.get("/users", None).await;
+    assert_eq!(list.cache, "MISS");
+    assert!(!user_ids(&list.json()).contains(&id));
+
+    // Concurrent creates without ids all succeed, with distinct ids.
+    let creates = (0..6).map(|i| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let body = json!({ "name": format!("Racer {i}"), "email": format!("r{i}@example.com"), "age": i });
+            let reply = api.post_json("/users", &body).await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+            reply.json()["id"].as_i64().unwrap()
+        })
+    });
+    let mut new_ids = Vec::new();
+    for create in creates {
+        new_ids.push(create.await.unwrap());
+    }
+    new_ids.sort_unstable();
+    new_ids.dedup();
+    assert_eq!(
+        new_ids.len(),
+        6,
+        "concurrent creates shared ids: {new_ids:?}"
+    );
+    let list = api.get("/users", None).await;
+    assert_eq!(list.cache, "MISS");
+    let ids = user_ids(&list.json());
+    assert!(new_ids.iter().all(|id| ids.contains(id)), "{}", list.body);
+
+    me_isolation(api).await;
+}
+
+/// `/me` is cached per user: each bearer gets its own record, never the other's, and a write to
+/// users is seen by the next `/me`.
+async fn me_isolation(api: &Api) {
+    let one = api.get("/me", Some("Bearer 1")).await;
+    assert_eq!(
+        (one.status, one.cache.as_str()),
+        (StatusCode::OK, "MISS"),
+        "{}",
+        one.body
+    );
+    assert_eq!(one.json()["id"], 1);
+    api.wait_stored("/me", Some("Bearer 1")).await;
+
+    // User 1's entry is stored: user 2 must not get it.
+    let two = api.get("/me", Some("Bearer 2")).await;
+    assert_eq!(two.status, StatusCode::OK, "{}", two.body);
+    assert_eq!(two.cache, "MISS", "user 2 was served from user 1's entry");
+    assert_eq!(two.json()["id"], 2);
+    api.wait_stored("/me", Some("Bearer 2")).await;
+
+    for _ in 0..3 {
+        for (token, reply) in [("Bearer 1", &one), ("Bearer 2", &two)] {
+            let again = api.get("/me", Some(token)).await;
+            assert_eq!(again.cache, "HIT", "{token}");
+            assert_eq!(again.body, reply.body, "{token} got another user's record");
+        }
+    }
+
+    // A write to user 1 evicts `/me` too (tag `users`).
+    let renamed = json!({ "name": "Ada King", "email": "ada@example.com", "age": 36 });
+    let put = api.put_json("/users/1", &renamed).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.body);
+    let fresh = api.get("/me", Some("Bearer 1")).await;
+    assert_eq!(fresh.cache, "MISS", "stale /me after an update");
+    assert_eq!(fresh.json()["name"], "Ada King");
+    let other = api.get("/me", Some("Bearer 2")).await;
+    assert_eq!(other.json()["id"], 2);
+    assert_eq!(other.json()["name"], two.json()["name"]);
+}
+
+fn user_ids(list: &Value) -> Vec<i64> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a JSON array: {list}"))
+        .iter()
+        .map(|user| user["id"].as_i64().expect("a user id"))
+        .collect()
+}
+
+fn assert_json_error(reply: &Reply, status: StatusCode) {
+    assert_eq!(reply.status, status, "body: {}", reply.body);
+    let body: Value = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|_| panic!("error body is not JSON: {:?}", reply.body));
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "no `error` message in {body}");
+}
+
+/// `postgres://.../test?x` with the database `name` instead of `test`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+// =============================================================================================
+// proxy
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_in_process_store_caches_gets_and_isolates_credentials() {
+    let upstream = Upstream::start().await;
+    let proxy = Example::start(
+        "proxy",
+        &[
+            ("UPSTREAM_URL", upstream.url()),
+            ("CACHE_TTL_SECS", "30".to_owned()),
+        ],
+    )
+    .await;
+    proxy_flow(&proxy, &upstream).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_redis_store_caches_gets_and_isolates_credentials() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let proxy = Example::start(
+        "proxy",
+        &[
+            ("UPSTREAM_URL", upstream.url()),
+            ("CACHE_TTL_SECS", "30".to_owned()),
+            ("REDIS_URL", redis.url()),
+        ],
+    )
+    .await;
+    proxy_flow(&proxy, &upstream).await;
+
+    let keys = redis.keys();
+    assert!(keys.contains("trc:v1:e:"), "no entry keys in Redis: {keys}");
+    assert!(
+        !keys.contains("alice"),
+        "a raw token ended up in a key: {keys}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_answers_502_when_the_upstream_is_down() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let proxy = Example::start("proxy", &[("UPSTREAM_URL", closed)]).await;
+    let api = proxy.api();
+    for _ in 0..2 {
+        let reply = api.get("/anything", None).await;
+        assert_json_error(&reply, StatusCode::BAD_GATEWAY);
+        assert_eq!(reply.cache, "MISS", "a 502 must not be stored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_without_upstream_url_exits_with_a_clear_error() {
+    let (status, log) = run_to_exit("proxy", &[]).await;
+    assert!(
+        !status.success(),
+        "the proxy started without UPSTREAM_URL:\n{log}"
+    );
+    assert!(
+        log.contains("UPSTREAM_URL"),
+        "the error does not name UPSTREAM_URL:\n{log}"
+    );
+}
+
+async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
+    let api = proxy.api();
+
+    // A GET: miss, then a hit with the same body and headers; the upstream saw one request.
+    let path = "/items/1?b=2&a=1";
+    let first = api.get(path, None).await;
+    assert_eq!(
+        (first.status, first.cache.as_str()),
+        (StatusCode::OK, "MISS"),
+        "{}",
+        first.body
+    );
+    let seen = first.json();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/items/1");
+    assert_eq!(seen["query"], "b=2&a=1");
+    assert_eq!(seen["authorization"], Value::Null);
+    assert_eq!(
+        seen["host"],
+        upstream.addr.to_string(),
+        "Host must be the upstream's"
+    );
+    assert_eq!(seen["x_forwarded_host"], proxy.addr());
+    assert_eq!(first.headers["x-upstream"], "yes");
+    api.wait_stored(path, None).await;
+    let second = api.get(path, None).await;
+    assert_eq!(second.cache, "HIT");
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.headers["x-upstream"], "yes");
+    assert_eq!(upstream.hits("GET /items/1"), 1);
+
+    // Another query string is another entry.
+    let other = api.get("/items/1?a=1", None).await;
+    assert_eq!(other.cache, "MISS");
+    assert_eq!(other.json()["query"], "a=1");
+    assert_eq!(upstream.hits("GET /items/1"), 2);
+
+    // The root is cached too.
+    let root = api.get("/", None).await;
+    assert_eq!((root.status, root.cache.as_str()), (StatusCode::OK, "MISS"));
+    api.wait_stored("/", None).await;
+    assert_eq!(api.get("/", None).await.cache, "HIT");
+    assert_eq!(upstream.hits("GET /"), 1);
+
+    // Other methods pass through, with their body, every time.
+    for round in 1..=2 {
+        for method in [Method::POST, Method::PUT] {
+            let reply = api
+                .send(
+                    method.clone(),
+                    "/items?kind=new",
+                    None,
+                    Some("application/json"),
+                    r#"{"x":1}"#,
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            assert_eq!(reply.cache, "BYPASS");
+            let seen = reply.json();
+            assert_eq!(seen["method"], method.as_str());
+            assert_eq!(seen["query"], "kind=new");
+            assert_eq!(seen["body"], r#"{"x":1}"#);
+            assert_eq!(seen["content_type"], "application/json");
+            assert_eq!(upstream.hits(&format!("{method} /items")), round);
+        }
+    }
+
+    // Statuses other than 200 come back as they are and are not stored.
+    for round in 1..=2 {
+        let reply = api.get("/status/404", None).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(reply.cache, "MISS");
+        assert_eq!(upstream.hits("GET /status/404"), round);
+    }
+
+    // Each set of credentials gets its own entry; anonymous requests share one.
+    let callers: [(&str, Option<&str>, Option<&str>); 4] = [
+        ("alice", Some("Bearer alice"), None),
+        ("bob", Some("Bearer bob"), None),
+        ("cookie", None, Some("session=s1")),
+        ("anonymous", None, None),
+    ];
+    let mut first_replies = Vec::new();
+    for (who, authorization, cookie) in callers {
+        let headers = credentials(authorization, cookie);
+        let reply = api.get_with("/private", &headers).await;
+        assert_eq!(reply.status, StatusCode::OK, "{who}: {}", reply.body);
+        assert_eq!(
+            reply.cache, "MISS",
+            "{who} was served another caller's entry: {}",
+            reply.body
+        );
+        let seen = reply.json();
+        assert_eq!(seen["authorization"], json!(authorization), "{who}");
+        assert_eq!(seen["cookie"], json!(cookie), "{who}");
+        api.wait_stored_with("/private", &headers).await;
+        first_replies.push(reply);
+    }
+    for _ in 0..2 {
+        for ((who, authorization, cookie), first) in callers.iter().zip(&first_replies) {
+            let reply = api
+                .get_with("/private", &credentials(*authorization, *cookie))
+                .await;
+            assert_eq!(reply.cache, "HIT", "{who}");
+            assert_eq!(
+                reply.body, first.body,
+                "{who} got another caller's response"
+            );
+        }
+    }
+    assert_eq!(upstream.hits("GET /private"), callers.len());
+    let another_anonymous = api.get("/private", None).await;
+    assert_eq!(another_anonymous.cache, "HIT");
+    assert_eq!(another_anonymous.json()["authorization"], Value::Null);
+}
+
+fn credentials(authorization: Option<&str>, cookie: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert("authorization", HeaderValue::from_str(value).unwrap());
+    }
+    if let Some(value) = cookie {
+        headers.insert("cookie", HeaderValue::from_str(value).unwrap());
+    }
+    headers
+}
+
+/// Requests per `METHOD /path`.
+type HitCounts = Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>;
+
+/// An upstream for the proxy: answers every request with JSON describing what it saw, and counts
+/// requests per `METHOD /path`.
+struct Upstream {
+    addr: std::net::SocketAddr,
+    hits: HitCounts,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits: HitCounts = Arc::default();
+        let app = axum::Router::new()
+            .fallback(upstream_handler)
+            .with_state(Arc::clone(&hits));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, hits, server }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many `METHOD /path` requests arrived.
+    fn hits(&self, key: &str) -> usize {
+        let hits = self.hits.lock().unwrap();
+        hits.get(key).map_or(0, |n| n.load(Ordering::SeqCst))
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn upstream_handler(
+    axum::extract::State(hits): axum::extract::State<HitCounts>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+
+    let counter = {
+        let mut hits = hits.lock().unwrap();
+        Arc::clone(hits.entry(format!("{method} {}", uri.path())).or_default())
+    };
+    let hit = counter.fetch_add(1, Ordering::SeqCst) + 1;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let status = uri
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|code| code.parse().ok())
+        .and_then(|code| axum::http::StatusCode::from_u16(code).ok())
+        .unwrap_or(axum::http::StatusCode::OK);
+    let seen = json!({
+        "method": method.as_str(),
+        "path": uri.path(),
+        "query": uri.query(),
+        "authorization": header("authorization"),
+        "cookie": header("cookie"),
+        "host": header("host"),
+        "x_forwarded_host": header("x-forwarded-host"),
+        "content_type": header("content-type"),
+        "body": String::from_utf8_lossy(&body),
+        "hit": hit,
+    });
+    (status, [("x-upstream", "yes")], axum::Json(seen)).into_response()
+}
+
+// =============================================================================================
+// Running the examples
+
+/// A running example binary, killed on drop. On a failing test its log is printed.
+struct Example {
+    name: &'static str,
+    child: Child,
+    addr: String,
+    log_path: PathBuf,
+}
+
+impl Example {
+    /// Starts the example `name` on a free port with `env` (nothing else of the examples'
+    /// environment is inherited), and waits until it answers `GET /health`.
+    async fn start(name: &'static str, env: &[(&str, String)]) -> Self {
+        let (child, log_path) = spawn_example(name, env);
+        let mut example = Self {
+            name,
+            child,
+            addr: String::new(),
+            log_path,
+        };
+        example.addr = example.wait_for_address().await;
+        example.wait_until_answering().await;
+        example
+    }
+
+    fn api(&self) -> Api {
+        Api::new(format!("http://{}", self.addr))
+    }
+
+    /// `127.0.0.1:<port>`.
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The address from the example's `... listening on http://<addr>` line.
+    async fn wait_for_address(&mut self) -> String {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let log = self.log();
+            if let Some(at) = log.find("listening on http://") {
+                let rest = &log[at + "listening on http://".len()..];
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited during startup ({status}):\n{log}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} printed no address within {STARTUP:?}:\n{log}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until `GET /health` gets an answer (any status: the proxy forwards it).
+    async fn wait_until_answering(&mut self) {
+        let client = http_client();
+        let url = format!("http://{}/health", self.addr);
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if client.get(&url).send().await.is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited during startup ({status}):\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not answer /health within {STARTUP:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of {} ({}) -----\n{}\n----- end of log -----",
+                self.name,
+                self.log_path.display(),
+                self.log()
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
+    }
+}
+
+/// Runs the example `name` with `env` until it exits (at most 30 s), and returns its status and
+/// output.
+async fn run_to_exit(name: &'static str, env: &[(&str, String)]) -> (ExitStatus, String) {
+    let (mut child, log_path) = spawn_example(name, env);
+    let deadline = Instant::now() + STARTUP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not exit within {STARTUP:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    (status, log)
+}
+
+fn spawn_example(name: &str, env: &[(&str, String)]) -> (Child, PathBuf) {
+    let binary = example_binary(name);
+    let log_path = std::env::temp_dir().join(format!(
+        "trc-example-{name}-{}-{}.log",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let log = std::fs::File::create(&log_path).expect("create the example's log file");
+    let mut command = Command::new(&binary);
+    for var in EXAMPLE_ENV {
+        command.env_remove(var);
+    }
+    command
+        .env("BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "info,tower_redis_cache=debug")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log file"))
+        .stderr(log);
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+    (child, log_path)
+}
+
+/// The built example: `<target>/<profile>/examples/<name>`, next to this test's `deps` directory.
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in <target>/<profile>/deps");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.is_file(),
+        "example binary {} is missing: run `cargo build --examples` first \
+         (a plain `cargo test` builds the examples; `cargo test --test examples` does not)",
+        binary.display()
+    );
+    if let Some(newer) = newer_source(&binary, name) {
+        panic!(
+            "example binary {} is older than {}: run `cargo build --examples` first \
+             (a plain `cargo test` builds the examples; `cargo test --test examples` does not)",
+            binary.display(),
+            newer.display()
+        );
+    }
+    binary
+}
+
+/// A source file the example is built from that changed after `binary` was built, if any.
+fn newer_source(binary: &Path, name: &str) -> Option<PathBuf> {
+    let modified = |path: &Path| path.metadata().and_then(|m| m.modified()).ok();
+    let built = modified(binary)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![root.join("examples").join(format!("{name}.rs"))];
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push(path);
+            }
+        }
+    }
+    sources
+        .into_iter()
+        .find(|source| modified(source).is_some_and(|m: SystemTime| m > built))
+}
+
+// =============================================================================================
+// HTTP
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A client for one example.
+#[derive(Clone)]
+struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+/// A response, read whole. Only made for responses that carry `X-Cache`.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    /// The `X-Cache` value.
+    cache: String,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+impl Api {
+    fn new(base: String) -> Self {
+        Self {
+            client: http_client(),
+            base,
+        }
+    }
+
+    /// Sends a request and checks that the response carries `X-Cache`, as every response that
+    /// passes the layer does.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &HeaderMap,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .headers(headers.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        if !body.is_empty() || content_type.is_some() {
+            request = request.body(body.to_owned());
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let cache = headers
+            .get("x-cache")
+            .unwrap_or_else(|| panic!("{method} {path} ({status}): no X-Cache header"))
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = response.text().await.unwrap();
+        Reply {
+            status,
+            cache,
+            headers,
+            body,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: Option<&str>,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> Reply {
+        let headers = credentials(authorization, None);
+        self.request(method, path, &headers, content_type, body)
+            .await
+    }
+
+    async fn get(&self, path: &str, authorization: Option<&str>) -> Reply {
+        self.send(Method::GET, path, authorization, None, "").await
+    }
+
+    async fn get_with(&self, path: &str, headers: &HeaderMap) -> Reply {
+        self.request(Method::GET, path, headers, None, "").await
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        let body = body.to_string();
+        self.send(Method::POST, path, None, Some("application/json"), &body)
+            .await
+    }
+
+    async fn put_json(&self, path: &str, body: &Value) -> Reply {
+        let body = body.to_string();
+        self.send(Method::PUT, path, None, Some("application/json"), &body)
+            .await
+    }
+
+    /// Waits until the entry for `GET path` is in the store: the layer writes it in the
+    /// background once the response is served. Probes with `HEAD`, which is answered from the
+    /// `GET` entry but never stores one, so the probes change nothing.
+    async fn wait_stored(&self, path: &str, authorization: Option<&str>) {
+        self.wait_stored_with(path, &credentials(authorization, None))
+            .await;
+    }
+
+    async fn wait_stored_with(&self, path: &str, headers: &HeaderMap) {
+        let deadline = Instant::now() + STORE_WAIT;
+        loop {
+            let probe = self.request(Method::HEAD, path, headers, None, "").await;
+            if probe.cache == "HIT" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path} was not stored within {STORE_WAIT:?} (HEAD says {} {})",
+                probe.status,
+                probe.cache
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
