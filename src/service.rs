@@ -91,43 +91,74 @@ where
             }
             Decision::Mutation { evicts } => {
                 Counters::add(&shared.counters.bypasses, 1);
-                ResponseFuture::boxed(async move {
-                    let response = inner.call(Request::from_parts(parts, body)).await?;
-                    if response.status().is_success() {
-                        // Evict before the client hears back, so that no read it starts
-                        // afterwards sees an entry from before its write. A failure is retried.
-                        let _ = shared.evict(&evicts).await;
-                    }
-                    Ok(mark(&shared, response.map(CacheBody::passthrough), BYPASS))
-                })
+                ResponseFuture::boxed(mutate(
+                    shared,
+                    inner,
+                    Request::from_parts(parts, body),
+                    evicts,
+                ))
             }
-            Decision::Lookup(plan) => ResponseFuture::boxed(async move {
-                // Lookup: the entry and its tags' current versions, in one round trip.
-                let versions = match shared.lookup(&plan.key, &plan.tag_keys).await {
-                    Some(found) => match answer_from_store(&shared, &plan, found) {
-                        Ok(hit) => return Ok(hit),
-                        Err(versions) => versions,
-                    },
-                    // The store failed: serve from the inner service, and store nothing, since
-                    // the tag versions the entry would need are unknown.
-                    None => None,
-                };
-                Counters::add(&shared.counters.misses, 1);
-                let versions = match versions {
-                    Some(versions) => Some(versions),
-                    None if plan.head => None,
-                    None => shared.ensure_tag_versions(&plan.tag_keys).await,
-                };
-                // Call inner, then capture the body as it streams if the response may be stored.
-                let response = inner.call(Request::from_parts(parts, body)).await?;
-                let response = match versions {
-                    Some(versions) => capture_if_storable(&shared, plan, versions, response),
-                    None => response.map(CacheBody::passthrough),
-                };
-                Ok(mark(&shared, response, MISS))
-            }),
+            Decision::Lookup(plan) => ResponseFuture::boxed(serve_cacheable(
+                shared,
+                inner,
+                Request::from_parts(parts, body),
+                plan,
+            )),
         }
     }
+}
+
+/// A write: call the inner service, and if it succeeded evict the rule's tags before the client
+/// hears back, so that no read it starts afterwards sees an entry from before its write.
+async fn mutate<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Request<ReqBody>,
+    evicts: Vec<String>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let response = inner.call(request).await?;
+    if response.status().is_success() {
+        // A failure is logged, counted and retried in the background; the write stands.
+        let _ = shared.evict(&evicts).await;
+    }
+    Ok(mark(&shared, response.map(CacheBody::passthrough), BYPASS))
+}
+
+/// A cacheable read: lookup → serve the hit, or call inner and capture its response.
+async fn serve_cacheable<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Request<ReqBody>,
+    plan: Plan,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    // The entry and its tags' current versions, in one round trip. The versions are read
+    // before the inner service runs, which is what makes a later eviction win over this miss.
+    let versions = match shared.lookup(&plan.key, &plan.tag_keys).await {
+        // The store failed: serve from the inner service and store nothing.
+        None => None,
+        Some(found) => match answer_from_store(&shared, &plan, found) {
+            Ok(hit) => return Ok(hit),
+            Err(Some(versions)) => Some(versions),
+            // HEAD responses are never stored, so they need no versions.
+            Err(None) if plan.head => None,
+            // First use of a tag (or its version was lost): give it one.
+            Err(None) => shared.ensure_tag_versions(&plan.tag_keys).await,
+        },
+    };
+    Counters::add(&shared.counters.misses, 1);
+    let response = inner.call(request).await?;
+    let response = match versions {
+        Some(versions) => capture_if_storable(&shared, plan, versions, response),
+        None => response.map(CacheBody::passthrough),
+    };
+    Ok(mark(&shared, response, MISS))
 }
 
 /// Serves a hit, or says why not: `Err` carries the tag versions to record on a miss (`None`

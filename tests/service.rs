@@ -715,20 +715,27 @@ impl BrokenStore {
 
 #[tokio::test]
 async fn a_broken_store_never_fails_a_request() {
+    let timeout = Duration::from_millis(150);
     for store in [BrokenStore::Failing, BrokenStore::Hanging] {
         let layer = users_rules(CacheLayer::builder(store))
-            .store_timeout(Duration::from_millis(20))
+            .store_timeout(timeout)
             .build()
             .unwrap();
         let mut h = Harness::new(layer);
-        let started = std::time::Instant::now();
         for _ in 0..3 {
+            let started = std::time::Instant::now();
             let outcome = h.get("/users", "from the handler").await;
             assert_eq!(
                 (outcome.status, &outcome.body[..]),
                 (StatusCode::OK, &b"from the handler"[..])
             );
             assert_eq!(outcome.x_cache(), "MISS");
+            // One store call, bounded by the timeout: a failed lookup is not followed by more.
+            assert!(
+                started.elapsed() < timeout * 2,
+                "took {:?}",
+                started.elapsed()
+            );
         }
         let write = h
             .send(request(Method::POST, "/users"), |_| {
@@ -736,10 +743,6 @@ async fn a_broken_store_never_fails_a_request() {
             })
             .await;
         assert_eq!(write.status, StatusCode::CREATED);
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "each store call is bounded by the timeout"
-        );
         assert!(h.cache.stats().store_errors >= 4);
     }
 }
