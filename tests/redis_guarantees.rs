@@ -426,3 +426,80 @@ async fn a_write_whose_eviction_redis_refuses_never_lets_the_old_entry_back() {
     }
     assert!(handle.stats().store_errors > 0);
 }
+
+#[tokio::test]
+async fn corrupt_or_foreign_values_under_the_cache_keys_are_misses_and_get_replaced() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "one".into());
+    let (router, _) = app(&server.url(), db.clone()).await;
+    get_path(&router, "/users/1").await;
+    settle().await;
+    let keys = server.keys();
+    let entry_key = keys
+        .lines()
+        .find(|l| l.starts_with("trc:v1:e:"))
+        .expect("an entry key")
+        .to_owned();
+
+    for garbage in [
+        "",
+        "not an entry",
+        "TRC\u{1}\u{ff}\u{ff}\u{ff}\u{ff}",
+        "{\"json\":true}",
+    ] {
+        server.command(&["SET", &entry_key, garbage]).unwrap();
+        let reply = get_path(&router, "/users/1").await;
+        assert_eq!(
+            (reply.status, reply.x_cache.as_str(), reply.body.as_str()),
+            (StatusCode::OK, "MISS", "one")
+        );
+        settle().await;
+        let reply = get_path(&router, "/users/1").await;
+        assert_eq!(
+            (reply.x_cache.as_str(), reply.body.as_str()),
+            ("HIT", "one"),
+            "overwritten by a good entry"
+        );
+    }
+    // A foreign type under the key (a list) is an error from Redis: still served.
+    server.command(&["DEL", &entry_key]).unwrap();
+    server.command(&["LPUSH", &entry_key, "x"]).unwrap();
+    let reply = get_path(&router, "/users/1").await;
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "one"));
+}
+
+#[tokio::test]
+async fn odd_methods_and_unusual_paths_pass_through() {
+    let server = RedisServer::start();
+    let (router, _) = app(&server.url(), Shared::default()).await;
+    for method in ["PURGE", "PROPFIND", "TRACE", "OPTIONS"] {
+        let reply = send(
+            &router,
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            "/users/1",
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(reply.x_cache, "BYPASS", "{method}");
+    }
+    for path in [
+        "/users/%FF%FE",
+        "/users/..%2F..%2Fetc",
+        &format!("/users/{}", "9".repeat(8_000)),
+        "/users/a%00b",
+    ] {
+        let reply = get_path(&router, path).await;
+        // axum's own answers: 400 for a parameter that is not UTF-8, else the handler's 404.
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND].contains(&reply.status),
+            "{path}"
+        );
+        assert!(
+            reply.x_cache == "MISS" || reply.x_cache == "BYPASS",
+            "{path}: {}",
+            reply.x_cache
+        );
+    }
+}
