@@ -349,23 +349,7 @@ async fn a_write_during_a_redis_stall_never_lets_the_old_entry_back() {
     );
 
     server.resume();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = get_path(&router, "/users/1").await;
-        assert_eq!(
-            reply.body, "new",
-            "served the entry from before the write ({})",
-            reply.x_cache
-        );
-        if reply.x_cache != "BYPASS" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the eviction never reached Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reads_stay_fresh_until_the_eviction_lands(&router).await;
     settle().await;
     let cached = get_path(&router, "/users/1").await;
     assert_eq!(
@@ -373,6 +357,28 @@ async fn a_write_during_a_redis_stall_never_lets_the_old_entry_back() {
         ("HIT", "new")
     );
     assert!(handle.stats().store_errors > 0);
+}
+
+/// Reads `/users/1` (which was written "new") until the retried eviction has reached Redis and
+/// the route is cached again; every read on the way must be fresh.
+async fn reads_stay_fresh_until_the_eviction_lands(router: &Router) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get_path(router, "/users/1").await;
+        assert_eq!(
+            reply.body, "new",
+            "served the entry from before the write ({})",
+            reply.x_cache
+        );
+        if reply.x_cache != "BYPASS" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the eviction never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Redis refuses writes (full, `maxmemory` with `noeviction`) but still answers reads: the
@@ -407,23 +413,7 @@ async fn a_write_whose_eviction_redis_refuses_never_lets_the_old_entry_back() {
     server
         .command(&["CONFIG", "SET", "maxmemory", "0"])
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = get_path(&router, "/users/1").await;
-        assert_eq!(
-            reply.body, "new",
-            "served the entry from before the write ({})",
-            reply.x_cache
-        );
-        if reply.x_cache != "BYPASS" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the eviction never reached Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reads_stay_fresh_until_the_eviction_lands(&router).await;
     assert!(handle.stats().store_errors > 0);
 }
 

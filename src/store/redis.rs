@@ -11,7 +11,7 @@ use fred::prelude::{
 
 use super::{fresh_version, Lookup, Store, StoreError, TagVersion};
 
-/// How long a tag version lives in Redis when nothing refreshes it. Losing a version is safe
+/// How long a tag version lives in Redis after it was last set. Losing a version is safe
 /// (entries that recorded it become misses), so this only bounds the memory of templated tags.
 const DEFAULT_TAG_VERSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -122,7 +122,10 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long an unused tag version stays in Redis (default 24 h).
+    /// How long a tag version lives in Redis after it was last set, by its first use or an
+    /// eviction (default 24 h). When it expires, the entries that recorded it become misses, so
+    /// keep it longer than the longest entry TTL; it bounds the memory templated tags such as
+    /// `user:{id}` take.
     pub fn tag_version_ttl(mut self, ttl: Duration) -> Self {
         self.tag_version_ttl = ttl;
         self
