@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use http_body_util::BodyExt;
+use support::cluster::RedisCluster;
 use support::redis::RedisServer;
 use tokio::sync::Notify;
 use tower::ServiceExt;
@@ -492,4 +493,25 @@ async fn odd_methods_and_unusual_paths_pass_through() {
             reply.x_cache
         );
     }
+}
+
+#[tokio::test]
+async fn eviction_works_unchanged_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "v1".into());
+    let (a, _) = app(&cluster.url(), db.clone()).await;
+    let (b, handle) = app(&cluster.url(), db.clone()).await;
+
+    get_path(&a, "/users/1").await;
+    settle().await;
+    let hit = get_path(&b, "/users/1").await;
+    assert_eq!((hit.x_cache.as_str(), hit.body.as_str()), ("HIT", "v1"));
+    send(&a, Method::PUT, "/users/1", None, "v2").await;
+    let after = get_path(&b, "/users/1").await;
+    assert_eq!(
+        (after.x_cache.as_str(), after.body.as_str()),
+        ("MISS", "v2")
+    );
+    assert_eq!(handle.stats().store_errors, 0);
 }

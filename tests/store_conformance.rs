@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use support::cluster::RedisCluster;
 use support::redis::RedisServer;
 use tower_redis_cache::{MemoryStore, RedisStore, Store};
 
@@ -193,6 +194,19 @@ async fn redis_store_with_one_connection_conforms() {
         .await
         .unwrap();
     conformance(Arc::new(store)).await;
+}
+
+/// No command names two keys, so entries and tag versions may live on any node.
+#[tokio::test]
+async fn redis_store_on_a_cluster_conforms() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::from_url(cluster.url()).await.unwrap();
+    conformance(Arc::new(store)).await;
+    let spread = cluster.keys_per_node();
+    assert!(
+        spread.iter().filter(|&&n| n > 0).count() >= 2,
+        "keys on one node only: {spread:?}"
+    );
 }
 
 #[tokio::test]
