@@ -56,6 +56,14 @@ impl Entry {
                 .saturating_add(self.ttl.as_millis() as u64)
     }
 
+    /// How long the entry stays fresh after `now_ms`.
+    pub(crate) fn remaining(&self, now_ms: u64) -> Duration {
+        let expires = self
+            .stored_at_ms
+            .saturating_add(self.ttl.as_millis() as u64);
+        Duration::from_millis(expires.saturating_sub(now_ms))
+    }
+
     /// The entry's age in whole seconds, for the `Age` header.
     pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.stored_at_ms) / 1000

@@ -2,13 +2,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::{HeaderName, Response};
+use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::body::CacheBody;
-use crate::service::BYPASS;
+use crate::state::Shared;
+use crate::status::Outcome;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -27,17 +29,17 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Bypass { #[pin] future: F, status_header: Option<HeaderName> },
+        Bypass { #[pin] future: F, shared: Option<Arc<Shared>> },
         Cache { future: BoxFuture<Result<Response<CacheBody<B>>, E>> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn bypass(future: F, status_header: Option<HeaderName>) -> Self {
+    pub(crate) fn bypass(future: F, shared: Arc<Shared>) -> Self {
         Self {
             kind: Kind::Bypass {
                 future,
-                status_header,
+                shared: Some(shared),
             },
         }
     }
@@ -67,13 +69,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Bypass {
-                future,
-                status_header,
-            } => {
+            KindProj::Bypass { future, shared } => {
                 let mut response = ready!(future.poll(cx))?;
-                if let Some(name) = status_header.take() {
-                    response.headers_mut().insert(name, BYPASS);
+                if let Some(shared) = shared.take() {
+                    shared
+                        .settings
+                        .status
+                        .apply(response.headers_mut(), Outcome::Bypass, None);
                 }
                 Poll::Ready(Ok(response.map(CacheBody::passthrough)))
             }

@@ -11,6 +11,7 @@ use crate::handle::CacheHandle;
 use crate::rules::{RouteTable, Rule, RuleDefaults};
 use crate::service::CacheService;
 use crate::state::{Settings, Shared};
+use crate::status::StatusHeaders;
 use crate::store::Store;
 use crate::user::{IdentifyUser, UserFromHeader};
 
@@ -35,7 +36,11 @@ impl CacheLayer {
             key_prefix: "trc".to_owned(),
             store_timeout: Duration::from_millis(100),
             max_body_bytes: 1024 * 1024,
-            status_header: Some(HeaderName::from_static("x-cache")),
+            status: StatusHeaders {
+                x_cache: Some(HeaderName::from_static("x-cache")),
+                cache_status: Some("tower-redis-cache".to_owned()),
+                cache_status_key: false,
+            },
         }
     }
 
@@ -73,7 +78,7 @@ pub struct CacheLayerBuilder {
     key_prefix: String,
     store_timeout: Duration,
     max_body_bytes: usize,
-    status_header: Option<HeaderName>,
+    status: StatusHeaders,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
@@ -144,14 +149,36 @@ impl CacheLayerBuilder {
     }
 
     /// The response header that tells `HIT`, `MISS` or `BYPASS` (default `x-cache`).
-    pub fn cache_status_header(mut self, name: HeaderName) -> Self {
-        self.status_header = Some(name);
+    pub fn x_cache_header(mut self, name: HeaderName) -> Self {
+        self.status.x_cache = Some(name);
         self
     }
 
-    /// Adds no cache status header to responses.
-    pub fn without_cache_status_header(mut self) -> Self {
-        self.status_header = None;
+    /// Adds no `X-Cache` header to responses.
+    pub fn without_x_cache_header(mut self) -> Self {
+        self.status.x_cache = None;
+        self
+    }
+
+    /// The name this cache gives itself in the RFC 9211 `Cache-Status` header (default
+    /// `tower-redis-cache`): `Cache-Status: tower-redis-cache; hit; ttl=42`. A token: letters,
+    /// digits and `!#$%&'*+-.^_`|~:/`, starting with a letter.
+    pub fn cache_status_name(mut self, name: impl Into<String>) -> Self {
+        self.status.cache_status = Some(name.into());
+        self
+    }
+
+    /// Adds no `Cache-Status` header to responses.
+    pub fn without_cache_status(mut self) -> Self {
+        self.status.cache_status = None;
+        self
+    }
+
+    /// Whether `Cache-Status` names the store key of each response (`key="trc:v1:e:..."`), to
+    /// find it in Redis while debugging (default off: keys are digests, but they still tell
+    /// clients which requests share entries).
+    pub fn cache_status_key(mut self, show: bool) -> Self {
+        self.status.cache_status_key = show;
         self
     }
 
@@ -172,6 +199,18 @@ impl CacheLayerBuilder {
                 "key_prefix",
                 "must be 1 to 64 visible ASCII characters, without `{` or `}`",
             ));
+        }
+        if let Some(name) = &self.status.cache_status {
+            let token = name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+            if !token {
+                return Err(BuildError::option(
+                    "cache_status_name",
+                    format!("`{name}` is not a token (letters, digits and !#$%&'*+-.^_`|~:/)"),
+                ));
+            }
         }
         if self.default_ttl.is_zero() {
             return Err(BuildError::option("default_ttl", "must be more than zero"));
@@ -204,7 +243,7 @@ impl CacheLayerBuilder {
             key_prefix: self.key_prefix,
             store_timeout: self.store_timeout,
             max_body_bytes: self.max_body_bytes,
-            status_header: self.status_header,
+            status: self.status,
         };
         Ok(CacheLayer {
             shared: Arc::new(Shared::new(self.store, routes, settings)),

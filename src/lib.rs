@@ -104,6 +104,7 @@ mod rules;
 mod service;
 mod state;
 mod stats;
+mod status;
 pub mod store;
 pub mod user;
 

@@ -130,7 +130,7 @@ fn comma_list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<It
 
 /// The headers kept in an entry: everything but hop-by-hop headers, the length (recomputed on
 /// every hit) and the headers the layer adds itself.
-pub(crate) fn stored_headers(headers: &HeaderMap, status_header: Option<&HeaderName>) -> HeaderMap {
+pub(crate) fn stored_headers(headers: &HeaderMap, x_cache: Option<&HeaderName>) -> HeaderMap {
     const DROPPED: [HeaderName; 9] = [
         header::CONNECTION,
         header::TRANSFER_ENCODING,
@@ -143,7 +143,7 @@ pub(crate) fn stored_headers(headers: &HeaderMap, status_header: Option<&HeaderN
         header::SET_COOKIE,
     ];
     let mut kept = headers.clone();
-    for name in DROPPED.iter().chain(status_header) {
+    for name in DROPPED.iter().chain(x_cache) {
         kept.remove(name);
     }
     kept.remove("keep-alive");

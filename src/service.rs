@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
@@ -17,11 +18,8 @@ use crate::future::ResponseFuture;
 use crate::policy::{decide, not_storable, stored_headers, Decision, Plan};
 use crate::state::Shared;
 use crate::stats::Counters;
+use crate::status::{Forwarded, Outcome};
 use crate::store::{Lookup, TagVersion};
-
-const HIT: HeaderValue = HeaderValue::from_static("HIT");
-const MISS: HeaderValue = HeaderValue::from_static("MISS");
-pub(crate) const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
 
 /// Caches the responses of the inner service `S` according to its layer's rules.
 ///
@@ -86,8 +84,7 @@ where
         match decide(&shared, &parts) {
             Decision::Bypass => {
                 Counters::add(&shared.counters.bypasses, 1);
-                let status_header = shared.settings.status_header.clone();
-                ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), status_header)
+                ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), shared)
             }
             Decision::Mutation { evicts } => {
                 Counters::add(&shared.counters.bypasses, 1);
@@ -124,7 +121,12 @@ where
         // A failure is logged, counted and retried in the background; the write stands.
         let _ = shared.evict(&evicts).await;
     }
-    Ok(mark(&shared, response.map(CacheBody::passthrough), BYPASS))
+    Ok(mark(
+        &shared,
+        response.map(CacheBody::passthrough),
+        Outcome::Bypass,
+        None,
+    ))
 }
 
 /// A cacheable read: lookup → serve the hit, or call inner and capture its response.
@@ -140,37 +142,65 @@ where
 {
     // The entry and its tags' current versions, in one round trip. The versions are read
     // before the inner service runs, which is what makes a later eviction win over this miss.
-    let versions = match shared.lookup(&plan.key, &plan.tag_keys).await {
+    let (versions, fwd) = match shared.lookup(&plan.key, &plan.tag_keys).await {
         // The store failed: serve from the inner service and store nothing.
-        None => None,
+        None => (None, Forwarded::Error),
         Some(found) => match answer_from_store(&shared, &plan, found) {
             Ok(hit) => return Ok(hit),
-            Err(Some(versions)) => Some(versions),
+            Err(Miss {
+                versions: Some(versions),
+                fwd,
+            }) => (Some(versions), fwd),
             // HEAD responses are never stored, so they need no versions.
-            Err(None) if plan.head => None,
+            Err(Miss {
+                versions: None,
+                fwd,
+            }) if plan.head => (None, fwd),
             // First use of a tag (or its version was lost): give it one.
-            Err(None) => shared.ensure_tag_versions(&plan.tag_keys).await,
+            Err(Miss {
+                versions: None,
+                fwd,
+            }) => (shared.ensure_tag_versions(&plan.tag_keys).await, fwd),
         },
     };
     Counters::add(&shared.counters.misses, 1);
     let response = inner.call(request).await?;
-    let response = match versions {
-        Some(versions) => capture_if_storable(&shared, plan, versions, response),
-        None => response.map(CacheBody::passthrough),
+    let (response, stored) = match versions {
+        Some(versions) => capture_if_storable(&shared, &plan, versions, response),
+        None => (response.map(CacheBody::passthrough), None),
     };
-    Ok(mark(&shared, response, MISS))
+    Ok(mark(
+        &shared,
+        response,
+        Outcome::Miss { fwd, stored },
+        Some(&plan.key),
+    ))
 }
 
-/// Serves a hit, or says why not: `Err` carries the tag versions to record on a miss (`None`
-/// when some tag has no version yet).
+/// Why a lookup is not a hit, and what a miss needs to store its response.
+struct Miss {
+    /// The tags' current versions, to record in the entry; `None` when some tag has none yet.
+    versions: Option<Vec<TagVersion>>,
+    fwd: Forwarded,
+}
+
+/// Serves a hit, or says why not.
 fn answer_from_store<B>(
     shared: &Shared,
     plan: &Plan,
     found: Lookup,
-) -> Result<Response<CacheBody<B>>, Option<Vec<TagVersion>>> {
+) -> Result<Response<CacheBody<B>>, Miss> {
+    let fwd = if found.entry.is_some() {
+        Forwarded::Miss
+    } else {
+        Forwarded::UriMiss
+    };
     let versions: Option<Vec<TagVersion>> = found.versions.into_iter().collect();
     let Some(versions) = versions else {
-        return Err(None);
+        return Err(Miss {
+            versions: None,
+            fwd,
+        });
     };
     let now = now_ms();
     let entry = found
@@ -178,11 +208,15 @@ fn answer_from_store<B>(
         .and_then(Entry::decode)
         .filter(|entry| entry.is_fresh(now) && tags_match(entry, &plan.tags, &versions));
     let Some(entry) = entry else {
-        return Err(Some(versions));
+        return Err(Miss {
+            versions: Some(versions),
+            fwd,
+        });
     };
 
     Counters::add(&shared.counters.hits, 1);
     let age = entry.age_secs(now);
+    let ttl = entry.remaining(now);
     let length = entry.body.len();
     let body = if plan.head {
         CacheBody::cached(Bytes::new(), None)
@@ -196,7 +230,12 @@ fn answer_from_store<B>(
         .headers_mut()
         .insert(CONTENT_LENGTH, HeaderValue::from(length));
     response.headers_mut().insert(AGE, HeaderValue::from(age));
-    Ok(mark(shared, response, HIT))
+    Ok(mark(
+        shared,
+        response,
+        Outcome::Hit { ttl },
+        Some(&plan.key),
+    ))
 }
 
 /// An entry is valid only if it was computed under the tags' current versions: any eviction
@@ -210,43 +249,53 @@ fn tags_match(entry: &Entry, tags: &[String], versions: &[TagVersion]) -> bool {
             .all(|((t, v), (tag, version))| t == tag && v == version)
 }
 
+/// Wraps the body in a capture when the response may be stored; says for how long it will be.
 fn capture_if_storable<B: Body<Data = Bytes>>(
     shared: &Arc<Shared>,
-    plan: Plan,
+    plan: &Plan,
     versions: Vec<TagVersion>,
     response: Response<B>,
-) -> Response<CacheBody<B>> {
+) -> (Response<CacheBody<B>>, Option<Duration>) {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
-    let reason = not_storable(&parts, &plan).or_else(|| {
+    let reason = not_storable(&parts, plan).or_else(|| {
         // A known length over the limit: do not even start a copy.
         let too_long = body.size_hint().lower() > settings.max_body_bytes as u64;
         too_long.then_some("body over max_body_bytes")
     });
     if let Some(reason) = reason {
         tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
-        return Response::from_parts(parts, CacheBody::passthrough(body));
+        return (
+            Response::from_parts(parts, CacheBody::passthrough(body)),
+            None,
+        );
     }
+    let ttl = plan.rule.ttl;
     let pending = PendingEntry {
         shared: Arc::clone(shared),
-        headers: stored_headers(&parts.headers, settings.status_header.as_ref()),
+        headers: stored_headers(&parts.headers, settings.status.x_cache.as_ref()),
         status: parts.status,
-        ttl: plan.rule.ttl,
-        tags: plan.tags.into_iter().zip(versions).collect(),
-        key: plan.key,
+        ttl,
+        tags: plan.tags.iter().cloned().zip(versions).collect(),
+        key: plan.key.clone(),
     };
     let capture = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower());
-    Response::from_parts(parts, CacheBody::capturing(body, capture))
+    (
+        Response::from_parts(parts, CacheBody::capturing(body, capture)),
+        Some(ttl),
+    )
 }
 
-/// Adds the cache status header (`X-Cache` by default), if the layer has one.
-pub(crate) fn mark<B>(
+/// Adds the status headers (`X-Cache`, `Cache-Status`) for `outcome`.
+fn mark<B>(
     shared: &Shared,
     mut response: Response<B>,
-    status: HeaderValue,
+    outcome: Outcome,
+    key: Option<&str>,
 ) -> Response<B> {
-    if let Some(name) = &shared.settings.status_header {
-        response.headers_mut().insert(name.clone(), status);
-    }
+    shared
+        .settings
+        .status
+        .apply(response.headers_mut(), outcome, key);
     response
 }

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderName;
 
 use crate::key::tag_key;
 use crate::rules::RouteTable;
 use crate::stats::Counters;
+use crate::status::StatusHeaders;
 use crate::store::{Lookup, Store, StoreError, TagVersion};
 
 /// Layer-wide settings, fixed at build time.
@@ -22,7 +22,7 @@ pub(crate) struct Settings {
     pub(crate) key_prefix: String,
     pub(crate) store_timeout: Duration,
     pub(crate) max_body_bytes: usize,
-    pub(crate) status_header: Option<HeaderName>,
+    pub(crate) status: StatusHeaders,
 }
 
 pub(crate) struct Shared {

@@ -625,7 +625,7 @@ async fn inner_errors_pass_through_unchanged() {
 async fn the_status_header_can_be_renamed_or_left_out() {
     let renamed = CacheLayer::builder(MemoryStore::default())
         .route("/a", Rule::get())
-        .cache_status_header(http::HeaderName::from_static("x-edge-cache"))
+        .x_cache_header(http::HeaderName::from_static("x-edge-cache"))
         .build()
         .unwrap();
     let mut h = Harness::new(renamed);
@@ -636,13 +636,99 @@ async fn the_status_header_can_be_renamed_or_left_out() {
 
     let silent = CacheLayer::builder(MemoryStore::default())
         .route("/a", Rule::get())
-        .without_cache_status_header()
+        .without_x_cache_header()
+        .without_cache_status()
         .build()
         .unwrap();
     let mut h = Harness::new(silent);
     h.get("/a", "a").await;
     assert!(h.get("/a", "unused").await.headers.get("x-cache").is_none());
-    assert!(h.get("/other", "x").await.headers.get("x-cache").is_none());
+    let other = h.get("/other", "x").await;
+    assert!(other.headers.get("x-cache").is_none());
+    assert!(other.headers.get("cache-status").is_none());
+}
+
+#[tokio::test]
+async fn cache_status_tells_what_happened_as_rfc_9211_says() {
+    let mut h = Harness::users();
+    let cache_status = |o: &Outcome| o.headers["cache-status"].to_str().unwrap().to_owned();
+    let first = h.get("/users", "[]").await;
+    assert_eq!(
+        cache_status(&first),
+        "tower-redis-cache; fwd=uri-miss; stored; ttl=60"
+    );
+    let hit = h.get("/users", "unused").await;
+    assert!(
+        cache_status(&hit).starts_with("tower-redis-cache; hit; ttl=5"),
+        "{}",
+        cache_status(&hit)
+    );
+    h.send(request(Method::POST, "/users"), |_| {
+        with_status(ok(""), StatusCode::CREATED)
+    })
+    .await;
+    let evicted = h
+        .send(get("/users"), |_| {
+            with_status(ok("x"), StatusCode::NOT_FOUND)
+        })
+        .await;
+    assert_eq!(cache_status(&evicted), "tower-redis-cache; fwd=miss");
+    assert_eq!(
+        cache_status(&h.get("/health", "ok").await),
+        "tower-redis-cache; fwd=bypass"
+    );
+
+    // Upstream caches' entries are kept, ours goes last.
+    let chained = h
+        .send(get("/users/1"), |_| {
+            with_header(ok("x"), "cache-status", "origin; hit")
+        })
+        .await;
+    let values: Vec<_> = chained.headers.get_all("cache-status").iter().collect();
+    assert_eq!(
+        values,
+        [
+            "origin; hit",
+            "tower-redis-cache; fwd=uri-miss; stored; ttl=60"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn cache_status_names_the_key_only_when_debugging() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/a", Rule::get())
+        .cache_status_name("edge-1")
+        .cache_status_key(true)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let miss = h.get("/a", "a").await;
+    let value = miss.headers["cache-status"].to_str().unwrap();
+    assert!(
+        value.starts_with("edge-1; fwd=uri-miss; stored; ttl=60; key=\"trc:v1:e:"),
+        "{value}"
+    );
+    assert!(
+        Harness::users().get("/users", "x").await.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .find("key=")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_store_error_shows_in_cache_status() {
+    let layer = users_rules(CacheLayer::builder(BrokenStore::Failing))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let outcome = h.get("/users", "x").await;
+    assert_eq!(
+        outcome.headers["cache-status"],
+        "tower-redis-cache; fwd=miss; detail=store-error"
+    );
 }
 
 /// The slow-miss race of guarantee 2: a miss reads old data, a write and its eviction complete,
@@ -845,4 +931,20 @@ async fn private_responses_to_anonymous_requests_are_not_shared() {
         .await
         .reached_inner
         .is_some());
+}
+
+#[test]
+fn bad_options_fail_the_build_naming_the_option() {
+    let err = |builder: CacheLayerBuilder| builder.build().unwrap_err().to_string();
+    let base = || CacheLayer::builder(MemoryStore::default());
+    assert_eq!(
+        err(base().cache_status_name("my cache")),
+        "option `cache_status_name`: `my cache` is not a token (letters, digits and !#$%&'*+-.^_`|~:/)"
+    );
+    assert!(err(base().key_prefix("")).starts_with("option `key_prefix`"));
+    assert!(err(base().key_prefix("a{b}")).starts_with("option `key_prefix`"));
+    assert!(err(base().store_timeout(Duration::ZERO)).starts_with("option `store_timeout`"));
+    assert!(err(base().max_body_bytes(0)).starts_with("option `max_body_bytes`"));
+    assert!(err(base().default_ttl(Duration::ZERO)).starts_with("option `default_ttl`"));
+    assert!(err(base().cache_statuses([])).starts_with("option `cache_statuses`"));
 }
