@@ -153,7 +153,7 @@ mod tests {
         };
         let headers = headers(&debug, Outcome::Bypass, Some("trc:v1:e:ab"));
         assert_eq!(
-            headers.get_all("cache-status").iter().last().unwrap(),
+            headers.get_all("cache-status").iter().next_back().unwrap(),
             "trc; fwd=bypass; key=\"trc:v1:e:ab\""
         );
     }
