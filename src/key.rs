@@ -77,8 +77,20 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
     }
 }
 
+/// The tag every entry of a path carries, so that an unsafe request to that path (or naming it
+/// in `Location` / `Content-Location`) invalidates it (RFC 9111 section 4.4). It covers every
+/// query of the path: invalidating more than the exact URI is never stale.
+pub(crate) fn uri_tag(path: &str) -> String {
+    let digest = blake3::derive_key(
+        "tower-redis-cache 2026 uri tag",
+        normalize_path(path).as_bytes(),
+    );
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("#uri:{hex}")
+}
+
 /// The authority the request was sent to: the URI's (HTTP/2, absolute-form) or `Host`.
-fn authority(request: &Parts) -> String {
+pub(crate) fn authority(request: &Parts) -> String {
     let raw = match request.uri.authority() {
         Some(authority) => authority.as_str(),
         None => request

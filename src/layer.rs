@@ -36,6 +36,7 @@ impl CacheLayer {
             key_prefix: "trc".to_owned(),
             store_timeout: Duration::from_millis(100),
             max_body_bytes: 1024 * 1024,
+            invalidate_unsafe: true,
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
                 cache_status: Some("tower-redis-cache".to_owned()),
@@ -78,6 +79,7 @@ pub struct CacheLayerBuilder {
     key_prefix: String,
     store_timeout: Duration,
     max_body_bytes: usize,
+    invalidate_unsafe: bool,
     status: StatusHeaders,
 }
 
@@ -145,6 +147,16 @@ impl CacheLayerBuilder {
     /// and no more than this is ever held in memory for one response.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// Whether a non-error response (2xx, 3xx) to an unsafe request (`POST`, `PUT`, `PATCH`,
+    /// `DELETE`, ...) invalidates the entries of its target path and of the paths its `Location`
+    /// and `Content-Location` headers name on the same host, as RFC 9111 section 4.4 asks of
+    /// caches (default on). This works without any mutation rule, for every query of the path;
+    /// declared tags still cover what a path cannot (`/users` after `PUT /users/1`).
+    pub fn invalidate_on_unsafe_requests(mut self, invalidate: bool) -> Self {
+        self.invalidate_unsafe = invalidate;
         self
     }
 
@@ -243,6 +255,7 @@ impl CacheLayerBuilder {
             key_prefix: self.key_prefix,
             store_timeout: self.store_timeout,
             max_body_bytes: self.max_body_bytes,
+            invalidate_unsafe: self.invalidate_unsafe,
             status: self.status,
         };
         Ok(CacheLayer {

@@ -50,7 +50,10 @@
 //!    If the body ends normally and the response may be stored (see below), the entry is
 //!    written in the background (`X-Cache: MISS`).
 //! 4. **Writes.** A `POST`, `PUT`, `PATCH` or `DELETE` covered by a mutation rule that succeeds
-//!    (2xx) evicts the rule's tags before the response goes back to the client.
+//!    (2xx) evicts the rule's tags before the response goes back to the client. Any unsafe
+//!    request with a non-error response also invalidates the entries of its target path and of
+//!    the same-host paths in its `Location` and `Content-Location` headers (RFC 9111 section
+//!    4.4), mutation rule or not.
 //!
 //! # Default safety rules
 //!

@@ -8,7 +8,7 @@ use http::request;
 use http::response;
 use http::Method;
 
-use crate::key::entry_key;
+use crate::key::{authority, entry_key, uri_tag};
 use crate::rules::{Matched, ReadRule, Scope};
 use crate::state::Shared;
 
@@ -16,8 +16,13 @@ use crate::state::Shared;
 pub(crate) enum Decision {
     /// Stay out of the way.
     Bypass,
-    /// Call the inner service, then evict `evicts` if it succeeded.
-    Mutation { evicts: Vec<String> },
+    /// Call the inner service, then evict `evicts` if it succeeded (2xx), and invalidate the
+    /// target URI's entries (`uri`, with `Location` and `Content-Location`) if it did not fail.
+    Mutation {
+        evicts: Vec<String>,
+        uri: Option<String>,
+        authority: String,
+    },
     /// Look the request up, and on a miss call the inner service and store its response.
     Lookup(Plan),
 }
@@ -35,11 +40,29 @@ pub(crate) struct Plan {
 }
 
 pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
-    let (rule, tags) = match shared.routes.classify(&request.method, request.uri.path()) {
+    let path = request.uri.path();
+    let invalidate_unsafe = shared.settings.invalidate_unsafe;
+    let (rule, mut tags) = match shared.routes.classify(&request.method, path) {
         Matched::Bypass | Matched::Unmatched => return Decision::Bypass,
-        Matched::Mutation { evicts } => return Decision::Mutation { evicts },
+        Matched::Write {
+            evicts,
+            reads_cached,
+        } => {
+            let uri = (invalidate_unsafe && reads_cached).then(|| uri_tag(path));
+            if evicts.is_empty() && uri.is_none() && !invalidate_unsafe {
+                return Decision::Bypass;
+            }
+            return Decision::Mutation {
+                evicts,
+                uri,
+                authority: authority(request),
+            };
+        }
         Matched::Read { rule, tags } => (rule, tags),
     };
+    if invalidate_unsafe {
+        tags.push(uri_tag(path));
+    }
     let user = match &rule.scope {
         Scope::PerUser {
             identify,

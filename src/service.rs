@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -15,6 +15,7 @@ use crate::body::CacheBody;
 use crate::capture::{Capture, PendingEntry};
 use crate::entry::{now_ms, Entry};
 use crate::future::ResponseFuture;
+use crate::key::uri_tag;
 use crate::policy::{decide, not_storable, stored_headers, Decision, Plan};
 use crate::state::Shared;
 use crate::stats::Counters;
@@ -86,14 +87,19 @@ where
                 Counters::add(&shared.counters.bypasses, 1);
                 ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), shared)
             }
-            Decision::Mutation { evicts } => {
+            Decision::Mutation {
+                evicts,
+                uri,
+                authority,
+            } => {
                 Counters::add(&shared.counters.bypasses, 1);
-                ResponseFuture::boxed(mutate(
-                    shared,
-                    inner,
-                    Request::from_parts(parts, body),
+                let request = Request::from_parts(parts, body);
+                let invalidation = Invalidation {
                     evicts,
-                ))
+                    uri,
+                    authority,
+                };
+                ResponseFuture::boxed(mutate(shared, inner, request, invalidation))
             }
             Decision::Lookup(plan) => ResponseFuture::boxed(serve_cacheable(
                 shared,
@@ -105,28 +111,65 @@ where
     }
 }
 
-/// A write: call the inner service, and if it succeeded evict the rule's tags before the client
-/// hears back, so that no read it starts afterwards sees an entry from before its write.
+/// What a write invalidates, as decided before the inner service runs.
+struct Invalidation {
+    /// The mutation rule's tags, evicted when the write succeeds (2xx).
+    evicts: Vec<String>,
+    /// The target path's URI tag, when reads of it are cached.
+    uri: Option<String>,
+    /// The request's authority, to tell same-host `Location` headers.
+    authority: String,
+}
+
+/// A write: call the inner service, then evict what it invalidated before the client hears
+/// back, so that no read the client starts afterwards sees an entry from before its write.
 async fn mutate<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     mut inner: S,
     request: Request<ReqBody>,
-    evicts: Vec<String>,
+    invalidation: Invalidation,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let response = inner.call(request).await?;
-    if response.status().is_success() {
-        // A failure is logged, counted and retried in the background; the write stands.
-        let _ = shared.evict(&evicts).await;
+    let status = response.status();
+    let mut tags = Vec::new();
+    if status.is_success() {
+        tags.extend(invalidation.evicts);
     }
+    // RFC 9111 section 4.4: a non-error response invalidates the target URI and the same-host
+    // URIs in Location and Content-Location.
+    if shared.settings.invalidate_unsafe && (status.is_success() || status.is_redirection()) {
+        tags.extend(invalidation.uri);
+        for name in [LOCATION, CONTENT_LOCATION] {
+            let target = response
+                .headers()
+                .get(name)
+                .and_then(|v| same_host_path(v, &invalidation.authority));
+            if let Some(path) = target.filter(|path| shared.routes.caches_reads(path)) {
+                tags.push(uri_tag(&path));
+            }
+        }
+    }
+    // A failure is logged, counted and retried in the background; the write stands.
+    let _ = shared.evict(&tags).await;
     Ok(mark(
         &shared,
         response.map(CacheBody::passthrough),
         Outcome::Bypass,
         None,
     ))
+}
+
+/// The path of a `Location`-style header value, if it names a path on `authority` (a
+/// path-absolute reference, or an absolute URI with that authority).
+fn same_host_path(value: &HeaderValue, authority: &str) -> Option<String> {
+    let uri: http::Uri = value.to_str().ok()?.parse().ok()?;
+    match uri.authority() {
+        Some(host) if !host.as_str().eq_ignore_ascii_case(authority) => None,
+        _ => uri.path().starts_with('/').then(|| uri.path().to_owned()),
+    }
 }
 
 /// A cacheable read: lookup → serve the hit, or call inner and capture its response.

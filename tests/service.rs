@@ -309,7 +309,8 @@ async fn successful_mutations_evict_their_tags() {
         .send(request(Method::PUT, "/users/1"), |_| ok("updated"))
         .await;
     assert_eq!(put.x_cache(), "BYPASS");
-    assert_eq!(h.cache.stats().evictions, 2);
+    // `users`, `user:1`, and the URI `/users/1` itself.
+    assert_eq!(h.cache.stats().evictions, 3);
 
     assert_eq!(
         h.get("/users", "[1']").await.x_cache(),
@@ -359,7 +360,7 @@ async fn failed_mutations_evict_nothing() {
     for status in [
         StatusCode::BAD_REQUEST,
         StatusCode::INTERNAL_SERVER_ERROR,
-        StatusCode::FOUND,
+        StatusCode::CONFLICT,
     ] {
         h.send(request(Method::POST, "/users"), move |_| {
             with_status(ok(""), status)
@@ -368,6 +369,27 @@ async fn failed_mutations_evict_nothing() {
         assert_eq!(h.get("/users", "unused").await.x_cache(), "HIT", "{status}");
     }
     assert_eq!(h.cache.stats().evictions, 0);
+}
+
+#[tokio::test]
+async fn a_redirect_invalidates_the_target_uri_but_not_the_declared_tags() {
+    let mut h = Harness::users();
+    h.get("/users", "[1]").await;
+    h.get("/users/1", "one").await;
+    h.send(request(Method::POST, "/users"), |_| {
+        with_status(ok(""), StatusCode::FOUND)
+    })
+    .await;
+    assert_eq!(
+        h.get("/users", "[1']").await.x_cache(),
+        "MISS",
+        "RFC 9111 4.4: 3xx is not an error"
+    );
+    assert_eq!(
+        h.get("/users/1", "unused").await.x_cache(),
+        "HIT",
+        "`users` is evicted on 2xx only"
+    );
 }
 
 #[tokio::test]
@@ -947,4 +969,136 @@ fn bad_options_fail_the_build_naming_the_option() {
     assert!(err(base().max_body_bytes(0)).starts_with("option `max_body_bytes`"));
     assert!(err(base().default_ttl(Duration::ZERO)).starts_with("option `default_ttl`"));
     assert!(err(base().cache_statuses([])).starts_with("option `cache_statuses`"));
+}
+
+/// RFC 9111 section 4.4: the proxy example has read rules and no mutation rule at all.
+fn proxy_like() -> Harness {
+    Harness::new(
+        CacheLayer::builder(MemoryStore::default())
+            .route("/{*path}", Rule::get())
+            .build()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn unsafe_requests_invalidate_their_target_uri_without_any_mutation_rule() {
+    let mut h = proxy_like();
+    h.get("/items/1", "one").await;
+    h.get("/items/1?page=2", "one, page 2").await;
+    h.get("/items/2", "two").await;
+    for (method, status) in [
+        (Method::POST, StatusCode::CREATED),
+        (Method::DELETE, StatusCode::SEE_OTHER),
+    ] {
+        h.send(request(method.clone(), "/items/1"), move |_| {
+            with_status(ok(""), status)
+        })
+        .await;
+        assert_eq!(
+            h.get("/items/1", "one'").await.x_cache(),
+            "MISS",
+            "{method}"
+        );
+        assert_eq!(
+            h.get("/items/1?page=2", "page 2'").await.x_cache(),
+            "MISS",
+            "every query of the path"
+        );
+        assert_eq!(
+            h.get("/items/2", "unused").await.x_cache(),
+            "HIT",
+            "other paths stay"
+        );
+    }
+}
+
+#[tokio::test]
+async fn error_responses_to_unsafe_requests_invalidate_nothing() {
+    let mut h = proxy_like();
+    h.get("/items/1", "one").await;
+    for status in [
+        StatusCode::BAD_REQUEST,
+        StatusCode::NOT_FOUND,
+        StatusCode::BAD_GATEWAY,
+    ] {
+        h.send(request(Method::PUT, "/items/1"), move |_| {
+            with_status(ok(""), status)
+        })
+        .await;
+        assert_eq!(
+            h.get("/items/1", "unused").await.x_cache(),
+            "HIT",
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn location_and_content_location_on_the_same_host_are_invalidated() {
+    let mut h = proxy_like();
+    for path in ["/items/3", "/items/4", "/items/5"] {
+        h.get(path, "old").await;
+    }
+    let created = |_: &Req| {
+        with_header(
+            with_status(ok(""), StatusCode::CREATED),
+            "location",
+            "/items/3",
+        )
+    };
+    h.send(request(Method::POST, "/items"), created).await;
+    let moved = |_: &Req| with_header(ok(""), "content-location", "http://api.example/items/4");
+    h.send(
+        Request::put("/items/x")
+            .header("host", "api.example")
+            .body(String::new())
+            .unwrap(),
+        moved,
+    )
+    .await;
+    let elsewhere =
+        |_: &Req| with_header(ok(""), "content-location", "http://other.example/items/5");
+    h.send(
+        Request::put("/items/x")
+            .header("host", "api.example")
+            .body(String::new())
+            .unwrap(),
+        elsewhere,
+    )
+    .await;
+    assert_eq!(h.get("/items/3", "new").await.x_cache(), "MISS");
+    assert_eq!(h.get("/items/4", "new").await.x_cache(), "MISS");
+    assert_eq!(
+        h.get("/items/5", "unused").await.x_cache(),
+        "HIT",
+        "another host's URI is not ours to drop"
+    );
+}
+
+#[tokio::test]
+async fn uri_invalidation_can_be_turned_off() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/{*path}", Rule::get())
+        .invalidate_on_unsafe_requests(false)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.get("/items/1", "one").await;
+    let post = h.send(request(Method::POST, "/items/1"), |_| ok("")).await;
+    assert_eq!(post.x_cache(), "BYPASS");
+    assert_eq!(h.get("/items/1", "unused").await.x_cache(), "HIT");
+    assert_eq!(h.cache.stats().evictions, 0);
+}
+
+#[test]
+fn tags_starting_with_a_hash_are_reserved() {
+    let err = CacheLayer::builder(MemoryStore::default())
+        .route("/a", Rule::get().tag("#uri:x"))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "route `/a`: tag `#uri:x`: tags starting with `#` are the layer's own"
+    );
 }

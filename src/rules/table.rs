@@ -59,8 +59,13 @@ pub(crate) enum Matched<'a> {
         rule: &'a Arc<ReadRule>,
         tags: Vec<String>,
     },
-    /// A mutation rule covers the request; `evicts` are the rendered tags to evict on success.
-    Mutation { evicts: Vec<String> },
+    /// An unsafe method on a path some rule covers: `evicts` are the mutation rule's rendered
+    /// tags (none without one), and `reads_cached` says whether a read rule covers the path, so
+    /// that its URI may have entries to invalidate.
+    Write {
+        evicts: Vec<String>,
+        reads_cached: bool,
+    },
     /// No rule covers this method on this path.
     Unmatched,
 }
@@ -159,16 +164,26 @@ impl RouteTable {
                 None => Matched::Unmatched,
             };
         }
-        match route.mutations.iter().find(|m| m.methods.contains(method)) {
-            Some(rule) => Matched::Mutation {
-                evicts: rule
-                    .evicts
-                    .iter()
-                    .map(|t| t.render(&found.params))
-                    .collect(),
-            },
-            None => Matched::Unmatched,
+        if method.is_safe() {
+            return Matched::Unmatched;
         }
+        let evicts = match route.mutations.iter().find(|m| m.methods.contains(method)) {
+            Some(rule) => rule
+                .evicts
+                .iter()
+                .map(|t| t.render(&found.params))
+                .collect(),
+            None => Vec::new(),
+        };
+        Matched::Write {
+            evicts,
+            reads_cached: route.read.is_some(),
+        }
+    }
+
+    /// Whether a read rule (and no bypass pattern) covers `path`: whether it may have entries.
+    pub(crate) fn caches_reads(&self, path: &str) -> bool {
+        self.bypass.at(path).is_err() && self.routes.at(path).is_ok_and(|m| m.value.read.is_some())
     }
 }
 
@@ -333,13 +348,28 @@ mod tests {
             Matched::Read { .. }
         ));
         match table.classify(&Method::DELETE, "/users/7") {
-            Matched::Mutation { evicts } => assert_eq!(evicts, ["users", "user:7"]),
+            Matched::Write {
+                evicts,
+                reads_cached,
+            } => {
+                assert_eq!(evicts, ["users", "user:7"]);
+                assert!(reads_cached);
+            }
             _ => panic!("expected a mutation rule"),
         }
+        match table.classify(&Method::PATCH, "/users/7") {
+            Matched::Write {
+                evicts,
+                reads_cached,
+            } => assert!(evicts.is_empty() && reads_cached),
+            _ => panic!("an unsafe method on a cached path is a write"),
+        }
         assert!(matches!(
-            table.classify(&Method::PATCH, "/users/7"),
+            table.classify(&Method::OPTIONS, "/users/7"),
             Matched::Unmatched
         ));
+        assert!(table.caches_reads("/users/7"));
+        assert!(!table.caches_reads("/nothing"));
         assert!(matches!(
             table.classify(&Method::GET, "/other"),
             Matched::Unmatched

@@ -50,6 +50,11 @@ impl TagTemplate {
         if source.is_empty() {
             return Err("a tag must not be empty".to_owned());
         }
+        if source.starts_with('#') {
+            return Err(format!(
+                "tag `{source}`: tags starting with `#` are the layer's own"
+            ));
+        }
         let mut parts = Vec::new();
         let mut rest = source;
         while !rest.is_empty() {
@@ -177,6 +182,7 @@ mod tests {
     fn bad_templates_are_rejected() {
         let params = vec!["id".to_owned()];
         assert!(TagTemplate::parse("", &params).is_err());
+        assert!(TagTemplate::parse("#uri:abc", &params).is_err());
         assert!(TagTemplate::parse("user:{uid}", &params)
             .unwrap_err()
             .contains("`{uid}`"));
