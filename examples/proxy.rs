@@ -77,24 +77,18 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tracing::info!(upstream = %upstream.base, ttl_secs = ttl.as_secs(), "proxying");
-    let app = Router::new()
-        .fallback(forward)
-        .with_state(upstream)
-        .layer(cache);
+    let app = Router::new().fallback(forward).with_state(upstream).layer(cache);
 
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
     println!("proxy listening on http://{addr}");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 
@@ -113,11 +107,7 @@ fn cache_layer(store: impl Store, ttl: Duration) -> Result<CacheLayer, BuildErro
             // stored (a response varying on any other header is not).
             .vary(["accept", "accept-encoding", "accept-language"])
     };
-    CacheLayer::builder(store)
-        .default_ttl(ttl)
-        .route("/", rule())
-        .route("/{*path}", rule())
-        .build()
+    CacheLayer::builder(store).default_ttl(ttl).route("/", rule()).route("/{*path}", rule()).build()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -137,9 +127,8 @@ impl Upstream {
         let Some(url) = env_var("UPSTREAM_URL") else {
             bail!("UPSTREAM_URL is not set: say where to forward requests, e.g. UPSTREAM_URL=http://127.0.0.1:3000");
         };
-        let uri: Uri = url
-            .parse()
-            .with_context(|| format!("UPSTREAM_URL `{url}` is not a valid URL"))?;
+        let uri: Uri =
+            url.parse().with_context(|| format!("UPSTREAM_URL `{url}` is not a valid URL"))?;
         if uri.scheme_str() != Some("http") {
             bail!("UPSTREAM_URL `{url}` must start with http:// (this example has no TLS)");
         }
@@ -196,10 +185,7 @@ async fn forward(
         }
         Err(_) => {
             tracing::warn!(%method, %uri, "upstream timed out");
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer in time",
-            );
+            return error(StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time");
         }
     };
     tracing::debug!(%method, %uri, status = %response.status(), "forwarded");

@@ -106,10 +106,7 @@ fn cache_layer(store: impl Store) -> Result<CacheLayer, BuildError> {
         // The same for every caller, so credentialed requests share these entries too.
         .route("/users", Rule::get().ttl(TTL).tag("users").shared())
         .route("/users", Rule::post().evicts(["users"]))
-        .route(
-            "/users/{id}",
-            Rule::get().tags(["users", "user:{id}"]).shared(),
-        )
+        .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]).shared())
         .route(
             "/users/{id}",
             Rule::methods([Method::PUT, Method::DELETE]).evicts(["users", "user:{id}"]),
@@ -125,10 +122,7 @@ fn cache_layer(store: impl Store) -> Result<CacheLayer, BuildError> {
 fn router(db: AnyPool) -> Router {
     Router::new()
         .route("/users", get(list_users).post(create_user))
-        .route(
-            "/users/{id}",
-            get(get_user).put(update_user).delete(delete_user),
-        )
+        .route("/users/{id}", get(get_user).put(update_user).delete(delete_user))
         .route("/me", get(me))
         .route("/auth/login", post(login))
         .route("/health", get(health))
@@ -139,12 +133,9 @@ fn router(db: AnyPool) -> Router {
 // Handlers
 
 async fn list_users(State(db): State<AnyPool>) -> Result<Json<Vec<User>>, ApiError> {
-    let rows = sqlx::query("SELECT id, name, email, age FROM users ORDER BY id")
-        .fetch_all(&db)
-        .await?;
-    Ok(Json(
-        rows.iter().map(User::from_row).collect::<Result<_, _>>()?,
-    ))
+    let rows =
+        sqlx::query("SELECT id, name, email, age FROM users ORDER BY id").fetch_all(&db).await?;
+    Ok(Json(rows.iter().map(User::from_row).collect::<Result<_, _>>()?))
 }
 
 async fn create_user(
@@ -165,10 +156,7 @@ async fn get_user(
     State(db): State<AnyPool>,
     UserIdParam(id): UserIdParam,
 ) -> Result<Json<User>, ApiError> {
-    find_user(&db, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| not_found(id))
+    find_user(&db, id).await?.map(Json).ok_or_else(|| not_found(id))
 }
 
 async fn update_user(
@@ -196,10 +184,7 @@ async fn delete_user(
     State(db): State<AnyPool>,
     UserIdParam(id): UserIdParam,
 ) -> Result<StatusCode, ApiError> {
-    let done = sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(id)
-        .execute(&db)
-        .await?;
+    let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&db).await?;
     if done.rows_affected() == 0 {
         return Err(not_found(id));
     }
@@ -208,10 +193,7 @@ async fn delete_user(
 }
 
 async fn me(State(db): State<AnyPool>, Bearer(id): Bearer) -> Result<Json<User>, ApiError> {
-    find_user(&db, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| not_found(id))
+    find_user(&db, id).await?.map(Json).ok_or_else(|| not_found(id))
 }
 
 /// A stand-in for real authentication: the "token" is the user id, as `/me` expects it.
@@ -256,11 +238,7 @@ struct NewUser {
 
 impl NewUser {
     fn into_parts(self) -> (Option<i64>, UserFields) {
-        let fields = UserFields {
-            name: self.name,
-            email: self.email,
-            age: self.age,
-        };
+        let fields = UserFields { name: self.name, email: self.email, age: self.age };
         (self.id, fields)
     }
 }
@@ -345,10 +323,8 @@ async fn open_database(url: Option<String>) -> anyhow::Result<(AnyPool, Option<A
 }
 
 async fn seed(pool: &AnyPool) -> anyhow::Result<()> {
-    let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM users")
-        .fetch_one(pool)
-        .await?
-        .try_get("n")?;
+    let count: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(pool).await?.try_get("n")?;
     if count == 0 {
         sqlx::query(
             "INSERT INTO users (id, name, email, age) VALUES \
@@ -385,10 +361,9 @@ async fn insert_with_id(db: &AnyPool, id: i64, fields: &UserFields) -> Result<Us
     .await;
     match inserted {
         Ok(row) => Ok(User::from_row(&row)?),
-        Err(e) if is_unique_violation(&e) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("a user with id {id} already exists"),
-        )),
+        Err(e) if is_unique_violation(&e) => {
+            Err(ApiError::new(StatusCode::CONFLICT, format!("a user with id {id} already exists")))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -416,10 +391,7 @@ async fn insert_with_next_id(db: &AnyPool, fields: &UserFields) -> Result<User, 
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too many concurrent inserts; try again",
-    ))
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many concurrent inserts; try again"))
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -438,10 +410,7 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
+        Self { status, message: message.into() }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -509,9 +478,7 @@ impl<S: Send + Sync> FromRequestParts<S> for UserIdParam {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        raw.parse()
-            .map(Self)
-            .map_err(|_| ApiError::bad_request(format!("invalid user id `{raw}`")))
+        raw.parse().map(Self).map_err(|_| ApiError::bad_request(format!("invalid user id `{raw}`")))
     }
 }
 
@@ -522,12 +489,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let unauthorized = || {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "send `Authorization: Bearer <user id>`",
-            )
-        };
+        let unauthorized =
+            || ApiError::new(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer <user id>`");
         let value = parts
             .headers
             .get(header::AUTHORIZATION)

@@ -35,16 +35,12 @@ impl<B> CacheBody<B> {
     /// A body answered from a stored entry.
     pub(crate) fn cached(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         let data = (!data.is_empty()).then_some(data);
-        Self {
-            kind: Kind::Cached { data, trailers },
-        }
+        Self { kind: Kind::Cached { data, trailers } }
     }
 
     /// The inner service's body, untouched.
     pub(crate) fn passthrough(inner: B) -> Self {
-        Self {
-            kind: Kind::Passthrough { inner },
-        }
+        Self { kind: Kind::Passthrough { inner } }
     }
 }
 
@@ -57,12 +53,7 @@ impl<B: Body<Data = Bytes>> CacheBody<B> {
             capture.finish();
             return Self::passthrough(inner);
         }
-        Self {
-            kind: Kind::Capturing {
-                inner,
-                capture: Some(capture),
-            },
-        }
+        Self { kind: Kind::Capturing { inner, capture: Some(capture) } }
     }
 }
 
@@ -73,10 +64,9 @@ impl<B: std::fmt::Debug> std::fmt::Debug for CacheBody<B> {
                 .debug_struct("CacheBody::Cached")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),
-            Kind::Passthrough { inner } => f
-                .debug_tuple("CacheBody::Passthrough")
-                .field(inner)
-                .finish(),
+            Kind::Passthrough { inner } => {
+                f.debug_tuple("CacheBody::Passthrough").field(inner).finish()
+            }
             Kind::Capturing { inner, .. } => {
                 f.debug_tuple("CacheBody::Capturing").field(inner).finish()
             }

@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::header::ETAG;
 use http::{HeaderMap, StatusCode};
 use http_body::Frame;
 
+use crate::conditional::strong_etag;
 use crate::entry::{now_ms, Entry};
 use crate::state::Shared;
 use crate::store::TagVersion;
@@ -33,12 +35,7 @@ pub(crate) struct Capture {
 impl Capture {
     pub(crate) fn new(pending: PendingEntry, limit: usize, expected_len: u64) -> Self {
         let capacity = usize::try_from(expected_len).unwrap_or(limit).min(limit);
-        Self {
-            buf: BytesMut::with_capacity(capacity),
-            limit,
-            trailers: None,
-            pending,
-        }
+        Self { buf: BytesMut::with_capacity(capacity), limit, trailers: None, pending }
     }
 
     /// Copies a frame; `false` once the copy would exceed the limit.
@@ -57,23 +54,14 @@ impl Capture {
     /// The body is complete: write the entry in the background, so that the client's last
     /// frame is not held back by the store.
     pub(crate) fn finish(self) {
-        let PendingEntry {
-            shared,
-            key,
-            status,
-            headers,
-            ttl,
-            tags,
-        } = self.pending;
-        let entry = Entry {
-            status,
-            headers,
-            trailers: self.trailers,
-            stored_at_ms: now_ms(),
-            ttl,
-            tags,
-            body: self.buf.freeze(),
-        };
+        let PendingEntry { shared, key, status, mut headers, ttl, tags } = self.pending;
+        let body = self.buf.freeze();
+        // A validator for conditional requests on hits, when the inner service gave none.
+        if !headers.contains_key(ETAG) {
+            headers.insert(ETAG, strong_etag(&body));
+        }
+        let trailers = self.trailers;
+        let entry = Entry { status, headers, trailers, stored_at_ms: now_ms(), ttl, tags, body };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!("no Tokio runtime to write the entry on; not stored");
             return;

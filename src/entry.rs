@@ -42,25 +42,18 @@ struct Meta {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Entry {
     /// Whether the entry is still within its time to live at `now_ms`.
     pub(crate) fn is_fresh(&self, now_ms: u64) -> bool {
-        now_ms
-            < self
-                .stored_at_ms
-                .saturating_add(self.ttl.as_millis() as u64)
+        now_ms < self.stored_at_ms.saturating_add(self.ttl.as_millis() as u64)
     }
 
     /// How long the entry stays fresh after `now_ms`.
     pub(crate) fn remaining(&self, now_ms: u64) -> Duration {
-        let expires = self
-            .stored_at_ms
-            .saturating_add(self.ttl.as_millis() as u64);
+        let expires = self.stored_at_ms.saturating_add(self.ttl.as_millis() as u64);
         Duration::from_millis(expires.saturating_sub(now_ms))
     }
 
@@ -169,16 +162,9 @@ mod tests {
     fn malformed_bytes_are_rejected_without_panicking() {
         let encoded = sample().encode();
         for len in 0..encoded.len() - sample().body.len() {
-            assert_eq!(
-                Entry::decode(encoded.slice(..len)),
-                None,
-                "truncated to {len}"
-            );
+            assert_eq!(Entry::decode(encoded.slice(..len)), None, "truncated to {len}");
         }
-        assert_eq!(
-            Entry::decode(Bytes::from_static(b"{\"json\":\"from another program\"}")),
-            None
-        );
+        assert_eq!(Entry::decode(Bytes::from_static(b"{\"json\":\"from another program\"}")), None);
         let mut old_version = encoded.to_vec();
         old_version[3] = 0;
         assert_eq!(Entry::decode(old_version.into()), None);

@@ -32,17 +32,11 @@ enum Subject {
 
 impl BuildError {
     pub(crate) fn route(pattern: &str, problem: impl Into<String>) -> Self {
-        Self {
-            subject: Subject::Route(pattern.to_owned()),
-            problem: problem.into(),
-        }
+        Self { subject: Subject::Route(pattern.to_owned()), problem: problem.into() }
     }
 
     pub(crate) fn option(name: &'static str, problem: impl Into<String>) -> Self {
-        Self {
-            subject: Subject::Option(name),
-            problem: problem.into(),
-        }
+        Self { subject: Subject::Option(name), problem: problem.into() }
     }
 
     /// The route pattern at fault, when the mistake is in a route.

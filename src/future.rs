@@ -36,22 +36,13 @@ pin_project! {
 
 impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn bypass(future: F, shared: Arc<Shared>) -> Self {
-        Self {
-            kind: Kind::Bypass {
-                future,
-                shared: Some(shared),
-            },
-        }
+        Self { kind: Kind::Bypass { future, shared: Some(shared) } }
     }
 
     pub(crate) fn boxed(
         future: impl Future<Output = Result<Response<CacheBody<B>>, E>> + Send + 'static,
     ) -> Self {
-        Self {
-            kind: Kind::Cache {
-                future: Box::pin(future),
-            },
-        }
+        Self { kind: Kind::Cache { future: Box::pin(future) } }
     }
 }
 
@@ -72,10 +63,7 @@ where
             KindProj::Bypass { future, shared } => {
                 let mut response = ready!(future.poll(cx))?;
                 if let Some(shared) = shared.take() {
-                    shared
-                        .settings
-                        .status
-                        .apply(response.headers_mut(), Outcome::Bypass, None);
+                    shared.settings.status.apply(response.headers_mut(), Outcome::Bypass, None);
                 }
                 Poll::Ready(Ok(response.map(CacheBody::passthrough)))
             }

@@ -56,8 +56,6 @@ impl CacheHandle {
 
 impl std::fmt::Debug for CacheHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheHandle")
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("CacheHandle").field("stats", &self.stats()).finish()
     }
 }

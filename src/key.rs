@@ -39,11 +39,7 @@ pub(crate) fn entry_key(
         hasher.update(bytes);
     };
 
-    let method = if request.method == Method::HEAD {
-        &Method::GET
-    } else {
-        &request.method
-    };
+    let method = if request.method == Method::HEAD { &Method::GET } else { &request.method };
     field(method.as_str().as_bytes());
     field(authority(request).as_bytes());
     field(normalize_path(request.uri.path()).as_bytes());
@@ -81,10 +77,8 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
 /// in `Location` / `Content-Location`) invalidates it (RFC 9111 section 4.4). It covers every
 /// query of the path: invalidating more than the exact URI is never stale.
 pub(crate) fn uri_tag(path: &str) -> String {
-    let digest = blake3::derive_key(
-        "tower-redis-cache 2026 uri tag",
-        normalize_path(path).as_bytes(),
-    );
+    let digest =
+        blake3::derive_key("tower-redis-cache 2026 uri tag", normalize_path(path).as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("#uri:{hex}")
 }
@@ -93,11 +87,7 @@ pub(crate) fn uri_tag(path: &str) -> String {
 pub(crate) fn authority(request: &Parts) -> String {
     let raw = match request.uri.authority() {
         Some(authority) => authority.as_str(),
-        None => request
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(""),
+        None => request.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
     };
     raw.to_ascii_lowercase()
 }
@@ -203,10 +193,7 @@ mod tests {
             entry_key("c", &request, Some(&one), &[]),
             entry_key("c", &request, Some(&two), &[])
         );
-        assert_ne!(
-            entry_key("c", &request, Some(&one), &[]),
-            entry_key("c", &request, None, &[])
-        );
+        assert_ne!(entry_key("c", &request, Some(&one), &[]), entry_key("c", &request, None, &[]));
         assert_ne!(key("http://a.example/x"), key("http://b.example/x"));
         assert_eq!(
             entry_key("c", &parts("/x", &[("host", "A.example")]), None, &[]),
@@ -218,18 +205,9 @@ mod tests {
         let fr = parts("/x", &[("accept-language", "fr")]);
         let none = parts("/x", &[]);
         let empty = parts("/x", &[("accept-language", "")]);
-        assert_ne!(
-            entry_key("c", &en, None, &lang),
-            entry_key("c", &fr, None, &lang)
-        );
-        assert_ne!(
-            entry_key("c", &none, None, &lang),
-            entry_key("c", &empty, None, &lang)
-        );
-        assert_eq!(
-            entry_key("c", &en, None, &[]),
-            entry_key("c", &fr, None, &[])
-        );
+        assert_ne!(entry_key("c", &en, None, &lang), entry_key("c", &fr, None, &lang));
+        assert_ne!(entry_key("c", &none, None, &lang), entry_key("c", &empty, None, &lang));
+        assert_eq!(entry_key("c", &en, None, &[]), entry_key("c", &fr, None, &[]));
     }
 
     #[test]
@@ -237,9 +215,6 @@ mod tests {
         assert_eq!(tag_key("c", "user:1"), "c:v1:t:user:1");
         let long = tag_key("c", &"x".repeat(1000));
         assert!(long.starts_with("c:v1:t:#") && long.len() < 100);
-        assert_ne!(
-            tag_key("c", &"x".repeat(1000)),
-            tag_key("c", &"x".repeat(1001))
-        );
+        assert_ne!(tag_key("c", &"x".repeat(1000)), tag_key("c", &"x".repeat(1001)));
     }
 }

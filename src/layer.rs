@@ -202,10 +202,7 @@ impl CacheLayerBuilder {
     pub fn build(self) -> Result<CacheLayer, BuildError> {
         let prefix_ok = !self.key_prefix.is_empty()
             && self.key_prefix.len() <= 64
-            && self
-                .key_prefix
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+            && self.key_prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
         if !prefix_ok {
             return Err(BuildError::option(
                 "key_prefix",
@@ -228,22 +225,13 @@ impl CacheLayerBuilder {
             return Err(BuildError::option("default_ttl", "must be more than zero"));
         }
         if self.store_timeout.is_zero() {
-            return Err(BuildError::option(
-                "store_timeout",
-                "must be more than zero",
-            ));
+            return Err(BuildError::option("store_timeout", "must be more than zero"));
         }
         if self.max_body_bytes == 0 {
-            return Err(BuildError::option(
-                "max_body_bytes",
-                "must be more than zero",
-            ));
+            return Err(BuildError::option("max_body_bytes", "must be more than zero"));
         }
         if self.cache_statuses.is_empty() {
-            return Err(BuildError::option(
-                "cache_statuses",
-                "must name at least one status",
-            ));
+            return Err(BuildError::option("cache_statuses", "must name at least one status"));
         }
         let defaults = RuleDefaults {
             ttl: self.default_ttl,
@@ -258,8 +246,6 @@ impl CacheLayerBuilder {
             invalidate_unsafe: self.invalidate_unsafe,
             status: self.status,
         };
-        Ok(CacheLayer {
-            shared: Arc::new(Shared::new(self.store, routes, settings)),
-        })
+        Ok(CacheLayer { shared: Arc::new(Shared::new(self.store, routes, settings)) })
     }
 }

@@ -44,7 +44,9 @@
 //!    (`X-Cache: BYPASS`).
 //! 2. **Look up** (`GET`, and `HEAD` from the `GET` entry). One store round trip reads the entry
 //!    and the current versions of its tags. A fresh entry whose tag versions still match is
-//!    served (`X-Cache: HIT`, with `Age`).
+//!    served (`X-Cache: HIT`, with `Age`), or answered `304 Not Modified` when the request's
+//!    `If-None-Match` matches its `ETag` (computed from the body when the inner service sent
+//!    none) or its `If-Modified-Since` is not older than its `Last-Modified`.
 //! 3. **Miss.** The inner service is called and its response streams to the client as it comes,
 //!    while a copy of at most [`max_body_bytes`](CacheLayerBuilder::max_body_bytes) is taken.
 //!    If the body ends normally and the response may be stored (see below), the entry is
@@ -96,6 +98,7 @@
 
 mod body;
 mod capture;
+mod conditional;
 mod entry;
 mod error;
 mod future;

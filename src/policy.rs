@@ -8,6 +8,7 @@ use http::request;
 use http::response;
 use http::Method;
 
+use crate::conditional::Conditions;
 use crate::key::{authority, entry_key, uri_tag};
 use crate::rules::{Matched, ReadRule, Scope};
 use crate::state::Shared;
@@ -18,11 +19,7 @@ pub(crate) enum Decision {
     Bypass,
     /// Call the inner service, then evict `evicts` if it succeeded (2xx), and invalidate the
     /// target URI's entries (`uri`, with `Location` and `Content-Location`) if it did not fail.
-    Mutation {
-        evicts: Vec<String>,
-        uri: Option<String>,
-        authority: String,
-    },
+    Mutation { evicts: Vec<String>, uri: Option<String>, authority: String },
     /// Look the request up, and on a miss call the inner service and store its response.
     Lookup(Plan),
 }
@@ -35,6 +32,8 @@ pub(crate) struct Plan {
     pub(crate) rule: Arc<ReadRule>,
     /// Whether the entry belongs to one identified user (so `private` responses may go in it).
     pub(crate) per_user: bool,
+    /// The request's `If-None-Match` / `If-Modified-Since`, for `304` answers on hits.
+    pub(crate) conditions: Option<Conditions>,
     /// `HEAD`: answered from the `GET` entry, never stored from (its response has no body).
     pub(crate) head: bool,
 }
@@ -44,19 +43,12 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
     let invalidate_unsafe = shared.settings.invalidate_unsafe;
     let (rule, mut tags) = match shared.routes.classify(&request.method, path) {
         Matched::Bypass | Matched::Unmatched => return Decision::Bypass,
-        Matched::Write {
-            evicts,
-            reads_cached,
-        } => {
+        Matched::Write { evicts, reads_cached } => {
             let uri = (invalidate_unsafe && reads_cached).then(|| uri_tag(path));
             if evicts.is_empty() && uri.is_none() && !invalidate_unsafe {
                 return Decision::Bypass;
             }
-            return Decision::Mutation {
-                evicts,
-                uri,
-                authority: authority(request),
-            };
+            return Decision::Mutation { evicts, uri, authority: authority(request) };
         }
         Matched::Read { rule, tags } => (rule, tags),
     };
@@ -64,10 +56,7 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         tags.push(uri_tag(path));
     }
     let user = match &rule.scope {
-        Scope::PerUser {
-            identify,
-            share_anonymous,
-        } => match identify.identify(request) {
+        Scope::PerUser { identify, share_anonymous } => match identify.identify(request) {
             Some(user) => Some(user),
             None if *share_anonymous && !has_credentials(request) => None,
             None => return Decision::Bypass,
@@ -80,16 +69,12 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         return Decision::Bypass;
     }
     Decision::Lookup(Plan {
-        key: entry_key(
-            &shared.settings.key_prefix,
-            request,
-            user.as_ref(),
-            &rule.vary,
-        ),
+        key: entry_key(&shared.settings.key_prefix, request, user.as_ref(), &rule.vary),
         tag_keys: shared.tag_keys(&tags),
         tags,
         rule: Arc::clone(rule),
         per_user: user.is_some(),
+        conditions: Conditions::from_request(&request.headers),
         head: request.method == Method::HEAD,
     })
 }
@@ -128,12 +113,7 @@ pub(crate) fn not_storable(response: &response::Parts, plan: &Plan) -> Option<&'
         if name == "*" {
             return Some("Vary: *");
         }
-        if !plan
-            .rule
-            .vary
-            .iter()
-            .any(|v| v.as_str().eq_ignore_ascii_case(name))
-        {
+        if !plan.rule.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(name)) {
             return Some("Vary names a header the rule does not key on");
         }
     }

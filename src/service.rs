@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
 use crate::body::CacheBody;
 use crate::capture::{Capture, PendingEntry};
+use crate::conditional::not_modified_headers;
 use crate::entry::{now_ms, Entry};
 use crate::future::ResponseFuture;
 use crate::key::uri_tag;
@@ -54,9 +55,7 @@ impl<S> CacheService<S> {
 
 impl<S: std::fmt::Debug> std::fmt::Debug for CacheService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheService")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+        f.debug_struct("CacheService").field("inner", &self.inner).finish_non_exhaustive()
     }
 }
 
@@ -87,18 +86,10 @@ where
                 Counters::add(&shared.counters.bypasses, 1);
                 ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), shared)
             }
-            Decision::Mutation {
-                evicts,
-                uri,
-                authority,
-            } => {
+            Decision::Mutation { evicts, uri, authority } => {
                 Counters::add(&shared.counters.bypasses, 1);
                 let request = Request::from_parts(parts, body);
-                let invalidation = Invalidation {
-                    evicts,
-                    uri,
-                    authority,
-                };
+                let invalidation = Invalidation { evicts, uri, authority };
                 ResponseFuture::boxed(mutate(shared, inner, request, invalidation))
             }
             Decision::Lookup(plan) => ResponseFuture::boxed(serve_cacheable(
@@ -154,12 +145,7 @@ where
     }
     // A failure is logged, counted and retried in the background; the write stands.
     let _ = shared.evict(&tags).await;
-    Ok(mark(
-        &shared,
-        response.map(CacheBody::passthrough),
-        Outcome::Bypass,
-        None,
-    ))
+    Ok(mark(&shared, response.map(CacheBody::passthrough), Outcome::Bypass, None))
 }
 
 /// The path of a `Location`-style header value, if it names a path on `authority` (a
@@ -190,20 +176,13 @@ where
         None => (None, Forwarded::Error),
         Some(found) => match answer_from_store(&shared, &plan, found) {
             Ok(hit) => return Ok(hit),
-            Err(Miss {
-                versions: Some(versions),
-                fwd,
-            }) => (Some(versions), fwd),
+            Err(Miss { versions: Some(versions), fwd }) => (Some(versions), fwd),
             // HEAD responses are never stored, so they need no versions.
-            Err(Miss {
-                versions: None,
-                fwd,
-            }) if plan.head => (None, fwd),
+            Err(Miss { versions: None, fwd }) if plan.head => (None, fwd),
             // First use of a tag (or its version was lost): give it one.
-            Err(Miss {
-                versions: None,
-                fwd,
-            }) => (shared.ensure_tag_versions(&plan.tag_keys).await, fwd),
+            Err(Miss { versions: None, fwd }) => {
+                (shared.ensure_tag_versions(&plan.tag_keys).await, fwd)
+            }
         },
     };
     Counters::add(&shared.counters.misses, 1);
@@ -212,12 +191,7 @@ where
         Some(versions) => capture_if_storable(&shared, &plan, versions, response),
         None => (response.map(CacheBody::passthrough), None),
     };
-    Ok(mark(
-        &shared,
-        response,
-        Outcome::Miss { fwd, stored },
-        Some(&plan.key),
-    ))
+    Ok(mark(&shared, response, Outcome::Miss { fwd, stored }, Some(&plan.key)))
 }
 
 /// Why a lookup is not a hit, and what a miss needs to store its response.
@@ -233,17 +207,10 @@ fn answer_from_store<B>(
     plan: &Plan,
     found: Lookup,
 ) -> Result<Response<CacheBody<B>>, Miss> {
-    let fwd = if found.entry.is_some() {
-        Forwarded::Miss
-    } else {
-        Forwarded::UriMiss
-    };
+    let fwd = if found.entry.is_some() { Forwarded::Miss } else { Forwarded::UriMiss };
     let versions: Option<Vec<TagVersion>> = found.versions.into_iter().collect();
     let Some(versions) = versions else {
-        return Err(Miss {
-            versions: None,
-            fwd,
-        });
+        return Err(Miss { versions: None, fwd });
     };
     let now = now_ms();
     let entry = found
@@ -251,16 +218,20 @@ fn answer_from_store<B>(
         .and_then(Entry::decode)
         .filter(|entry| entry.is_fresh(now) && tags_match(entry, &plan.tags, &versions));
     let Some(entry) = entry else {
-        return Err(Miss {
-            versions: Some(versions),
-            fwd,
-        });
+        return Err(Miss { versions: Some(versions), fwd });
     };
 
     Counters::add(&shared.counters.hits, 1);
-    let age = entry.age_secs(now);
-    let ttl = entry.remaining(now);
-    let length = entry.body.len();
+    let age = HeaderValue::from(entry.age_secs(now));
+    let outcome = Outcome::Hit { ttl: entry.remaining(now) };
+    if plan.conditions.as_ref().is_some_and(|c| c.not_modified(&entry.headers)) {
+        let mut response = Response::new(CacheBody::cached(Bytes::new(), None));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.headers_mut() = not_modified_headers(&entry.headers);
+        response.headers_mut().insert(AGE, age);
+        return Ok(mark(shared, response, outcome, Some(&plan.key)));
+    }
+    let length = HeaderValue::from(entry.body.len());
     let body = if plan.head {
         CacheBody::cached(Bytes::new(), None)
     } else {
@@ -269,16 +240,9 @@ fn answer_from_store<B>(
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
-    response
-        .headers_mut()
-        .insert(CONTENT_LENGTH, HeaderValue::from(length));
-    response.headers_mut().insert(AGE, HeaderValue::from(age));
-    Ok(mark(
-        shared,
-        response,
-        Outcome::Hit { ttl },
-        Some(&plan.key),
-    ))
+    response.headers_mut().insert(CONTENT_LENGTH, length);
+    response.headers_mut().insert(AGE, age);
+    Ok(mark(shared, response, outcome, Some(&plan.key)))
 }
 
 /// An entry is valid only if it was computed under the tags' current versions: any eviction
@@ -308,10 +272,7 @@ fn capture_if_storable<B: Body<Data = Bytes>>(
     });
     if let Some(reason) = reason {
         tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
-        return (
-            Response::from_parts(parts, CacheBody::passthrough(body)),
-            None,
-        );
+        return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
     }
     let ttl = plan.rule.ttl;
     let pending = PendingEntry {
@@ -323,10 +284,7 @@ fn capture_if_storable<B: Body<Data = Bytes>>(
         key: plan.key.clone(),
     };
     let capture = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower());
-    (
-        Response::from_parts(parts, CacheBody::capturing(body, capture)),
-        Some(ttl),
-    )
+    (Response::from_parts(parts, CacheBody::capturing(body, capture)), Some(ttl))
 }
 
 /// Adds the status headers (`X-Cache`, `Cache-Status`) for `outcome`.
@@ -336,9 +294,6 @@ fn mark<B>(
     outcome: Outcome,
     key: Option<&str>,
 ) -> Response<B> {
-    shared
-        .settings
-        .status
-        .apply(response.headers_mut(), outcome, key);
+    shared.settings.status.apply(response.headers_mut(), outcome, key);
     response
 }

@@ -65,9 +65,7 @@ impl Shared {
     }
 
     pub(crate) fn tag_keys(&self, tags: &[String]) -> Vec<String> {
-        tags.iter()
-            .map(|tag| tag_key(&self.settings.key_prefix, tag))
-            .collect()
+        tags.iter().map(|tag| tag_key(&self.settings.key_prefix, tag)).collect()
     }
 
     /// Runs one store operation under the store timeout. `None` means it failed or timed out,
@@ -92,21 +90,13 @@ impl Shared {
     }
 
     pub(crate) async fn ensure_tag_versions(&self, tag_keys: &[String]) -> Option<Vec<TagVersion>> {
-        let versions = self
-            .run(
-                "ensure_tag_versions",
-                self.store.ensure_tag_versions(tag_keys),
-            )
-            .await?;
+        let versions =
+            self.run("ensure_tag_versions", self.store.ensure_tag_versions(tag_keys)).await?;
         (versions.len() == tag_keys.len()).then_some(versions)
     }
 
     pub(crate) async fn put(&self, key: &str, value: Bytes, ttl: Duration) {
-        if self
-            .run("put", self.store.put(key, value, ttl))
-            .await
-            .is_some()
-        {
+        if self.run("put", self.store.put(key, value, ttl)).await.is_some() {
             Counters::add(&self.counters.stores, 1);
         }
     }
@@ -117,18 +107,12 @@ impl Shared {
         if tags.is_empty() {
             return Ok(());
         }
-        if self
-            .run("evict_tags", self.store.evict_tags(&self.tag_keys(tags)))
-            .await
-            .is_some()
-        {
+        if self.run("evict_tags", self.store.evict_tags(&self.tag_keys(tags))).await.is_some() {
             Counters::add(&self.counters.evictions, tags.len() as u64);
             return Ok(());
         }
         self.remember_failed_evictions(tags);
-        Err(StoreError::msg(
-            "eviction failed; it is retried in the background",
-        ))
+        Err(StoreError::msg("eviction failed; it is retried in the background"))
     }
 
     /// Whether any of `tags` has an eviction that has not reached the store yet.
@@ -136,20 +120,12 @@ impl Shared {
         if !self.failed_evictions.any.load(Ordering::Acquire) {
             return false;
         }
-        let state = self
-            .failed_evictions
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let state = self.failed_evictions.state.lock().unwrap_or_else(|e| e.into_inner());
         tags.iter().any(|tag| state.tags.contains(tag))
     }
 
     fn remember_failed_evictions(self: &Arc<Self>, tags: &[String]) {
-        let mut state = self
-            .failed_evictions
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut state = self.failed_evictions.state.lock().unwrap_or_else(|e| e.into_inner());
         state.tags.extend(tags.iter().cloned());
         self.failed_evictions.any.store(true, Ordering::Release);
         if state.retrying {
@@ -167,27 +143,17 @@ impl Shared {
         loop {
             tokio::time::sleep(delay).await;
             let tags: Vec<String> = {
-                let state = self
-                    .failed_evictions
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let state = self.failed_evictions.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.tags.iter().cloned().collect()
             };
             if self
-                .run(
-                    "evict_tags (retry)",
-                    self.store.evict_tags(&self.tag_keys(&tags)),
-                )
+                .run("evict_tags (retry)", self.store.evict_tags(&self.tag_keys(&tags)))
                 .await
                 .is_some()
             {
                 Counters::add(&self.counters.evictions, tags.len() as u64);
-                let mut state = self
-                    .failed_evictions
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut state =
+                    self.failed_evictions.state.lock().unwrap_or_else(|e| e.into_inner());
                 for tag in &tags {
                     state.tags.remove(tag);
                 }

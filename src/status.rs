@@ -104,34 +104,15 @@ mod tests {
     #[test]
     fn cache_status_follows_rfc_9211() {
         let cases = [
+            (Outcome::Hit { ttl: Duration::from_millis(59_900) }, "HIT", "trc; hit; ttl=59"),
             (
-                Outcome::Hit {
-                    ttl: Duration::from_millis(59_900),
-                },
-                "HIT",
-                "trc; hit; ttl=59",
-            ),
-            (
-                Outcome::Miss {
-                    fwd: Forwarded::UriMiss,
-                    stored: Some(Duration::from_secs(60)),
-                },
+                Outcome::Miss { fwd: Forwarded::UriMiss, stored: Some(Duration::from_secs(60)) },
                 "MISS",
                 "trc; fwd=uri-miss; stored; ttl=60",
             ),
+            (Outcome::Miss { fwd: Forwarded::Miss, stored: None }, "MISS", "trc; fwd=miss"),
             (
-                Outcome::Miss {
-                    fwd: Forwarded::Miss,
-                    stored: None,
-                },
-                "MISS",
-                "trc; fwd=miss",
-            ),
-            (
-                Outcome::Miss {
-                    fwd: Forwarded::Error,
-                    stored: None,
-                },
+                Outcome::Miss { fwd: Forwarded::Error, stored: None },
                 "MISS",
                 "trc; fwd=miss; detail=store-error",
             ),
@@ -147,10 +128,7 @@ mod tests {
 
     #[test]
     fn the_key_is_shown_only_when_asked() {
-        let debug = StatusHeaders {
-            cache_status_key: true,
-            ..both()
-        };
+        let debug = StatusHeaders { cache_status_key: true, ..both() };
         let headers = headers(&debug, Outcome::Bypass, Some("trc:v1:e:ab"));
         assert_eq!(
             headers.get_all("cache-status").iter().next_back().unwrap(),
@@ -160,18 +138,8 @@ mod tests {
 
     #[test]
     fn either_header_can_be_left_out() {
-        let none = StatusHeaders {
-            x_cache: None,
-            cache_status: None,
-            cache_status_key: false,
-        };
-        let headers = headers(
-            &none,
-            Outcome::Hit {
-                ttl: Duration::ZERO,
-            },
-            None,
-        );
+        let none = StatusHeaders { x_cache: None, cache_status: None, cache_status_key: false };
+        let headers = headers(&none, Outcome::Hit { ttl: Duration::ZERO }, None);
         assert!(headers.get("x-cache").is_none());
         assert_eq!(headers.get_all("cache-status").iter().count(), 1);
     }

@@ -38,11 +38,7 @@ impl UserId {
 impl fmt::Debug for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A prefix is enough to tell users apart in logs.
-        write!(
-            f,
-            "UserId({:02x}{:02x}{:02x}{:02x}..)",
-            self.0[0], self.0[1], self.0[2], self.0[3]
-        )
+        write!(f, "UserId({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
     }
 }
 
@@ -147,9 +143,7 @@ impl<T> Clone for UserFromExtension<T> {
 
 impl<T> fmt::Debug for UserFromExtension<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserFromExtension")
-            .field("type", &std::any::type_name::<T>())
-            .finish()
+        f.debug_struct("UserFromExtension").field("type", &std::any::type_name::<T>()).finish()
     }
 }
 
@@ -216,17 +210,10 @@ mod tests {
     #[test]
     fn header_identity_digests_the_value() {
         let identify = UserFromHeader::authorization();
-        let a = identify
-            .identify(&parts(&[("authorization", "Bearer 1")]))
-            .unwrap();
-        let b = identify
-            .identify(&parts(&[("authorization", "Bearer 2")]))
-            .unwrap();
+        let a = identify.identify(&parts(&[("authorization", "Bearer 1")])).unwrap();
+        let b = identify.identify(&parts(&[("authorization", "Bearer 2")])).unwrap();
         assert_ne!(a, b);
-        assert_eq!(
-            Some(a),
-            identify.identify(&parts(&[("authorization", "Bearer 1")]))
-        );
+        assert_eq!(Some(a), identify.identify(&parts(&[("authorization", "Bearer 1")])));
         assert_eq!(None, identify.identify(&parts(&[])));
         assert!(!format!("{a:?}").contains("Bearer"));
     }
@@ -235,22 +222,16 @@ mod tests {
     fn repeated_headers_all_count() {
         let identify = UserFromHeader::new(http::header::COOKIE);
         let one = identify.identify(&parts(&[("cookie", "a=1")])).unwrap();
-        let two = identify
-            .identify(&parts(&[("cookie", "a=1"), ("cookie", "b=2")]))
-            .unwrap();
+        let two = identify.identify(&parts(&[("cookie", "a=1"), ("cookie", "b=2")])).unwrap();
         assert_ne!(one, two);
     }
 
     #[test]
     fn several_headers_combine() {
         let identify = UserFromHeader::authorization().and(http::header::COOKIE);
-        let token = identify
-            .identify(&parts(&[("authorization", "t")]))
-            .unwrap();
+        let token = identify.identify(&parts(&[("authorization", "t")])).unwrap();
         let cookie = identify.identify(&parts(&[("cookie", "t")])).unwrap();
-        let both = identify
-            .identify(&parts(&[("authorization", "t"), ("cookie", "t")]))
-            .unwrap();
+        let both = identify.identify(&parts(&[("authorization", "t"), ("cookie", "t")])).unwrap();
         assert_ne!(token, cookie);
         assert_ne!(token, both);
         assert_eq!(identify.identify(&parts(&[("x-other", "t")])), None);
@@ -268,9 +249,6 @@ mod tests {
     #[test]
     fn closure_identity() {
         let identify = user_fn(|r: &Parts| r.headers.get("x-user")?.to_str().ok().map(Into::into));
-        assert_eq!(
-            identify.identify(&parts(&[("x-user", "9")])),
-            Some(UserId::digest("9"))
-        );
+        assert_eq!(identify.identify(&parts(&[("x-user", "9")])), Some(UserId::digest("9")));
     }
 }

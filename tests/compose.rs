@@ -23,10 +23,7 @@ use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
 const SETTLE: Duration = Duration::from_millis(50);
 
 fn x_cache<B>(response: &Response<B>) -> Option<&str> {
-    response
-        .headers()
-        .get("x-cache")
-        .map(|v| v.to_str().expect("x-cache is ASCII"))
+    response.headers().get("x-cache").map(|v| v.to_str().expect("x-cache is ASCII"))
 }
 
 async fn body_of<B>(response: Response<B>) -> Bytes
@@ -34,24 +31,15 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
-    response
-        .into_body()
-        .collect()
-        .await
-        .expect("the body reads to its end")
-        .to_bytes()
+    response.into_body().collect().await.expect("the body reads to its end").to_bytes()
 }
 
 fn axum_get(path: &str) -> Request<axum::body::Body> {
-    Request::get(path)
-        .body(axum::body::Body::empty())
-        .expect("valid request")
+    Request::get(path).body(axum::body::Body::empty()).expect("valid request")
 }
 
 fn full_get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .body(Full::default())
-        .expect("valid request")
+    Request::get(path).body(Full::default()).expect("valid request")
 }
 
 /// An axum handler that counts its calls and puts the count in its body, so that a second call
@@ -73,9 +61,8 @@ async fn axum_router_layer_answers_the_second_get_from_the_cache_and_bypasses_ro
 ) -> anyhow::Result<()> {
     let report_calls = Arc::new(AtomicUsize::new(0));
     let plain_calls = Arc::new(AtomicUsize::new(0));
-    let cache = CacheLayer::builder(MemoryStore::default())
-        .route("/report", Rule::get())
-        .build()?;
+    let cache =
+        CacheLayer::builder(MemoryStore::default()).route("/report", Rule::get()).build()?;
     let app = Router::new()
         .route("/report", counting_handler("report", &report_calls))
         .route("/plain", counting_handler("plain", &plain_calls))
@@ -92,22 +79,14 @@ async fn axum_router_layer_answers_the_second_get_from_the_cache_and_bypasses_ro
     assert_eq!(second.status(), StatusCode::OK);
     assert_eq!(x_cache(&second), Some("HIT"));
     assert_eq!(body_of(second).await, first_body);
-    assert_eq!(
-        report_calls.load(SeqCst),
-        1,
-        "the hit must not run the handler"
-    );
+    assert_eq!(report_calls.load(SeqCst), 1, "the hit must not run the handler");
 
     for n in 1..=2 {
         let plain = app.clone().oneshot(axum_get("/plain")).await?;
         assert_eq!(x_cache(&plain), Some("BYPASS"));
         assert_eq!(body_of(plain).await, format!("plain #{n}"));
     }
-    assert_eq!(
-        plain_calls.load(SeqCst),
-        2,
-        "a bypassed route runs every time"
-    );
+    assert_eq!(plain_calls.load(SeqCst), 2, "a bypassed route runs every time");
 
     // `Router::layer` also wraps axum's fallback, unlike `route_layer` (next test).
     let missing = app.oneshot(axum_get("/missing")).await?;
@@ -155,11 +134,7 @@ async fn axum_route_layer_caches_matched_routes_and_leaves_the_not_found_fallbac
 
     let missing = app.oneshot(axum_get("/missing")).await?;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        x_cache(&missing),
-        None,
-        "route_layer must not run for axum's 404 fallback"
-    );
+    assert_eq!(x_cache(&missing), None, "route_layer must not run for axum's 404 fallback");
     Ok(())
 }
 
@@ -222,9 +197,8 @@ async fn trace_above_and_timeout_below_the_cache_layer_over_a_service_fn_cache_a
 async fn a_buffer_above_the_cache_layer_shares_one_cache_service_between_clones(
 ) -> anyhow::Result<()> {
     let calls = Arc::new(AtomicUsize::new(0));
-    let cache = CacheLayer::builder(MemoryStore::default())
-        .route("/items/{id}", Rule::get())
-        .build()?;
+    let cache =
+        CacheLayer::builder(MemoryStore::default()).route("/items/{id}", Rule::get()).build()?;
     let handler_calls = Arc::clone(&calls);
     let svc = ServiceBuilder::new().buffer(4).layer(cache).service_fn(
         move |request: Request<Full<Bytes>>| {
@@ -306,9 +280,8 @@ where
     }
     let mut out = Vec::new();
     for task in tasks {
-        let done = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("no response hangs");
+        let done =
+            tokio::time::timeout(Duration::from_secs(5), task).await.expect("no response hangs");
         out.push(done.expect("the response task did not panic"));
     }
     out
@@ -317,18 +290,16 @@ where
 #[tokio::test]
 async fn a_concurrency_limit_below_the_cache_layer_gets_the_instance_that_was_polled_ready(
 ) -> anyhow::Result<()> {
-    let cache = CacheLayer::builder(MemoryStore::default())
-        .route("/cached/{id}", Rule::get())
-        .build()?;
+    let cache =
+        CacheLayer::builder(MemoryStore::default()).route("/cached/{id}", Rule::get()).build()?;
     let inflight = Arc::new(InFlight::default());
     let handler = Arc::clone(&inflight);
-    let svc = ServiceBuilder::new()
-        .layer(cache)
-        .concurrency_limit(2)
-        .service_fn(move |request: Request<Full<Bytes>>| {
+    let svc = ServiceBuilder::new().layer(cache).concurrency_limit(2).service_fn(
+        move |request: Request<Full<Bytes>>| {
             let handler = Arc::clone(&handler);
             async move { Ok::<_, Infallible>(handler.run(request.uri().path().to_owned()).await) }
-        });
+        },
+    );
 
     let paths = [
         "/cached/1",
@@ -344,11 +315,7 @@ async fn a_concurrency_limit_below_the_cache_layer_gets_the_instance_that_was_po
     let results = ready_call_spawn(svc.clone(), &paths).await;
     for ((status, cache, body), path) in results.iter().zip(paths) {
         assert_eq!(*status, StatusCode::OK);
-        let expected = if path.starts_with("/cached") {
-            "MISS"
-        } else {
-            "BYPASS"
-        };
+        let expected = if path.starts_with("/cached") { "MISS" } else { "BYPASS" };
         assert_eq!(cache, expected, "{path}");
         assert_eq!(body, &format!("served {path}"));
     }
@@ -371,22 +338,13 @@ async fn a_concurrency_limit_below_the_cache_layer_gets_the_instance_that_was_po
         }));
     }
     for task in tasks {
-        let (path, cache, body) = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("no deadlock")?;
-        let expected = if path.starts_with("/cached") {
-            "HIT"
-        } else {
-            "BYPASS"
-        };
+        let (path, cache, body) =
+            tokio::time::timeout(Duration::from_secs(5), task).await.expect("no deadlock")?;
+        let expected = if path.starts_with("/cached") { "HIT" } else { "BYPASS" };
         assert_eq!(cache, expected, "{path}");
         assert_eq!(body, format!("served {path}"));
     }
-    assert_eq!(
-        inflight.calls.load(SeqCst) - calls_before,
-        8,
-        "only the uncached requests ran"
-    );
+    assert_eq!(inflight.calls.load(SeqCst) - calls_before, 8, "only the uncached requests ran");
     assert!(inflight.max.load(SeqCst) <= 2);
     Ok(())
 }
@@ -394,9 +352,8 @@ async fn a_concurrency_limit_below_the_cache_layer_gets_the_instance_that_was_po
 #[tokio::test]
 async fn a_buffer_below_the_cache_layer_gets_the_instance_that_was_polled_ready(
 ) -> anyhow::Result<()> {
-    let cache = CacheLayer::builder(MemoryStore::default())
-        .route("/cached/{id}", Rule::get())
-        .build()?;
+    let cache =
+        CacheLayer::builder(MemoryStore::default()).route("/cached/{id}", Rule::get()).build()?;
     let inflight = Arc::new(InFlight::default());
     let handler = Arc::clone(&inflight);
     // A bound of one slot: a second `call` without its own `poll_ready` has no slot.
@@ -407,21 +364,11 @@ async fn a_buffer_below_the_cache_layer_gets_the_instance_that_was_polled_ready(
         },
     );
 
-    let paths = [
-        "/cached/1",
-        "/plain/1",
-        "/cached/2",
-        "/plain/2",
-        "/cached/3",
-    ];
+    let paths = ["/cached/1", "/plain/1", "/cached/2", "/plain/2", "/cached/3"];
     let results = ready_call_spawn(svc, &paths).await;
     for ((status, cache, body), path) in results.iter().zip(paths) {
         assert_eq!(*status, StatusCode::OK);
-        let expected = if path.starts_with("/cached") {
-            "MISS"
-        } else {
-            "BYPASS"
-        };
+        let expected = if path.starts_with("/cached") { "MISS" } else { "BYPASS" };
         assert_eq!(cache, expected, "{path}");
         assert_eq!(body, &format!("served {path}"));
     }
@@ -432,18 +379,14 @@ async fn a_buffer_below_the_cache_layer_gets_the_instance_that_was_polled_ready(
 #[tokio::test]
 async fn the_cache_service_passes_readiness_through_and_calls_the_readied_inner_instance(
 ) -> anyhow::Result<()> {
-    let cache = CacheLayer::builder(MemoryStore::default())
-        .route("/cached", Rule::get())
-        .build()?;
+    let cache =
+        CacheLayer::builder(MemoryStore::default()).route("/cached", Rule::get()).build()?;
     let (mock, mut handle) =
         tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
     let mut svc = tower_test::mock::Spawn::new(cache.layer(mock));
 
     handle.allow(0);
-    assert!(
-        svc.poll_ready().is_pending(),
-        "not ready while the inner is not"
-    );
+    assert!(svc.poll_ready().is_pending(), "not ready while the inner is not");
     handle.allow(1);
     assert!(svc.is_woken(), "the inner's wake-up reaches the caller");
     assert!(svc.poll_ready().is_ready());
@@ -464,16 +407,10 @@ async fn the_cache_service_passes_readiness_through_and_calls_the_readied_inner_
     // A hit is served without the inner being called; it still needs readiness first.
     handle.allow(1);
     assert!(svc.poll_ready().is_ready());
-    let response = svc
-        .call(full_get("/cached"))
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let response = svc.call(full_get("/cached")).await.map_err(|e| anyhow::anyhow!(e))?;
     assert_eq!(x_cache(&response), Some("HIT"));
     assert_eq!(body_of(response).await, "from the mock");
-    assert!(
-        handle.poll_request().is_pending(),
-        "the hit did not reach the inner"
-    );
+    assert!(handle.poll_request().is_pending(), "the hit did not reach the inner");
     Ok(())
 }
 
@@ -482,18 +419,13 @@ async fn compression_outside_the_cache_layer_gzips_both_the_miss_and_the_hit() -
 {
     use tower_http::compression::CompressionLayer;
 
-    let text: String = (0..200)
-        .map(|i| format!("line {i} of a report\n"))
-        .collect();
+    let text: String = (0..200).map(|i| format!("line {i} of a report\n")).collect();
     let calls = Arc::new(AtomicUsize::new(0));
-    let cache = CacheLayer::builder(MemoryStore::default())
-        .route("/report", Rule::get())
-        .build()?;
+    let cache =
+        CacheLayer::builder(MemoryStore::default()).route("/report", Rule::get()).build()?;
     let (handler_calls, handler_text) = (Arc::clone(&calls), text.clone());
-    let svc = ServiceBuilder::new()
-        .layer(CompressionLayer::new())
-        .layer(cache)
-        .service_fn(move |_request: Request<Full<Bytes>>| {
+    let svc = ServiceBuilder::new().layer(CompressionLayer::new()).layer(cache).service_fn(
+        move |_request: Request<Full<Bytes>>| {
             handler_calls.fetch_add(1, SeqCst);
             let mut response = Response::new(Full::from(handler_text.clone()));
             response.headers_mut().insert(
@@ -501,7 +433,8 @@ async fn compression_outside_the_cache_layer_gzips_both_the_miss_and_the_hit() -
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
             async move { Ok::<_, Infallible>(response) }
-        });
+        },
+    );
     let gzip_get = || {
         Request::get("/report")
             .header(header::ACCEPT_ENCODING, "gzip")
@@ -547,9 +480,8 @@ async fn trailers_of_a_cached_response_are_served_again_on_a_hit() -> anyhow::Re
     trailers.insert("x-checksum", HeaderValue::from_static("abc123"));
 
     let calls = Arc::new(AtomicUsize::new(0));
-    let cache = CacheLayer::builder(MemoryStore::default())
-        .route("/with-trailers", Rule::get())
-        .build()?;
+    let cache =
+        CacheLayer::builder(MemoryStore::default()).route("/with-trailers", Rule::get()).build()?;
     let (handler_calls, handler_trailers) = (Arc::clone(&calls), trailers.clone());
     let svc = cache.layer(tower::service_fn(move |_request: Request<Full<Bytes>>| {
         handler_calls.fetch_add(1, SeqCst);
@@ -571,11 +503,7 @@ async fn trailers_of_a_cached_response_are_served_again_on_a_hit() -> anyhow::Re
     let second = svc.oneshot(full_get("/with-trailers")).await?;
     assert_eq!(x_cache(&second), Some("HIT"));
     let second = second.into_body().collect().await?;
-    assert_eq!(
-        second.trailers(),
-        Some(&trailers),
-        "trailers survive the cache"
-    );
+    assert_eq!(second.trailers(), Some(&trailers), "trailers survive the cache");
     assert_eq!(second.to_bytes(), "payload");
     assert_eq!(calls.load(SeqCst), 1);
     Ok(())
@@ -597,12 +525,8 @@ async fn a_tonic_server_with_the_cache_layer_answers_health_check_and_watch_unch
     use tonic_health::ServingStatus;
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status("demo.Orders", ServingStatus::NotServing)
-        .await;
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter.set_service_status("demo.Orders", ServingStatus::NotServing).await;
 
     // Read rules, one of them on the gRPC service's own paths: gRPC calls are POSTs, so none
     // of them is looked up, stored or evicted.
@@ -621,60 +545,33 @@ async fn a_tonic_server_with_the_cache_layer_answers_health_check_and_watch_unch
             .serve_with_incoming(TcpIncoming::from(listener)),
     );
 
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
     let mut client = HealthClient::new(channel);
 
     for _ in 0..3 {
-        let response = client
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await?;
+        let response = client.check(HealthCheckRequest { service: String::new() }).await?;
         assert_eq!(
-            response
-                .metadata()
-                .get("x-cache")
-                .and_then(|v| v.to_str().ok()),
+            response.metadata().get("x-cache").and_then(|v| v.to_str().ok()),
             Some("BYPASS")
         );
         assert_eq!(response.into_inner().status(), Wire::Serving);
     }
-    let orders = client
-        .check(HealthCheckRequest {
-            service: "demo.Orders".into(),
-        })
-        .await?;
+    let orders = client.check(HealthCheckRequest { service: "demo.Orders".into() }).await?;
     assert_eq!(orders.into_inner().status(), Wire::NotServing);
 
     // A gRPC error (HTTP 200, status in the trailers-only headers) comes through as it was.
     let unknown = client
-        .check(HealthCheckRequest {
-            service: "demo.Unknown".into(),
-        })
+        .check(HealthCheckRequest { service: "demo.Unknown".into() })
         .await
         .expect_err("an unknown service is NOT_FOUND");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
     // Streaming: the watch's messages arrive one by one through the layer.
-    let watch = client
-        .watch(HealthCheckRequest {
-            service: "demo.Orders".into(),
-        })
-        .await?;
-    assert_eq!(
-        watch
-            .metadata()
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok()),
-        Some("BYPASS")
-    );
+    let watch = client.watch(HealthCheckRequest { service: "demo.Orders".into() }).await?;
+    assert_eq!(watch.metadata().get("x-cache").and_then(|v| v.to_str().ok()), Some("BYPASS"));
     let mut stream = watch.into_inner();
     assert_eq!(next_status(&mut stream).await?, Wire::NotServing);
-    reporter
-        .set_service_status("demo.Orders", ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("demo.Orders", ServingStatus::Serving).await;
     assert_eq!(next_status(&mut stream).await?, Wire::Serving);
     drop(stream);
 
@@ -732,9 +629,7 @@ async fn a_hyper_server_with_the_cache_layer_caches_gets_and_echoes_post_bodies_
                 let body = request.into_body().collect().await?.to_bytes();
                 let mut response = Response::new(Full::new(body));
                 if let Some(content_type) = content_type {
-                    response
-                        .headers_mut()
-                        .insert(header::CONTENT_TYPE, content_type);
+                    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
                 }
                 response
             };
@@ -761,11 +656,7 @@ async fn a_hyper_server_with_the_cache_layer_caches_gets_and_echoes_post_bodies_
     let client = reqwest::Client::new();
     let url = |path: &str| format!("http://{addr}{path}");
     let cache_status = |response: &reqwest::Response| {
-        response
-            .headers()
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        response.headers().get("x-cache").and_then(|v| v.to_str().ok()).map(str::to_owned)
     };
 
     let first = client.get(url("/greeting")).send().await?;
@@ -791,10 +682,7 @@ async fn a_hyper_server_with_the_cache_layer_caches_gets_and_echoes_post_bodies_
             .await?;
         assert_eq!(echoed.status(), reqwest::StatusCode::OK);
         assert_eq!(cache_status(&echoed).as_deref(), Some("BYPASS"));
-        assert_eq!(
-            echoed.headers()[header::CONTENT_TYPE],
-            "application/octet-stream"
-        );
+        assert_eq!(echoed.headers()[header::CONTENT_TYPE], "application/octet-stream");
         assert_eq!(echoed.bytes().await?, payload, "{path} echoes its body");
     }
     assert_eq!(

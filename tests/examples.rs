@@ -28,14 +28,8 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// How long a response may take to reach the store after it was served.
 const STORE_WAIT: Duration = Duration::from_secs(3);
 /// The environment the examples read; cleared so that the caller's shell cannot leak in.
-const EXAMPLE_ENV: [&str; 6] = [
-    "BIND",
-    "REDIS_URL",
-    "DATABASE_URL",
-    "UPSTREAM_URL",
-    "CACHE_TTL_SECS",
-    "RUST_LOG",
-];
+const EXAMPLE_ENV: [&str; 6] =
+    ["BIND", "REDIS_URL", "DATABASE_URL", "UPSTREAM_URL", "CACHE_TTL_SECS", "RUST_LOG"];
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -93,55 +87,32 @@ async fn users_api_errors_are_json_and_bypass_routes_stay_uncached() {
         ("{not json", Some("application/json")),
         ("", Some("application/json")),
         ("[]", Some("application/json")),
-        (
-            r#"{"name":"x","email":"x@example.com"}"#,
-            Some("application/json"),
-        ),
+        (r#"{"name":"x","email":"x@example.com"}"#, Some("application/json")),
         (r#"{"name":"x","age":3}"#, Some("application/json")),
-        (
-            r#"{"name":"x","email":"x@example.com","age":"old"}"#,
-            Some("application/json"),
-        ),
-        (
-            r#"{"name":7,"email":"x@example.com","age":3}"#,
-            Some("application/json"),
-        ),
+        (r#"{"name":"x","email":"x@example.com","age":"old"}"#, Some("application/json")),
+        (r#"{"name":7,"email":"x@example.com","age":3}"#, Some("application/json")),
         (r#"{"name":"x","email":"x@example.com","age":3}"#, None),
     ];
     for (body, content_type) in bad_bodies {
         for (method, path) in [(Method::POST, "/users"), (Method::PUT, "/users/1")] {
-            let reply = api
-                .send(method.clone(), path, None, content_type, body)
-                .await;
+            let reply = api.send(method.clone(), path, None, content_type, body).await;
             assert_json_error(&reply, StatusCode::BAD_REQUEST);
             assert_eq!(reply.cache, "BYPASS", "{method} {path}");
         }
     }
-    let empty_name = api
-        .post_json(
-            "/users",
-            &json!({ "name": " ", "email": "x@example.com", "age": 3 }),
-        )
-        .await;
+    let empty_name =
+        api.post_json("/users", &json!({ "name": " ", "email": "x@example.com", "age": 3 })).await;
     assert_json_error(&empty_name, StatusCode::BAD_REQUEST);
 
     let taken = api
-        .post_json(
-            "/users",
-            &json!({ "id": 1, "name": "Dup", "email": "d@example.com", "age": 1 }),
-        )
+        .post_json("/users", &json!({ "id": 1, "name": "Dup", "email": "d@example.com", "age": 1 }))
         .await;
     assert_json_error(&taken, StatusCode::CONFLICT);
     let missing = api
-        .put_json(
-            "/users/12345",
-            &json!({ "name": "N", "email": "n@example.com", "age": 1 }),
-        )
+        .put_json("/users/12345", &json!({ "name": "N", "email": "n@example.com", "age": 1 }))
         .await;
     assert_json_error(&missing, StatusCode::NOT_FOUND);
-    let gone = api
-        .send(Method::DELETE, "/users/12345", None, None, "")
-        .await;
+    let gone = api.send(Method::DELETE, "/users/12345", None, None, "").await;
     assert_json_error(&gone, StatusCode::NOT_FOUND);
     let bad_id = api.get("/users/abc", None).await;
     assert_json_error(&bad_id, StatusCode::BAD_REQUEST);
@@ -178,14 +149,8 @@ async fn users_api_redis_store_core_flow() {
 
     let keys = redis.keys();
     assert!(keys.contains("trc:v1:e:"), "no entry keys in Redis: {keys}");
-    assert!(
-        keys.contains("trc:v1:t:users"),
-        "no `users` tag version in Redis: {keys}"
-    );
-    assert!(
-        !keys.contains("Bearer"),
-        "a raw token ended up in a key: {keys}"
-    );
+    assert!(keys.contains("trc:v1:t:users"), "no `users` tag version in Redis: {keys}");
+    assert!(!keys.contains("Bearer"), "a raw token ended up in a key: {keys}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -214,15 +179,9 @@ async fn users_api_postgres_core_flow() {
         }
     };
 
-    let name = format!(
-        "trc_users_api_{}_{}",
-        std::process::id(),
-        RUNS.fetch_add(1, Ordering::Relaxed)
-    );
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
+    let name =
+        format!("trc_users_api_{}_{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await.unwrap();
     admin
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await
@@ -234,10 +193,7 @@ async fn users_api_postgres_core_flow() {
         let app = Example::start("users_api", &[("DATABASE_URL", database_url)]).await;
         users_core_flow(&app.api()).await;
         let log = app.log();
-        assert!(
-            log.contains("DATABASE_URL"),
-            "the example did not use PostgreSQL:\n{log}"
-        );
+        assert!(log.contains("DATABASE_URL"), "the example did not use PostgreSQL:\n{log}");
     })
     .await;
 
@@ -258,11 +214,7 @@ async fn users_core_flow(api: &Api) {
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
     assert_eq!(first.cache, "MISS");
     let ids = user_ids(&first.json());
-    assert!(
-        ids.starts_with(&[1, 2]),
-        "seeded users missing: {}",
-        first.body
-    );
+    assert!(ids.starts_with(&[1, 2]), "seeded users missing: {}", first.body);
     api.wait_stored("/users", None).await;
     let second = api.get("/users", None).await;
     assert_eq!(second.cache, "HIT");
@@ -285,11 +237,7 @@ async fn users_core_flow(api: &Api) {
     assert_eq!(user["age"], 41);
     let list = api.get("/users", None).await;
     assert_eq!(list.cache, "MISS", "stale list after a create");
-    assert!(
-        list.json().as_array().unwrap().contains(&user),
-        "{}",
-        list.body
-    );
+    assert!(list.json().as_array().unwrap().contains(&user), "{}", list.body);
 
     // One user: miss, hit; an update is seen by the next read of it and of the list.
     let path = format!("/users/{id}");
@@ -344,11 +292,7 @@ async fn users_core_flow(api: &Api) {
     }
     new_ids.sort_unstable();
     new_ids.dedup();
-    assert_eq!(
-        new_ids.len(),
-        6,
-        "concurrent creates shared ids: {new_ids:?}"
-    );
+    assert_eq!(new_ids.len(), 6, "concurrent creates shared ids: {new_ids:?}");
     let list = api.get("/users", None).await;
     assert_eq!(list.cache, "MISS");
     let ids = user_ids(&list.json());
@@ -361,12 +305,7 @@ async fn users_core_flow(api: &Api) {
 /// users is seen by the next `/me`.
 async fn me_isolation(api: &Api) {
     let one = api.get("/me", Some("Bearer 1")).await;
-    assert_eq!(
-        (one.status, one.cache.as_str()),
-        (StatusCode::OK, "MISS"),
-        "{}",
-        one.body
-    );
+    assert_eq!((one.status, one.cache.as_str()), (StatusCode::OK, "MISS"), "{}", one.body);
     assert_eq!(one.json()["id"], 1);
     api.wait_stored("/me", Some("Bearer 1")).await;
 
@@ -438,10 +377,7 @@ async fn proxy_in_process_store_caches_gets_and_isolates_credentials() {
     let upstream = Upstream::start().await;
     let proxy = Example::start(
         "proxy",
-        &[
-            ("UPSTREAM_URL", upstream.url()),
-            ("CACHE_TTL_SECS", "30".to_owned()),
-        ],
+        &[("UPSTREAM_URL", upstream.url()), ("CACHE_TTL_SECS", "30".to_owned())],
     )
     .await;
     proxy_flow(&proxy, &upstream).await;
@@ -464,10 +400,7 @@ async fn proxy_redis_store_caches_gets_and_isolates_credentials() {
 
     let keys = redis.keys();
     assert!(keys.contains("trc:v1:e:"), "no entry keys in Redis: {keys}");
-    assert!(
-        !keys.contains("alice"),
-        "a raw token ended up in a key: {keys}"
-    );
+    assert!(!keys.contains("alice"), "a raw token ended up in a key: {keys}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -485,14 +418,8 @@ async fn proxy_answers_502_when_the_upstream_is_down() {
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_without_upstream_url_exits_with_a_clear_error() {
     let (status, log) = run_to_exit("proxy", &[]).await;
-    assert!(
-        !status.success(),
-        "the proxy started without UPSTREAM_URL:\n{log}"
-    );
-    assert!(
-        log.contains("UPSTREAM_URL"),
-        "the error does not name UPSTREAM_URL:\n{log}"
-    );
+    assert!(!status.success(), "the proxy started without UPSTREAM_URL:\n{log}");
+    assert!(log.contains("UPSTREAM_URL"), "the error does not name UPSTREAM_URL:\n{log}");
 }
 
 async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
@@ -501,22 +428,13 @@ async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
     // A GET: miss, then a hit with the same body and headers; the upstream saw one request.
     let path = "/items/1?b=2&a=1";
     let first = api.get(path, None).await;
-    assert_eq!(
-        (first.status, first.cache.as_str()),
-        (StatusCode::OK, "MISS"),
-        "{}",
-        first.body
-    );
+    assert_eq!((first.status, first.cache.as_str()), (StatusCode::OK, "MISS"), "{}", first.body);
     let seen = first.json();
     assert_eq!(seen["method"], "GET");
     assert_eq!(seen["path"], "/items/1");
     assert_eq!(seen["query"], "b=2&a=1");
     assert_eq!(seen["authorization"], Value::Null);
-    assert_eq!(
-        seen["host"],
-        upstream.addr.to_string(),
-        "Host must be the upstream's"
-    );
+    assert_eq!(seen["host"], upstream.addr.to_string(), "Host must be the upstream's");
     assert_eq!(seen["x_forwarded_host"], proxy.addr());
     assert_eq!(first.headers["x-upstream"], "yes");
     api.wait_stored(path, None).await;
@@ -582,11 +500,7 @@ async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
         let headers = credentials(authorization, cookie);
         let reply = api.get_with("/private", &headers).await;
         assert_eq!(reply.status, StatusCode::OK, "{who}: {}", reply.body);
-        assert_eq!(
-            reply.cache, "MISS",
-            "{who} was served another caller's entry: {}",
-            reply.body
-        );
+        assert_eq!(reply.cache, "MISS", "{who} was served another caller's entry: {}", reply.body);
         let seen = reply.json();
         assert_eq!(seen["authorization"], json!(authorization), "{who}");
         assert_eq!(seen["cookie"], json!(cookie), "{who}");
@@ -595,14 +509,9 @@ async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
     }
     for _ in 0..2 {
         for ((who, authorization, cookie), first) in callers.iter().zip(&first_replies) {
-            let reply = api
-                .get_with("/private", &credentials(*authorization, *cookie))
-                .await;
+            let reply = api.get_with("/private", &credentials(*authorization, *cookie)).await;
             assert_eq!(reply.cache, "HIT", "{who}");
-            assert_eq!(
-                reply.body, first.body,
-                "{who} got another caller's response"
-            );
+            assert_eq!(reply.body, first.body, "{who} got another caller's response");
         }
     }
     assert_eq!(upstream.hits("GET /private"), callers.len());
@@ -638,9 +547,7 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits: HitCounts = Arc::default();
-        let app = axum::Router::new()
-            .fallback(upstream_handler)
-            .with_state(Arc::clone(&hits));
+        let app = axum::Router::new().fallback(upstream_handler).with_state(Arc::clone(&hits));
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -678,12 +585,7 @@ async fn upstream_handler(
         Arc::clone(hits.entry(format!("{method} {}", uri.path())).or_default())
     };
     let hit = counter.fetch_add(1, Ordering::SeqCst) + 1;
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let status = uri
         .path()
         .strip_prefix("/status/")
@@ -721,12 +623,7 @@ impl Example {
     /// environment is inherited), and waits until it answers `GET /health`.
     async fn start(name: &'static str, env: &[(&str, String)]) -> Self {
         let (child, log_path) = spawn_example(name, env);
-        let mut example = Self {
-            name,
-            child,
-            addr: String::new(),
-            log_path,
-        };
+        let mut example = Self { name, child, addr: String::new(), log_path };
         example.addr = example.wait_for_address().await;
         example.wait_until_answering().await;
         example
@@ -752,11 +649,7 @@ impl Example {
             let log = self.log();
             if let Some(at) = log.find("listening on http://") {
                 let rest = &log[at + "listening on http://".len()..];
-                return rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                return rest.split_whitespace().next().unwrap_or_default().to_owned();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited during startup ({status}):\n{log}", self.name);
@@ -780,11 +673,7 @@ impl Example {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited during startup ({status}):\n{}",
-                    self.name,
-                    self.log()
-                );
+                panic!("{} exited during startup ({status}):\n{}", self.name, self.log());
             }
             assert!(
                 Instant::now() < deadline,
@@ -855,9 +744,7 @@ fn spawn_example(name: &str, env: &[(&str, String)]) -> (Child, PathBuf) {
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone the log file"))
         .stderr(log);
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+    let child = command.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
     (child, log_path)
 }
 
@@ -868,9 +755,8 @@ fn example_binary(name: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("the test binary lives in <target>/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let binary =
+        profile_dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.is_file(),
         "example binary {} is missing: run `cargo build --examples` first \
@@ -905,20 +791,14 @@ fn newer_source(binary: &Path, name: &str) -> Option<PathBuf> {
             }
         }
     }
-    sources
-        .into_iter()
-        .find(|source| modified(source).is_some_and(|m: SystemTime| m > built))
+    sources.into_iter().find(|source| modified(source).is_some_and(|m: SystemTime| m > built))
 }
 
 // =============================================================================================
 // HTTP
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 /// A client for one example.
@@ -947,10 +827,7 @@ impl Reply {
 
 impl Api {
     fn new(base: String) -> Self {
-        Self {
-            client: http_client(),
-            base,
-        }
+        Self { client: http_client(), base }
     }
 
     /// Sends a request and checks that the response carries `X-Cache`, as every response that
@@ -973,10 +850,7 @@ impl Api {
         if !body.is_empty() || content_type.is_some() {
             request = request.body(body.to_owned());
         }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let response = request.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = response.status();
         let headers = response.headers().clone();
         let cache = headers
@@ -986,12 +860,7 @@ impl Api {
             .unwrap()
             .to_owned();
         let body = response.text().await.unwrap();
-        Reply {
-            status,
-            cache,
-            headers,
-            body,
-        }
+        Reply { status, cache, headers, body }
     }
 
     async fn send(
@@ -1003,8 +872,7 @@ impl Api {
         body: &str,
     ) -> Reply {
         let headers = credentials(authorization, None);
-        self.request(method, path, &headers, content_type, body)
-            .await
+        self.request(method, path, &headers, content_type, body).await
     }
 
     async fn get(&self, path: &str, authorization: Option<&str>) -> Reply {
@@ -1017,22 +885,19 @@ impl Api {
 
     async fn post_json(&self, path: &str, body: &Value) -> Reply {
         let body = body.to_string();
-        self.send(Method::POST, path, None, Some("application/json"), &body)
-            .await
+        self.send(Method::POST, path, None, Some("application/json"), &body).await
     }
 
     async fn put_json(&self, path: &str, body: &Value) -> Reply {
         let body = body.to_string();
-        self.send(Method::PUT, path, None, Some("application/json"), &body)
-            .await
+        self.send(Method::PUT, path, None, Some("application/json"), &body).await
     }
 
     /// Waits until the entry for `GET path` is in the store: the layer writes it in the
     /// background once the response is served. Probes with `HEAD`, which is answered from the
     /// `GET` entry but never stores one, so the probes change nothing.
     async fn wait_stored(&self, path: &str, authorization: Option<&str>) {
-        self.wait_stored_with(path, &credentials(authorization, None))
-            .await;
+        self.wait_stored_with(path, &credentials(authorization, None)).await;
     }
 
     async fn wait_stored_with(&self, path: &str, headers: &HeaderMap) {

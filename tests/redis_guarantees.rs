@@ -50,9 +50,7 @@ async fn write_user(State(db): State<Shared>, Path(id): Path<String>, body: Stri
 }
 
 fn auth(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("authorization")
-        .map(|v| v.to_str().unwrap().to_owned())
+    headers.get("authorization").map(|v| v.to_str().unwrap().to_owned())
 }
 
 async fn me(headers: HeaderMap) -> (StatusCode, String) {
@@ -65,10 +63,7 @@ async fn me(headers: HeaderMap) -> (StatusCode, String) {
 /// Personalises its answer although its route is neither per-user nor shared: the layer must
 /// keep credentialed answers out of the shared entry.
 async fn feed(headers: HeaderMap) -> String {
-    format!(
-        "feed:{}",
-        auth(&headers).unwrap_or_else(|| "anonymous".into())
-    )
+    format!("feed:{}", auth(&headers).unwrap_or_else(|| "anonymous".into()))
 }
 
 async fn app(redis_url: &str, db: Shared) -> (Router, CacheHandle) {
@@ -117,24 +112,14 @@ async fn send(
     }
     let response = router
         .clone()
-        .oneshot(
-            request
-                .body(axum::body::Body::from(body.to_owned()))
-                .unwrap(),
-        )
+        .oneshot(request.body(axum::body::Body::from(body.to_owned())).unwrap())
         .await
         .unwrap();
     let status = response.status();
-    let x_cache = response
-        .headers()
-        .get("x-cache")
-        .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+    let x_cache =
+        response.headers().get("x-cache").map_or(String::new(), |v| v.to_str().unwrap().to_owned());
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        x_cache,
-        body: String::from_utf8(bytes.to_vec()).unwrap(),
-    }
+    Reply { status, x_cache, body: String::from_utf8(bytes.to_vec()).unwrap() }
 }
 
 async fn get_path(router: &Router, path: &str) -> Reply {
@@ -174,11 +159,7 @@ async fn no_response_is_ever_served_to_another_user() {
                 ("/feed", None) => "feed:anonymous".to_owned(),
                 _ => "public".to_owned(),
             };
-            assert_eq!(
-                reply.body, expected,
-                "{path} as {token:?} ({})",
-                reply.x_cache
-            );
+            assert_eq!(reply.body, expected, "{path} as {token:?} ({})", reply.x_cache);
             if path == "/feed" && token.is_some() {
                 assert_eq!(
                     reply.x_cache, "BYPASS",
@@ -190,10 +171,7 @@ async fn no_response_is_ever_served_to_another_user() {
     }
     let stats = handle.stats();
     assert_eq!(checked, 40 * 64);
-    assert!(
-        stats.hits > 1_000,
-        "the cache must actually serve most of these: {stats:?}"
-    );
+    assert!(stats.hits > 1_000, "the cache must actually serve most of these: {stats:?}");
     assert_eq!(stats.store_errors, 0, "{stats:?}");
 }
 
@@ -221,16 +199,10 @@ async fn a_slow_miss_that_read_old_data_is_never_served_after_the_write() {
     settle().await; // its entry, computed from old data, is now in Redis
 
     let after = get_path(&router, "/users/1").await;
-    assert_eq!(
-        (after.x_cache.as_str(), after.body.as_str()),
-        ("MISS", "new")
-    );
+    assert_eq!((after.x_cache.as_str(), after.body.as_str()), ("MISS", "new"));
     settle().await;
     let cached = get_path(&router, "/users/1").await;
-    assert_eq!(
-        (cached.x_cache.as_str(), cached.body.as_str()),
-        ("HIT", "new")
-    );
+    assert_eq!((cached.x_cache.as_str(), cached.body.as_str()), ("HIT", "new"));
 }
 
 #[tokio::test]
@@ -244,17 +216,11 @@ async fn instances_sharing_redis_share_entries_and_evictions() {
     assert_eq!(get_path(&a, "/users/1").await.x_cache, "MISS");
     settle().await;
     let from_b = get_path(&b, "/users/1").await;
-    assert_eq!(
-        (from_b.x_cache.as_str(), from_b.body.as_str()),
-        ("HIT", "v1")
-    );
+    assert_eq!((from_b.x_cache.as_str(), from_b.body.as_str()), ("HIT", "v1"));
 
     send(&b, Method::PUT, "/users/1", None, "v2").await;
     let from_a = get_path(&a, "/users/1").await;
-    assert_eq!(
-        (from_a.x_cache.as_str(), from_a.body.as_str()),
-        ("MISS", "v2")
-    );
+    assert_eq!((from_a.x_cache.as_str(), from_a.body.as_str()), ("MISS", "v2"));
     assert_eq!(db.reads.load(Ordering::SeqCst), 2);
 }
 
@@ -263,10 +229,7 @@ async fn every_request_is_answered_while_redis_is_killed_and_restarted() {
     let mut server = RedisServer::start();
     let db = Shared::default();
     for id in 0..20 {
-        db.rows
-            .lock()
-            .unwrap()
-            .insert(id.to_string(), format!("user {id}"));
+        db.rows.lock().unwrap().insert(id.to_string(), format!("user {id}"));
     }
     let (router, handle) = app(&server.url(), db.clone()).await;
     for id in 0..20 {
@@ -301,10 +264,7 @@ async fn every_request_is_answered_while_redis_is_killed_and_restarted() {
         }
     }
     assert_eq!(answered, total);
-    assert!(
-        handle.stats().store_errors > 0,
-        "the outage must have been seen"
-    );
+    assert!(handle.stats().store_errors > 0, "the outage must have been seen");
 
     // Hits come back once Redis does (the restarted server is empty: one miss refills it).
     let restarted_at = restarted_at.unwrap();
@@ -314,16 +274,10 @@ async fn every_request_is_answered_while_redis_is_killed_and_restarted() {
         if reply.x_cache == "HIT" {
             break;
         }
-        assert!(
-            restarted_at.elapsed() < Duration::from_secs(15),
-            "hits did not resume"
-        );
+        assert!(restarted_at.elapsed() < Duration::from_secs(15), "hits did not resume");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
-        "hits resumed {:?} after redis-server restarted",
-        restarted_at.elapsed()
-    );
+    println!("hits resumed {:?} after redis-server restarted", restarted_at.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,25 +292,15 @@ async fn a_write_during_a_redis_stall_never_lets_the_old_entry_back() {
 
     server.pause(); // Redis stalls with the old entry in it
     let write = send(&router, Method::PUT, "/users/1", None, "new").await;
-    assert_eq!(
-        write.status,
-        StatusCode::OK,
-        "the write succeeds without the cache"
-    );
+    assert_eq!(write.status, StatusCode::OK, "the write succeeds without the cache");
     let during = get_path(&router, "/users/1").await;
-    assert_eq!(
-        (during.x_cache.as_str(), during.body.as_str()),
-        ("BYPASS", "new")
-    );
+    assert_eq!((during.x_cache.as_str(), during.body.as_str()), ("BYPASS", "new"));
 
     server.resume();
     reads_stay_fresh_until_the_eviction_lands(&router).await;
     settle().await;
     let cached = get_path(&router, "/users/1").await;
-    assert_eq!(
-        (cached.x_cache.as_str(), cached.body.as_str()),
-        ("HIT", "new")
-    );
+    assert_eq!((cached.x_cache.as_str(), cached.body.as_str()), ("HIT", "new"));
     assert!(handle.stats().store_errors > 0);
 }
 
@@ -366,18 +310,11 @@ async fn reads_stay_fresh_until_the_eviction_lands(router: &Router) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = get_path(router, "/users/1").await;
-        assert_eq!(
-            reply.body, "new",
-            "served the entry from before the write ({})",
-            reply.x_cache
-        );
+        assert_eq!(reply.body, "new", "served the entry from before the write ({})", reply.x_cache);
         if reply.x_cache != "BYPASS" {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the eviction never reached Redis"
-        );
+        assert!(Instant::now() < deadline, "the eviction never reached Redis");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -394,26 +331,15 @@ async fn a_write_whose_eviction_redis_refuses_never_lets_the_old_entry_back() {
     settle().await;
     assert_eq!(get_path(&router, "/users/1").await.x_cache, "HIT");
 
-    server
-        .command(&["CONFIG", "SET", "maxmemory", "1"])
-        .unwrap(); // every SET now fails: OOM
+    server.command(&["CONFIG", "SET", "maxmemory", "1"]).unwrap(); // every SET now fails: OOM
     let write = send(&router, Method::PUT, "/users/1", None, "new").await;
-    assert_eq!(
-        write.status,
-        StatusCode::OK,
-        "the write succeeds without the cache"
-    );
+    assert_eq!(write.status, StatusCode::OK, "the write succeeds without the cache");
     for _ in 0..5 {
         let during = get_path(&router, "/users/1").await;
-        assert_eq!(
-            (during.x_cache.as_str(), during.body.as_str()),
-            ("BYPASS", "new")
-        );
+        assert_eq!((during.x_cache.as_str(), during.body.as_str()), ("BYPASS", "new"));
     }
 
-    server
-        .command(&["CONFIG", "SET", "maxmemory", "0"])
-        .unwrap();
+    server.command(&["CONFIG", "SET", "maxmemory", "0"]).unwrap();
     reads_stay_fresh_until_the_eviction_lands(&router).await;
     assert!(handle.stats().store_errors > 0);
 }
@@ -427,18 +353,10 @@ async fn corrupt_or_foreign_values_under_the_cache_keys_are_misses_and_get_repla
     get_path(&router, "/users/1").await;
     settle().await;
     let keys = server.keys();
-    let entry_key = keys
-        .lines()
-        .find(|l| l.starts_with("trc:v1:e:"))
-        .expect("an entry key")
-        .to_owned();
+    let entry_key =
+        keys.lines().find(|l| l.starts_with("trc:v1:e:")).expect("an entry key").to_owned();
 
-    for garbage in [
-        "",
-        "not an entry",
-        "TRC\u{1}\u{ff}\u{ff}\u{ff}\u{ff}",
-        "{\"json\":true}",
-    ] {
+    for garbage in ["", "not an entry", "TRC\u{1}\u{ff}\u{ff}\u{ff}\u{ff}", "{\"json\":true}"] {
         server.command(&["SET", &entry_key, garbage]).unwrap();
         let reply = get_path(&router, "/users/1").await;
         assert_eq!(
@@ -465,14 +383,9 @@ async fn odd_methods_and_unusual_paths_pass_through() {
     let server = RedisServer::start();
     let (router, _) = app(&server.url(), Shared::default()).await;
     for method in ["PURGE", "PROPFIND", "TRACE", "OPTIONS"] {
-        let reply = send(
-            &router,
-            Method::from_bytes(method.as_bytes()).unwrap(),
-            "/users/1",
-            None,
-            "",
-        )
-        .await;
+        let reply =
+            send(&router, Method::from_bytes(method.as_bytes()).unwrap(), "/users/1", None, "")
+                .await;
         assert_eq!(reply.x_cache, "BYPASS", "{method}");
     }
     for path in [
@@ -483,15 +396,8 @@ async fn odd_methods_and_unusual_paths_pass_through() {
     ] {
         let reply = get_path(&router, path).await;
         // axum's own answers: 400 for a parameter that is not UTF-8, else the handler's 404.
-        assert!(
-            [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND].contains(&reply.status),
-            "{path}"
-        );
-        assert!(
-            reply.x_cache == "MISS" || reply.x_cache == "BYPASS",
-            "{path}: {}",
-            reply.x_cache
-        );
+        assert!([StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND].contains(&reply.status), "{path}");
+        assert!(reply.x_cache == "MISS" || reply.x_cache == "BYPASS", "{path}: {}", reply.x_cache);
     }
 }
 
@@ -509,9 +415,6 @@ async fn eviction_works_unchanged_on_a_redis_cluster() {
     assert_eq!((hit.x_cache.as_str(), hit.body.as_str()), ("HIT", "v1"));
     send(&a, Method::PUT, "/users/1", None, "v2").await;
     let after = get_path(&b, "/users/1").await;
-    assert_eq!(
-        (after.x_cache.as_str(), after.body.as_str()),
-        ("MISS", "v2")
-    );
+    assert_eq!((after.x_cache.as_str(), after.body.as_str()), ("MISS", "v2"));
     assert_eq!(handle.stats().store_errors, 0);
 }

@@ -33,9 +33,7 @@ fn ok(text: &'static str) -> Resp {
 }
 
 fn with_header(mut response: Resp, name: &'static str, value: &'static str) -> Resp {
-    response
-        .headers_mut()
-        .append(name, HeaderValue::from_static(value));
+    response.headers_mut().append(name, HeaderValue::from_static(value));
     response
 }
 
@@ -49,18 +47,11 @@ fn get(path: &str) -> Req {
 }
 
 fn get_as(path: &str, header: &str, value: &str) -> Req {
-    Request::get(path)
-        .header(header, value)
-        .body(String::new())
-        .unwrap()
+    Request::get(path).header(header, value).body(String::new()).unwrap()
 }
 
 fn request(method: Method, path: &str) -> Req {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .body(String::new())
-        .unwrap()
+    Request::builder().method(method).uri(path).body(String::new()).unwrap()
 }
 
 /// The users API's rules, over whichever store.
@@ -69,10 +60,7 @@ fn users_rules(builder: CacheLayerBuilder) -> CacheLayerBuilder {
         .route("/users", Rule::get().tag("users"))
         .route("/users", Rule::post().evicts(["users"]))
         .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
-        .route(
-            "/users/{id}",
-            Rule::mutations().evicts(["users", "user:{id}"]),
-        )
+        .route("/users/{id}", Rule::mutations().evicts(["users", "user:{id}"]))
         .route("/me", Rule::get().per_user())
         .route("/public", Rule::get().shared())
         .bypass("/auth/{*rest}")
@@ -96,9 +84,7 @@ struct Outcome {
 
 impl Outcome {
     fn x_cache(&self) -> &str {
-        self.headers
-            .get("x-cache")
-            .map_or("", |v| v.to_str().unwrap())
+        self.headers.get("x-cache").map_or("", |v| v.to_str().unwrap())
     }
 }
 
@@ -110,11 +96,7 @@ impl Harness {
     }
 
     fn users() -> Self {
-        Self::new(
-            users_rules(CacheLayer::builder(MemoryStore::default()))
-                .build()
-                .unwrap(),
-        )
+        Self::new(users_rules(CacheLayer::builder(MemoryStore::default())).build().unwrap())
     }
 
     /// Sends `req`; if it reaches the inner service, answers with `respond`. Reads the whole
@@ -154,21 +136,15 @@ impl Harness {
 #[tokio::test]
 async fn a_miss_is_stored_and_the_next_request_is_a_hit() {
     let mut h = Harness::users();
-    let first = h
-        .send(get("/users"), |_| {
-            with_header(ok("[1]"), "content-type", "application/json")
-        })
-        .await;
+    let first =
+        h.send(get("/users"), |_| with_header(ok("[1]"), "content-type", "application/json")).await;
     assert_eq!(first.x_cache(), "MISS");
     assert!(first.reached_inner.is_some());
     assert_eq!(first.body, "[1]");
 
     let second = h.get("/users", "must not be called").await;
     assert_eq!(second.x_cache(), "HIT");
-    assert!(
-        second.reached_inner.is_none(),
-        "a hit must not reach the inner service"
-    );
+    assert!(second.reached_inner.is_none(), "a hit must not reach the inner service");
     assert_eq!(second.body, "[1]");
     assert_eq!(second.status, StatusCode::OK);
     assert_eq!(second.headers["content-type"], "application/json");
@@ -211,9 +187,7 @@ async fn head_is_answered_from_the_get_entry_without_a_body() {
         "HEAD must not have stored an empty entry"
     );
 
-    let head = h
-        .send(request(Method::HEAD, "/users"), |_| ok("unused"))
-        .await;
+    let head = h.send(request(Method::HEAD, "/users"), |_| ok("unused")).await;
     assert_eq!(head.x_cache(), "HIT");
     assert!(head.body.is_empty());
     assert_eq!(head.headers["content-length"], "5");
@@ -248,9 +222,7 @@ async fn credentialed_requests_to_a_route_that_is_not_per_user_or_shared_bypass(
     let mut h = Harness::users();
     h.get("/users", "anonymous").await;
     for (header, value) in [("authorization", "Bearer 1"), ("cookie", "session=1")] {
-        let outcome = h
-            .send(get_as("/users", header, value), |_| ok("for this user"))
-            .await;
+        let outcome = h.send(get_as("/users", header, value), |_| ok("for this user")).await;
         assert_eq!(outcome.x_cache(), "BYPASS", "{header}");
         assert_eq!(outcome.body, "for this user");
     }
@@ -261,13 +233,8 @@ async fn credentialed_requests_to_a_route_that_is_not_per_user_or_shared_bypass(
 #[tokio::test]
 async fn shared_routes_serve_credentialed_requests_from_the_shared_entry() {
     let mut h = Harness::users();
-    h.send(get_as("/public", "authorization", "Bearer 1"), |_| {
-        ok("public")
-    })
-    .await;
-    let other = h
-        .send(get_as("/public", "cookie", "s=2"), |_| ok("unused"))
-        .await;
+    h.send(get_as("/public", "authorization", "Bearer 1"), |_| ok("public")).await;
+    let other = h.send(get_as("/public", "cookie", "s=2"), |_| ok("unused")).await;
     assert_eq!((other.x_cache(), &other.body[..]), ("HIT", &b"public"[..]));
     assert_eq!(h.get("/public", "unused").await.x_cache(), "HIT");
 }
@@ -275,26 +242,13 @@ async fn shared_routes_serve_credentialed_requests_from_the_shared_entry() {
 #[tokio::test]
 async fn per_user_routes_keep_one_entry_per_user() {
     let mut h = Harness::users();
-    let one = h
-        .send(get_as("/me", "authorization", "Bearer 1"), |_| ok("user 1"))
-        .await;
+    let one = h.send(get_as("/me", "authorization", "Bearer 1"), |_| ok("user 1")).await;
     assert_eq!(one.x_cache(), "MISS");
-    let two = h
-        .send(get_as("/me", "authorization", "Bearer 2"), |_| ok("user 2"))
-        .await;
+    let two = h.send(get_as("/me", "authorization", "Bearer 2"), |_| ok("user 2")).await;
     assert_eq!((two.x_cache(), &two.body[..]), ("MISS", &b"user 2"[..]));
-    let one_again = h
-        .send(get_as("/me", "authorization", "Bearer 1"), |_| ok("unused"))
-        .await;
-    assert_eq!(
-        (one_again.x_cache(), &one_again.body[..]),
-        ("HIT", &b"user 1"[..])
-    );
-    let anonymous = h
-        .send(get("/me"), |_| {
-            with_status(ok("who?"), StatusCode::UNAUTHORIZED)
-        })
-        .await;
+    let one_again = h.send(get_as("/me", "authorization", "Bearer 1"), |_| ok("unused")).await;
+    assert_eq!((one_again.x_cache(), &one_again.body[..]), ("HIT", &b"user 1"[..]));
+    let anonymous = h.send(get("/me"), |_| with_status(ok("who?"), StatusCode::UNAUTHORIZED)).await;
     assert_eq!(anonymous.x_cache(), "BYPASS");
 }
 
@@ -305,23 +259,13 @@ async fn successful_mutations_evict_their_tags() {
     h.get("/users/1", "one").await;
     h.get("/users/2", "two").await;
 
-    let put = h
-        .send(request(Method::PUT, "/users/1"), |_| ok("updated"))
-        .await;
+    let put = h.send(request(Method::PUT, "/users/1"), |_| ok("updated")).await;
     assert_eq!(put.x_cache(), "BYPASS");
     // `users`, `user:1`, and the URI `/users/1` itself.
     assert_eq!(h.cache.stats().evictions, 3);
 
-    assert_eq!(
-        h.get("/users", "[1']").await.x_cache(),
-        "MISS",
-        "`users` was evicted"
-    );
-    assert_eq!(
-        h.get("/users/1", "one'").await.x_cache(),
-        "MISS",
-        "`user:1` was evicted"
-    );
+    assert_eq!(h.get("/users", "[1']").await.x_cache(), "MISS", "`users` was evicted");
+    assert_eq!(h.get("/users/1", "one'").await.x_cache(), "MISS", "`user:1` was evicted");
     // `/users/2` carries `users` too, so it went as well: tags are shared.
     assert_eq!(h.get("/users/2", "two'").await.x_cache(), "MISS");
     assert_eq!(h.get("/users/2", "unused").await.body, "two'");
@@ -337,10 +281,8 @@ async fn a_write_evicts_only_what_its_tags_name() {
     let mut h = Harness::new(layer);
     h.get("/items/1", "one").await;
     h.get("/items/2", "two").await;
-    h.send(request(Method::DELETE, "/items/1"), |_| {
-        with_status(ok(""), StatusCode::NO_CONTENT)
-    })
-    .await;
+    h.send(request(Method::DELETE, "/items/1"), |_| with_status(ok(""), StatusCode::NO_CONTENT))
+        .await;
     assert_eq!(h.get("/items/1", "gone").await.x_cache(), "MISS");
     assert_eq!(h.get("/items/2", "unused").await.x_cache(), "HIT");
 }
@@ -357,15 +299,9 @@ async fn percent_encoded_params_evict_the_same_tag() {
 async fn failed_mutations_evict_nothing() {
     let mut h = Harness::users();
     h.get("/users", "[1]").await;
-    for status in [
-        StatusCode::BAD_REQUEST,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        StatusCode::CONFLICT,
-    ] {
-        h.send(request(Method::POST, "/users"), move |_| {
-            with_status(ok(""), status)
-        })
-        .await;
+    for status in [StatusCode::BAD_REQUEST, StatusCode::INTERNAL_SERVER_ERROR, StatusCode::CONFLICT]
+    {
+        h.send(request(Method::POST, "/users"), move |_| with_status(ok(""), status)).await;
         assert_eq!(h.get("/users", "unused").await.x_cache(), "HIT", "{status}");
     }
     assert_eq!(h.cache.stats().evictions, 0);
@@ -376,10 +312,7 @@ async fn a_redirect_invalidates_the_target_uri_but_not_the_declared_tags() {
     let mut h = Harness::users();
     h.get("/users", "[1]").await;
     h.get("/users/1", "one").await;
-    h.send(request(Method::POST, "/users"), |_| {
-        with_status(ok(""), StatusCode::FOUND)
-    })
-    .await;
+    h.send(request(Method::POST, "/users"), |_| with_status(ok(""), StatusCode::FOUND)).await;
     assert_eq!(
         h.get("/users", "[1']").await.x_cache(),
         "MISS",
@@ -405,38 +338,21 @@ async fn only_cacheable_responses_are_stored() {
     type Responder = fn() -> Resp;
     let cases: Vec<(&str, Responder)> = vec![
         ("404", || with_status(ok("missing"), StatusCode::NOT_FOUND)),
-        ("500", || {
-            with_status(ok("boom"), StatusCode::INTERNAL_SERVER_ERROR)
-        }),
-        ("set-cookie", || {
-            with_header(ok("x"), "set-cookie", "session=secret")
-        }),
-        ("no-store", || {
-            with_header(ok("x"), "cache-control", "no-store")
-        }),
-        ("no-store among others", || {
-            with_header(ok("x"), "cache-control", "max-age=60, No-Store")
-        }),
-        ("no-cache", || {
-            with_header(ok("x"), "cache-control", "no-cache")
-        }),
-        ("private on a shared route", || {
-            with_header(ok("x"), "cache-control", "private")
-        }),
+        ("500", || with_status(ok("boom"), StatusCode::INTERNAL_SERVER_ERROR)),
+        ("set-cookie", || with_header(ok("x"), "set-cookie", "session=secret")),
+        ("no-store", || with_header(ok("x"), "cache-control", "no-store")),
+        ("no-store among others", || with_header(ok("x"), "cache-control", "max-age=60, No-Store")),
+        ("no-cache", || with_header(ok("x"), "cache-control", "no-cache")),
+        ("private on a shared route", || with_header(ok("x"), "cache-control", "private")),
         ("vary *", || with_header(ok("x"), "vary", "*")),
-        ("vary on an unkeyed header", || {
-            with_header(ok("x"), "vary", "accept-language")
-        }),
+        ("vary on an unkeyed header", || with_header(ok("x"), "vary", "accept-language")),
     ];
     for (name, respond) in cases {
         let mut h = Harness::users();
         let first = h.send(get("/users"), |_| respond()).await;
         assert_eq!(first.x_cache(), "MISS", "{name}");
         let second = h.send(get("/users"), |_| respond()).await;
-        assert!(
-            second.reached_inner.is_some(),
-            "{name}: must not have been stored"
-        );
+        assert!(second.reached_inner.is_some(), "{name}: must not have been stored");
         assert_eq!(h.cache.stats().stores, 0, "{name}");
     }
 }
@@ -445,46 +361,28 @@ async fn only_cacheable_responses_are_stored() {
 async fn private_responses_are_stored_per_user_only() {
     let mut h = Harness::users();
     let private = || with_header(ok("mine"), "cache-control", "private, max-age=60");
-    h.send(get_as("/me", "authorization", "Bearer 1"), |_| private())
-        .await;
-    let again = h
-        .send(get_as("/me", "authorization", "Bearer 1"), |_| private())
-        .await;
+    h.send(get_as("/me", "authorization", "Bearer 1"), |_| private()).await;
+    let again = h.send(get_as("/me", "authorization", "Bearer 1"), |_| private()).await;
     assert_eq!(again.x_cache(), "HIT");
 }
 
 #[tokio::test]
 async fn statuses_and_vary_headers_are_configurable() {
     let layer = CacheLayer::builder(MemoryStore::default())
-        .route(
-            "/gone",
-            Rule::get().cache_statuses([StatusCode::OK, StatusCode::NOT_FOUND]),
-        )
+        .route("/gone", Rule::get().cache_statuses([StatusCode::OK, StatusCode::NOT_FOUND]))
         .route("/greeting", Rule::get().vary(["accept-language"]))
         .build()
         .unwrap();
     let mut h = Harness::new(layer);
-    h.send(get("/gone"), |_| {
-        with_status(ok("no"), StatusCode::NOT_FOUND)
-    })
-    .await;
+    h.send(get("/gone"), |_| with_status(ok("no"), StatusCode::NOT_FOUND)).await;
     let hit = h.get("/gone", "unused").await;
     assert_eq!((hit.x_cache(), hit.status), ("HIT", StatusCode::NOT_FOUND));
 
     let vary = |text| move |_: &Req| with_header(ok(text), "vary", "Accept-Language");
-    h.send(get_as("/greeting", "accept-language", "en"), vary("hello"))
-        .await;
-    h.send(
-        get_as("/greeting", "accept-language", "fr"),
-        vary("bonjour"),
-    )
-    .await;
-    let en = h
-        .send(get_as("/greeting", "accept-language", "en"), vary("unused"))
-        .await;
-    let fr = h
-        .send(get_as("/greeting", "accept-language", "fr"), vary("unused"))
-        .await;
+    h.send(get_as("/greeting", "accept-language", "en"), vary("hello")).await;
+    h.send(get_as("/greeting", "accept-language", "fr"), vary("bonjour")).await;
+    let en = h.send(get_as("/greeting", "accept-language", "en"), vary("unused")).await;
+    let fr = h.send(get_as("/greeting", "accept-language", "fr"), vary("unused")).await;
     assert_eq!((en.x_cache(), &en.body[..]), ("HIT", &b"hello"[..]));
     assert_eq!((fr.x_cache(), &fr.body[..]), ("HIT", &b"bonjour"[..]));
 }
@@ -545,10 +443,7 @@ async fn bodies_that_fail_midway_are_not_stored() {
     let (seen, reply) = h.inner.next_request().await.unwrap();
     reply.send_response(respond(&seen));
     let response = call.await.unwrap().unwrap();
-    assert!(
-        response.into_body().collect().await.is_err(),
-        "the body error reaches the client"
-    );
+    assert!(response.into_body().collect().await.is_err(), "the body error reaches the client");
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(h.get("/users", "whole").await.x_cache(), "MISS");
 }
@@ -569,19 +464,13 @@ async fn a_client_that_disconnects_leaves_nothing_stored() {
     drop(body); // the client went away
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(h.get("/users", "whole").await.x_cache(), "MISS");
-    assert_eq!(
-        h.cache.stats().stores,
-        1,
-        "only the second, complete response was stored"
-    );
+    assert_eq!(h.cache.stats().stores, 1, "only the second, complete response was stored");
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_stream_through_unstored() {
-    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
-        .max_body_bytes(8)
-        .build()
-        .unwrap();
+    let layer =
+        users_rules(CacheLayer::builder(MemoryStore::default())).max_body_bytes(8).build().unwrap();
     let mut h = Harness::new(layer);
     // Known length over the limit.
     let big = h.get("/users", "0123456789").await;
@@ -627,11 +516,7 @@ async fn poll_ready_is_the_inner_services() {
 
 #[tokio::test]
 async fn inner_errors_pass_through_unchanged() {
-    for req in [
-        get("/users"),
-        get("/health"),
-        request(Method::POST, "/users"),
-    ] {
+    for req in [get("/users"), get("/health"), request(Method::POST, "/users")] {
         let mut h = Harness::users();
         let path = req.uri().to_string();
         assert_ready_ok!(h.svc.poll_ready());
@@ -675,45 +560,23 @@ async fn cache_status_tells_what_happened_as_rfc_9211_says() {
     let mut h = Harness::users();
     let cache_status = |o: &Outcome| o.headers["cache-status"].to_str().unwrap().to_owned();
     let first = h.get("/users", "[]").await;
-    assert_eq!(
-        cache_status(&first),
-        "tower-redis-cache; fwd=uri-miss; stored; ttl=60"
-    );
+    assert_eq!(cache_status(&first), "tower-redis-cache; fwd=uri-miss; stored; ttl=60");
     let hit = h.get("/users", "unused").await;
     assert!(
         cache_status(&hit).starts_with("tower-redis-cache; hit; ttl=5"),
         "{}",
         cache_status(&hit)
     );
-    h.send(request(Method::POST, "/users"), |_| {
-        with_status(ok(""), StatusCode::CREATED)
-    })
-    .await;
-    let evicted = h
-        .send(get("/users"), |_| {
-            with_status(ok("x"), StatusCode::NOT_FOUND)
-        })
-        .await;
+    h.send(request(Method::POST, "/users"), |_| with_status(ok(""), StatusCode::CREATED)).await;
+    let evicted = h.send(get("/users"), |_| with_status(ok("x"), StatusCode::NOT_FOUND)).await;
     assert_eq!(cache_status(&evicted), "tower-redis-cache; fwd=miss");
-    assert_eq!(
-        cache_status(&h.get("/health", "ok").await),
-        "tower-redis-cache; fwd=bypass"
-    );
+    assert_eq!(cache_status(&h.get("/health", "ok").await), "tower-redis-cache; fwd=bypass");
 
     // Upstream caches' entries are kept, ours goes last.
-    let chained = h
-        .send(get("/users/1"), |_| {
-            with_header(ok("x"), "cache-status", "origin; hit")
-        })
-        .await;
+    let chained =
+        h.send(get("/users/1"), |_| with_header(ok("x"), "cache-status", "origin; hit")).await;
     let values: Vec<_> = chained.headers.get_all("cache-status").iter().collect();
-    assert_eq!(
-        values,
-        [
-            "origin; hit",
-            "tower-redis-cache; fwd=uri-miss; stored; ttl=60"
-        ]
-    );
+    assert_eq!(values, ["origin; hit", "tower-redis-cache; fwd=uri-miss; stored; ttl=60"]);
 }
 
 #[tokio::test]
@@ -727,30 +590,20 @@ async fn cache_status_names_the_key_only_when_debugging() {
     let mut h = Harness::new(layer);
     let miss = h.get("/a", "a").await;
     let value = miss.headers["cache-status"].to_str().unwrap();
-    assert!(
-        value.starts_with("edge-1; fwd=uri-miss; stored; ttl=60; key=\"trc:v1:e:"),
-        "{value}"
-    );
-    assert!(
-        Harness::users().get("/users", "x").await.headers["cache-status"]
-            .to_str()
-            .unwrap()
-            .find("key=")
-            .is_none()
-    );
+    assert!(value.starts_with("edge-1; fwd=uri-miss; stored; ttl=60; key=\"trc:v1:e:"), "{value}");
+    assert!(Harness::users().get("/users", "x").await.headers["cache-status"]
+        .to_str()
+        .unwrap()
+        .find("key=")
+        .is_none());
 }
 
 #[tokio::test]
 async fn a_store_error_shows_in_cache_status() {
-    let layer = users_rules(CacheLayer::builder(BrokenStore::Failing))
-        .build()
-        .unwrap();
+    let layer = users_rules(CacheLayer::builder(BrokenStore::Failing)).build().unwrap();
     let mut h = Harness::new(layer);
     let outcome = h.get("/users", "x").await;
-    assert_eq!(
-        outcome.headers["cache-status"],
-        "tower-redis-cache; fwd=miss; detail=store-error"
-    );
+    assert_eq!(outcome.headers["cache-status"], "tower-redis-cache; fwd=miss; detail=store-error");
 }
 
 /// The slow-miss race of guarantee 2: a miss reads old data, a write and its eviction complete,
@@ -763,25 +616,12 @@ async fn a_slow_miss_that_finishes_after_a_write_is_never_served() {
     let (_, answer_slow_read) = h.inner.next_request().await.unwrap();
     // The read has computed its answer from the old row ("old") but not returned yet.
 
-    let write = h
-        .send(request(Method::PUT, "/users/1"), |_| ok("new"))
-        .await;
+    let write = h.send(request(Method::PUT, "/users/1"), |_| ok("new")).await;
     assert_eq!(write.status, StatusCode::OK);
 
     answer_slow_read.send_response(ok("old"));
-    let stale = slow_read
-        .await
-        .unwrap()
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(
-        stale, "old",
-        "the slow read itself started before the write"
-    );
+    let stale = slow_read.await.unwrap().unwrap().into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(stale, "old", "the slow read itself started before the write");
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     let after = h.get("/users/1", "new").await;
@@ -825,10 +665,7 @@ impl BrokenStore {
 async fn a_broken_store_never_fails_a_request() {
     let timeout = Duration::from_millis(150);
     for store in [BrokenStore::Failing, BrokenStore::Hanging] {
-        let layer = users_rules(CacheLayer::builder(store))
-            .store_timeout(timeout)
-            .build()
-            .unwrap();
+        let layer = users_rules(CacheLayer::builder(store)).store_timeout(timeout).build().unwrap();
         let mut h = Harness::new(layer);
         for _ in 0..3 {
             let started = std::time::Instant::now();
@@ -839,11 +676,7 @@ async fn a_broken_store_never_fails_a_request() {
             );
             assert_eq!(outcome.x_cache(), "MISS");
             // One store call, bounded by the timeout: a failed lookup is not followed by more.
-            assert!(
-                started.elapsed() < timeout * 2,
-                "took {:?}",
-                started.elapsed()
-            );
+            assert!(started.elapsed() < timeout * 2, "took {:?}", started.elapsed());
         }
         let write = h
             .send(request(Method::POST, "/users"), |_| {
@@ -857,9 +690,7 @@ async fn a_broken_store_never_fails_a_request() {
 
 #[tokio::test]
 async fn while_an_eviction_is_pending_its_entries_are_bypassed() {
-    let layer = users_rules(CacheLayer::builder(BrokenStore::Failing))
-        .build()
-        .unwrap();
+    let layer = users_rules(CacheLayer::builder(BrokenStore::Failing)).build().unwrap();
     let mut h = Harness::new(layer);
     h.send(request(Method::PUT, "/users/1"), |_| ok("")).await;
     // `users` and `user:1` could not be evicted: their entries must not be served.
@@ -867,18 +698,14 @@ async fn while_an_eviction_is_pending_its_entries_are_bypassed() {
     assert_eq!(h.get("/users", "fresh").await.x_cache(), "BYPASS");
     // Routes without those tags are still looked up.
     assert_eq!(
-        h.send(get_as("/me", "authorization", "Bearer 1"), |_| ok("me"))
-            .await
-            .x_cache(),
+        h.send(get_as("/me", "authorization", "Bearer 1"), |_| ok("me")).await.x_cache(),
         "MISS"
     );
 }
 
 #[tokio::test]
 async fn clones_share_entries_and_counters() {
-    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
-        .build()
-        .unwrap();
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default())).build().unwrap();
     let handle = layer.handle();
     let mut a = Harness::new(layer.clone());
     let mut b = Harness::new(layer);
@@ -903,39 +730,15 @@ async fn per_user_routes_can_share_one_entry_among_anonymous_requests() {
     let mut h = Harness::new(layer);
     h.get("/page", "for everyone").await;
     let anonymous = h.get("/page", "unused").await;
-    assert_eq!(
-        (anonymous.x_cache(), &anonymous.body[..]),
-        ("HIT", &b"for everyone"[..])
-    );
+    assert_eq!((anonymous.x_cache(), &anonymous.body[..]), ("HIT", &b"for everyone"[..]));
 
-    let user = h
-        .send(get_as("/page", "authorization", "Bearer 1"), |_| {
-            ok("for user 1")
-        })
-        .await;
-    assert_eq!(
-        (user.x_cache(), &user.body[..]),
-        ("MISS", &b"for user 1"[..])
-    );
-    let user = h
-        .send(get_as("/page", "authorization", "Bearer 1"), |_| {
-            ok("unused")
-        })
-        .await;
-    assert_eq!(
-        (user.x_cache(), &user.body[..]),
-        ("HIT", &b"for user 1"[..])
-    );
+    let user = h.send(get_as("/page", "authorization", "Bearer 1"), |_| ok("for user 1")).await;
+    assert_eq!((user.x_cache(), &user.body[..]), ("MISS", &b"for user 1"[..]));
+    let user = h.send(get_as("/page", "authorization", "Bearer 1"), |_| ok("unused")).await;
+    assert_eq!((user.x_cache(), &user.body[..]), ("HIT", &b"for user 1"[..]));
     // A cookie the identity does not read cannot be keyed: it must not reach the shared entry.
-    let cookie = h
-        .send(get_as("/page", "cookie", "session=9"), |_| {
-            ok("for session 9")
-        })
-        .await;
-    assert_eq!(
-        (cookie.x_cache(), &cookie.body[..]),
-        ("BYPASS", &b"for session 9"[..])
-    );
+    let cookie = h.send(get_as("/page", "cookie", "session=9"), |_| ok("for session 9")).await;
+    assert_eq!((cookie.x_cache(), &cookie.body[..]), ("BYPASS", &b"for session 9"[..]));
     assert_eq!(h.get("/page", "unused").await.body, "for everyone");
 }
 
@@ -948,11 +751,7 @@ async fn private_responses_to_anonymous_requests_are_not_shared() {
     let mut h = Harness::new(layer);
     let private = || with_header(ok("x"), "cache-control", "private");
     h.send(get("/page"), |_| private()).await;
-    assert!(h
-        .send(get("/page"), |_| private())
-        .await
-        .reached_inner
-        .is_some());
+    assert!(h.send(get("/page"), |_| private()).await.reached_inner.is_some());
 }
 
 #[test]
@@ -974,10 +773,7 @@ fn bad_options_fail_the_build_naming_the_option() {
 /// RFC 9111 section 4.4: the proxy example has read rules and no mutation rule at all.
 fn proxy_like() -> Harness {
     Harness::new(
-        CacheLayer::builder(MemoryStore::default())
-            .route("/{*path}", Rule::get())
-            .build()
-            .unwrap(),
+        CacheLayer::builder(MemoryStore::default()).route("/{*path}", Rule::get()).build().unwrap(),
     )
 }
 
@@ -987,29 +783,17 @@ async fn unsafe_requests_invalidate_their_target_uri_without_any_mutation_rule()
     h.get("/items/1", "one").await;
     h.get("/items/1?page=2", "one, page 2").await;
     h.get("/items/2", "two").await;
-    for (method, status) in [
-        (Method::POST, StatusCode::CREATED),
-        (Method::DELETE, StatusCode::SEE_OTHER),
-    ] {
-        h.send(request(method.clone(), "/items/1"), move |_| {
-            with_status(ok(""), status)
-        })
-        .await;
-        assert_eq!(
-            h.get("/items/1", "one'").await.x_cache(),
-            "MISS",
-            "{method}"
-        );
+    for (method, status) in
+        [(Method::POST, StatusCode::CREATED), (Method::DELETE, StatusCode::SEE_OTHER)]
+    {
+        h.send(request(method.clone(), "/items/1"), move |_| with_status(ok(""), status)).await;
+        assert_eq!(h.get("/items/1", "one'").await.x_cache(), "MISS", "{method}");
         assert_eq!(
             h.get("/items/1?page=2", "page 2'").await.x_cache(),
             "MISS",
             "every query of the path"
         );
-        assert_eq!(
-            h.get("/items/2", "unused").await.x_cache(),
-            "HIT",
-            "other paths stay"
-        );
+        assert_eq!(h.get("/items/2", "unused").await.x_cache(), "HIT", "other paths stay");
     }
 }
 
@@ -1017,20 +801,9 @@ async fn unsafe_requests_invalidate_their_target_uri_without_any_mutation_rule()
 async fn error_responses_to_unsafe_requests_invalidate_nothing() {
     let mut h = proxy_like();
     h.get("/items/1", "one").await;
-    for status in [
-        StatusCode::BAD_REQUEST,
-        StatusCode::NOT_FOUND,
-        StatusCode::BAD_GATEWAY,
-    ] {
-        h.send(request(Method::PUT, "/items/1"), move |_| {
-            with_status(ok(""), status)
-        })
-        .await;
-        assert_eq!(
-            h.get("/items/1", "unused").await.x_cache(),
-            "HIT",
-            "{status}"
-        );
+    for status in [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND, StatusCode::BAD_GATEWAY] {
+        h.send(request(Method::PUT, "/items/1"), move |_| with_status(ok(""), status)).await;
+        assert_eq!(h.get("/items/1", "unused").await.x_cache(), "HIT", "{status}");
     }
 }
 
@@ -1040,30 +813,19 @@ async fn location_and_content_location_on_the_same_host_are_invalidated() {
     for path in ["/items/3", "/items/4", "/items/5"] {
         h.get(path, "old").await;
     }
-    let created = |_: &Req| {
-        with_header(
-            with_status(ok(""), StatusCode::CREATED),
-            "location",
-            "/items/3",
-        )
-    };
+    let created =
+        |_: &Req| with_header(with_status(ok(""), StatusCode::CREATED), "location", "/items/3");
     h.send(request(Method::POST, "/items"), created).await;
     let moved = |_: &Req| with_header(ok(""), "content-location", "http://api.example/items/4");
     h.send(
-        Request::put("/items/x")
-            .header("host", "api.example")
-            .body(String::new())
-            .unwrap(),
+        Request::put("/items/x").header("host", "api.example").body(String::new()).unwrap(),
         moved,
     )
     .await;
     let elsewhere =
         |_: &Req| with_header(ok(""), "content-location", "http://other.example/items/5");
     h.send(
-        Request::put("/items/x")
-            .header("host", "api.example")
-            .body(String::new())
-            .unwrap(),
+        Request::put("/items/x").header("host", "api.example").body(String::new()).unwrap(),
         elsewhere,
     )
     .await;
@@ -1101,4 +863,70 @@ fn tags_starting_with_a_hash_are_reserved() {
         err.to_string(),
         "route `/a`: tag `#uri:x`: tags starting with `#` are the layer's own"
     );
+}
+
+#[tokio::test]
+async fn hits_answer_if_none_match_with_304_using_a_computed_etag() {
+    let mut h = Harness::users();
+    let miss =
+        h.send(get("/users"), |_| with_header(ok("[1]"), "content-type", "application/json")).await;
+    assert!(miss.headers.get("etag").is_none(), "the miss goes out as the inner service sent it");
+    let hit = h.get("/users", "unused").await;
+    let etag = hit.headers["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "a strong ETag: {etag}");
+
+    let revalidated = h.send(get_as("/users", "if-none-match", &etag), |_| ok("unused")).await;
+    assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(revalidated.x_cache(), "HIT");
+    assert!(revalidated.body.is_empty());
+    assert_eq!(revalidated.headers["etag"], etag.as_str());
+    assert!(revalidated.headers.get("content-type").is_none());
+    assert!(revalidated.headers.get("age").is_some());
+
+    let weak = format!("W/{etag}");
+    let head = h
+        .send(
+            Request::head("/users").header("if-none-match", weak).body(String::new()).unwrap(),
+            |_| ok(""),
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::NOT_MODIFIED, "weak comparison, and HEAD too");
+
+    let changed = h.send(get_as("/users", "if-none-match", "\"other\""), |_| ok("unused")).await;
+    assert_eq!((changed.status, &changed.body[..]), (StatusCode::OK, &b"[1]"[..]));
+}
+
+#[tokio::test]
+async fn hits_keep_the_upstream_etag_and_honour_if_modified_since() {
+    let mut h = Harness::users();
+    let respond = |_: &Req| {
+        with_header(
+            with_header(ok("x"), "etag", "W/\"upstream\""),
+            "last-modified",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+        )
+    };
+    h.send(get("/users"), respond).await;
+    assert_eq!(h.get("/users", "unused").await.headers["etag"], "W/\"upstream\"");
+    let since = h
+        .send(get_as("/users", "if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT"), |_| ok(""))
+        .await;
+    assert_eq!(since.status, StatusCode::NOT_MODIFIED);
+    let before = h
+        .send(get_as("/users", "if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT"), |_| ok(""))
+        .await;
+    assert_eq!((before.status, &before.body[..]), (StatusCode::OK, &b"x"[..]));
+}
+
+#[tokio::test]
+async fn conditional_misses_go_to_the_inner_service_untouched() {
+    let mut h = Harness::users();
+    let miss = h
+        .send(get_as("/users", "if-none-match", "\"v1\""), |_| {
+            with_status(ok(""), StatusCode::NOT_MODIFIED)
+        })
+        .await;
+    assert_eq!(miss.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(miss.reached_inner.unwrap().headers()["if-none-match"], "\"v1\"");
+    assert_eq!(h.cache.stats().stores, 0, "a 304 from the inner service is not an entry");
 }

@@ -17,10 +17,7 @@ fn tags(names: &[&str]) -> Vec<String> {
 }
 
 async fn missing_keys_and_tags_are_reported_as_missing(store: &dyn Store) {
-    let found = store
-        .lookup("test:v1:e:nothing", &tags(&["a", "b"]))
-        .await
-        .unwrap();
+    let found = store.lookup("test:v1:e:nothing", &tags(&["a", "b"])).await.unwrap();
     assert_eq!(found.entry, None);
     assert_eq!(found.versions, vec![None, None]);
     let found = store.lookup("test:v1:e:nothing", &[]).await.unwrap();
@@ -34,22 +31,11 @@ async fn put_values_come_back_byte_for_byte(store: &dyn Store) {
         ("test:v1:e:empty", Bytes::new()),
         ("test:v1:e:text", Bytes::from_static(b"hello")),
     ] {
-        store
-            .put(key, value.clone(), Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.lookup(key, &[]).await.unwrap().entry,
-            Some(value),
-            "{key}"
-        );
+        store.put(key, value.clone(), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.lookup(key, &[]).await.unwrap().entry, Some(value), "{key}");
     }
     store
-        .put(
-            "test:v1:e:text",
-            Bytes::from_static(b"replaced"),
-            Duration::from_secs(60),
-        )
+        .put("test:v1:e:text", Bytes::from_static(b"replaced"), Duration::from_secs(60))
         .await
         .unwrap();
     let found = store.lookup("test:v1:e:text", &[]).await.unwrap();
@@ -58,38 +44,14 @@ async fn put_values_come_back_byte_for_byte(store: &dyn Store) {
 
 async fn entries_expire_after_their_ttl(store: &dyn Store) {
     store
-        .put(
-            "test:v1:e:short",
-            Bytes::from_static(b"x"),
-            Duration::from_millis(150),
-        )
+        .put("test:v1:e:short", Bytes::from_static(b"x"), Duration::from_millis(150))
         .await
         .unwrap();
-    store
-        .put(
-            "test:v1:e:long",
-            Bytes::from_static(b"y"),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    assert!(store
-        .lookup("test:v1:e:short", &[])
-        .await
-        .unwrap()
-        .entry
-        .is_some());
+    store.put("test:v1:e:long", Bytes::from_static(b"y"), Duration::from_secs(60)).await.unwrap();
+    assert!(store.lookup("test:v1:e:short", &[]).await.unwrap().entry.is_some());
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        store.lookup("test:v1:e:short", &[]).await.unwrap().entry,
-        None
-    );
-    assert!(store
-        .lookup("test:v1:e:long", &[])
-        .await
-        .unwrap()
-        .entry
-        .is_some());
+    assert_eq!(store.lookup("test:v1:e:short", &[]).await.unwrap().entry, None);
+    assert!(store.lookup("test:v1:e:long", &[]).await.unwrap().entry.is_some());
 }
 
 async fn tag_versions_are_given_once_and_kept(store: &dyn Store) {
@@ -98,18 +60,12 @@ async fn tag_versions_are_given_once_and_kept(store: &dyn Store) {
     assert_eq!(first.len(), 2);
     assert_eq!(store.ensure_tag_versions(&t).await.unwrap(), first);
     let found = store.lookup("test:v1:e:any", &t).await.unwrap();
-    assert_eq!(
-        found.versions,
-        first.iter().copied().map(Some).collect::<Vec<_>>()
-    );
+    assert_eq!(found.versions, first.iter().copied().map(Some).collect::<Vec<_>>());
     // Order follows the request.
     let reversed: Vec<String> = t.iter().rev().cloned().collect();
     let mut expected = first.clone();
     expected.reverse();
-    assert_eq!(
-        store.ensure_tag_versions(&reversed).await.unwrap(),
-        expected
-    );
+    assert_eq!(store.ensure_tag_versions(&reversed).await.unwrap(), expected);
 }
 
 async fn eviction_changes_only_the_evicted_tags(store: &dyn Store) {
@@ -123,12 +79,7 @@ async fn eviction_changes_only_the_evicted_tags(store: &dyn Store) {
     // Evicting a tag that never had a version gives it one.
     let fresh = tags(&["never-used"]);
     store.evict_tags(&fresh).await.unwrap();
-    assert!(store
-        .lookup("test:v1:e:any", &fresh)
-        .await
-        .unwrap()
-        .versions[0]
-        .is_some());
+    assert!(store.lookup("test:v1:e:any", &fresh).await.unwrap().versions[0].is_some());
     store.evict_tags(&[]).await.unwrap();
 }
 
@@ -148,19 +99,13 @@ async fn concurrent_first_uses_agree_on_one_version(store: Arc<dyn Store>) {
     for _ in 0..32 {
         let store = Arc::clone(&store);
         let t = t.clone();
-        tasks.push(tokio::spawn(async move {
-            store.ensure_tag_versions(&t).await.unwrap()
-        }));
+        tasks.push(tokio::spawn(async move { store.ensure_tag_versions(&t).await.unwrap() }));
     }
     let mut versions = HashSet::new();
     for task in tasks {
         versions.insert(task.await.unwrap());
     }
-    assert_eq!(
-        versions.len(),
-        1,
-        "every caller must see the one version that won"
-    );
+    assert_eq!(versions.len(), 1, "every caller must see the one version that won");
 }
 
 async fn conformance(store: Arc<dyn Store>) {
@@ -188,11 +133,7 @@ async fn redis_store_conforms() {
 #[tokio::test]
 async fn redis_store_with_one_connection_conforms() {
     let server = RedisServer::start();
-    let store = RedisStore::builder(server.url())
-        .pool_size(1)
-        .build()
-        .await
-        .unwrap();
+    let store = RedisStore::builder(server.url()).pool_size(1).build().await.unwrap();
     conformance(Arc::new(store)).await;
 }
 
@@ -203,10 +144,7 @@ async fn redis_store_on_a_cluster_conforms() {
     let store = RedisStore::from_url(cluster.url()).await.unwrap();
     conformance(Arc::new(store)).await;
     let spread = cluster.keys_per_node();
-    assert!(
-        spread.iter().filter(|&&n| n > 0).count() >= 2,
-        "keys on one node only: {spread:?}"
-    );
+    assert!(spread.iter().filter(|&&n| n > 0).count() >= 2, "keys on one node only: {spread:?}");
 }
 
 #[tokio::test]
@@ -214,21 +152,11 @@ async fn memory_store_stays_within_its_byte_bound() {
     let store = MemoryStore::new(64 * 1024);
     let value = Bytes::from(vec![7u8; 1024]);
     for i in 0..1_000 {
-        store
-            .put(
-                &format!("test:v1:e:{i}"),
-                value.clone(),
-                Duration::from_secs(60),
-            )
-            .await
-            .unwrap();
+        store.put(&format!("test:v1:e:{i}"), value.clone(), Duration::from_secs(60)).await.unwrap();
     }
     let used = store.used_bytes();
     assert!(used <= 64 * 1024, "holds {used} bytes");
-    assert!(
-        used > 32 * 1024,
-        "should still hold a good share of the bound, holds {used}"
-    );
+    assert!(used > 32 * 1024, "should still hold a good share of the bound, holds {used}");
 }
 
 #[tokio::test]
@@ -237,15 +165,9 @@ async fn redis_tag_versions_overwritten_by_something_else_are_replaced() {
     let store = RedisStore::from_url(server.url()).await.unwrap();
     let t = tags(&["corrupt"]);
     server.command(&["SET", &t[0], "not a number"]).unwrap();
-    assert_eq!(
-        store.lookup("test:v1:e:any", &t).await.unwrap().versions,
-        vec![None]
-    );
+    assert_eq!(store.lookup("test:v1:e:any", &t).await.unwrap().versions, vec![None]);
     let version = store.ensure_tag_versions(&t).await.unwrap()[0];
-    assert_eq!(
-        store.lookup("test:v1:e:any", &t).await.unwrap().versions,
-        vec![Some(version)]
-    );
+    assert_eq!(store.lookup("test:v1:e:any", &t).await.unwrap().versions, vec![Some(version)]);
 }
 
 #[tokio::test]
@@ -273,8 +195,6 @@ async fn redis_store_reports_unreachable_servers_and_bad_urls() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot connect"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let err = RedisStore::from_url("redis://127.0.0.1:not-a-port")
-        .await
-        .unwrap_err();
+    let err = RedisStore::from_url("redis://127.0.0.1:not-a-port").await.unwrap_err();
     assert!(err.to_string().contains("invalid Redis URL"), "{err}");
 }

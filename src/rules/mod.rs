@@ -162,9 +162,7 @@ impl Rule {
 
     /// One entry per user, identified by `identify` rather than the layer's setting.
     pub fn per_user_by(mut self, identify: impl IdentifyUser) -> Self {
-        self.scope = self
-            .scope
-            .with(ScopeSetting::PerUser(Some(Arc::new(identify))));
+        self.scope = self.scope.with(ScopeSetting::PerUser(Some(Arc::new(identify))));
         self
     }
 

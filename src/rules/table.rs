@@ -34,10 +34,7 @@ pub(crate) enum Scope {
     /// Everyone shares entries.
     Shared,
     /// One entry per user; with `share_anonymous`, requests without credentials share one.
-    PerUser {
-        identify: Arc<dyn IdentifyUser>,
-        share_anonymous: bool,
-    },
+    PerUser { identify: Arc<dyn IdentifyUser>, share_anonymous: bool },
 }
 
 struct MutationRule {
@@ -55,17 +52,11 @@ pub(crate) enum Matched<'a> {
     /// A bypass pattern matched: the cache stays out of the way.
     Bypass,
     /// A read rule covers the request; `tags` are its rendered tags.
-    Read {
-        rule: &'a Arc<ReadRule>,
-        tags: Vec<String>,
-    },
+    Read { rule: &'a Arc<ReadRule>, tags: Vec<String> },
     /// An unsafe method on a path some rule covers: `evicts` are the mutation rule's rendered
     /// tags (none without one), and `reads_cached` says whether a read rule covers the path, so
     /// that its URI may have entries to invalidate.
-    Write {
-        evicts: Vec<String>,
-        reads_cached: bool,
-    },
+    Write { evicts: Vec<String>, reads_cached: bool },
     /// No rule covers this method on this path.
     Unmatched,
 }
@@ -88,13 +79,8 @@ impl RouteTable {
             let index = match grouped.iter().position(|(p, _)| *p == pattern) {
                 Some(index) => index,
                 None => {
-                    grouped.push((
-                        pattern.clone(),
-                        RouteRules {
-                            read: None,
-                            mutations: Vec::new(),
-                        },
-                    ));
+                    grouped
+                        .push((pattern.clone(), RouteRules { read: None, mutations: Vec::new() }));
                     grouped.len() - 1
                 }
             };
@@ -123,10 +109,7 @@ impl RouteTable {
         for pattern in bypass {
             check_pattern(&pattern)?;
             if grouped.iter().any(|(p, _)| *p == pattern) {
-                return Err(BuildError::route(
-                    &pattern,
-                    "is both bypassed and given cache rules",
-                ));
+                return Err(BuildError::route(&pattern, "is both bypassed and given cache rules"));
             }
             bypass_router
                 .insert(pattern.as_str(), ())
@@ -139,10 +122,7 @@ impl RouteTable {
                 .insert(pattern.as_str(), rules)
                 .map_err(|e| BuildError::route(&pattern, format!("invalid pattern: {e}")))?;
         }
-        Ok(Self {
-            bypass: bypass_router,
-            routes,
-        })
+        Ok(Self { bypass: bypass_router, routes })
     }
 
     /// Finds the rule for `method` on `path` (the raw, still percent-encoded path, which is
@@ -168,17 +148,10 @@ impl RouteTable {
             return Matched::Unmatched;
         }
         let evicts = match route.mutations.iter().find(|m| m.methods.contains(method)) {
-            Some(rule) => rule
-                .evicts
-                .iter()
-                .map(|t| t.render(&found.params))
-                .collect(),
+            Some(rule) => rule.evicts.iter().map(|t| t.render(&found.params)).collect(),
             None => Vec::new(),
         };
-        Matched::Write {
-            evicts,
-            reads_cached: route.read.is_some(),
-        }
+        Matched::Write { evicts, reads_cached: route.read.is_some() }
     }
 
     /// Whether a read rule (and no bypass pattern) covers `path`: whether it may have entries.
@@ -207,22 +180,16 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
     let is_read = |m: &Method| *m == Method::GET || *m == Method::HEAD;
     let never_cached = [Method::OPTIONS, Method::TRACE, Method::CONNECT];
     if let Some(m) = rule.methods.iter().find(|m| never_cached.contains(m)) {
-        return Err(err(format!(
-            "{m} requests are neither cached nor evict tags"
-        )));
+        return Err(err(format!("{m} requests are neither cached nor evict tags")));
     }
     let params = pattern_params(pattern);
     let templates = |tags: &[String]| -> Result<Vec<TagTemplate>, BuildError> {
-        tags.iter()
-            .map(|t| TagTemplate::parse(t, &params).map_err(err))
-            .collect()
+        tags.iter().map(|t| TagTemplate::parse(t, &params).map_err(err)).collect()
     };
 
     if rule.methods.iter().all(is_read) {
         if !rule.evicts.is_empty() {
-            return Err(err(
-                "a GET rule cannot evict tags: give the writes their own rule".into(),
-            ));
+            return Err(err("a GET rule cannot evict tags: give the writes their own rule".into()));
         }
         let ttl = rule.ttl.unwrap_or(defaults.ttl);
         if ttl.is_zero() {
@@ -236,15 +203,11 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
                 share_anonymous: rule.share_anonymous,
             },
             ScopeSetting::Contradictory => {
-                return Err(err(
-                    "a rule cannot be both `shared()` and `per_user()`".into()
-                ));
+                return Err(err("a rule cannot be both `shared()` and `per_user()`".into()));
             }
         };
         if rule.share_anonymous && !matches!(scope, Scope::PerUser { .. }) {
-            return Err(err(
-                "`share_anonymous()` applies to `per_user()` rules".into()
-            ));
+            return Err(err("`share_anonymous()` applies to `per_user()` rules".into()));
         }
         let mut vary = Vec::with_capacity(rule.vary.len());
         for name in &rule.vary {
@@ -269,32 +232,22 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
     }
 
     if let Some(m) = rule.methods.iter().find(|m| is_read(m)) {
-        return Err(err(format!(
-            "a rule cannot both cache {m} and evict on writes"
-        )));
+        return Err(err(format!("a rule cannot both cache {m} and evict on writes")));
     }
     let read_only_setting = [
         (rule.ttl.is_some(), "ttl"),
         (!rule.tags.is_empty(), "tag"),
-        (
-            !matches!(rule.scope, ScopeSetting::Default),
-            "per_user/shared",
-        ),
+        (!matches!(rule.scope, ScopeSetting::Default), "per_user/shared"),
         (!rule.vary.is_empty(), "vary"),
         (rule.statuses.is_some(), "cache_statuses"),
     ];
     if let Some((_, name)) = read_only_setting.iter().find(|(set, _)| *set) {
-        return Err(err(format!(
-            "`{name}` applies to GET rules, not to mutation rules"
-        )));
+        return Err(err(format!("`{name}` applies to GET rules, not to mutation rules")));
     }
     if rule.evicts.is_empty() {
         return Err(err("a mutation rule must name the tags it `evicts`".into()));
     }
-    Ok(Compiled::Mutation(MutationRule {
-        methods: rule.methods,
-        evicts: templates(&rule.evicts)?,
-    }))
+    Ok(Compiled::Mutation(MutationRule { methods: rule.methods, evicts: templates(&rule.evicts)? }))
 }
 
 #[cfg(test)]
@@ -319,10 +272,7 @@ mod tests {
     }
 
     fn problem(rules: Vec<(&str, Rule)>, bypass: Vec<&str>) -> String {
-        build(rules, bypass)
-            .err()
-            .expect("the configuration should be rejected")
-            .to_string()
+        build(rules, bypass).err().expect("the configuration should be rejected").to_string()
     }
 
     #[test]
@@ -343,47 +293,29 @@ mod tests {
             }
             _ => panic!("expected a read rule"),
         }
-        assert!(matches!(
-            table.classify(&Method::HEAD, "/users/7"),
-            Matched::Read { .. }
-        ));
+        assert!(matches!(table.classify(&Method::HEAD, "/users/7"), Matched::Read { .. }));
         match table.classify(&Method::DELETE, "/users/7") {
-            Matched::Write {
-                evicts,
-                reads_cached,
-            } => {
+            Matched::Write { evicts, reads_cached } => {
                 assert_eq!(evicts, ["users", "user:7"]);
                 assert!(reads_cached);
             }
             _ => panic!("expected a mutation rule"),
         }
         match table.classify(&Method::PATCH, "/users/7") {
-            Matched::Write {
-                evicts,
-                reads_cached,
-            } => assert!(evicts.is_empty() && reads_cached),
+            Matched::Write { evicts, reads_cached } => assert!(evicts.is_empty() && reads_cached),
             _ => panic!("an unsafe method on a cached path is a write"),
         }
-        assert!(matches!(
-            table.classify(&Method::OPTIONS, "/users/7"),
-            Matched::Unmatched
-        ));
+        assert!(matches!(table.classify(&Method::OPTIONS, "/users/7"), Matched::Unmatched));
         assert!(table.caches_reads("/users/7"));
         assert!(!table.caches_reads("/nothing"));
-        assert!(matches!(
-            table.classify(&Method::GET, "/other"),
-            Matched::Unmatched
-        ));
+        assert!(matches!(table.classify(&Method::GET, "/other"), Matched::Unmatched));
     }
 
     #[test]
     fn bypass_wins_over_more_specific_routes() {
         // Registered separately, so `/auth/login` cannot be both: the bypass pattern still wins.
         let table = build(vec![("/auth/me", Rule::get())], vec!["/auth/{*rest}"]).unwrap();
-        assert!(matches!(
-            table.classify(&Method::GET, "/auth/me"),
-            Matched::Bypass
-        ));
+        assert!(matches!(table.classify(&Method::GET, "/auth/me"), Matched::Bypass));
     }
 
     #[test]
@@ -411,10 +343,7 @@ mod tests {
             "route `/a`: a GET rule cannot evict tags: give the writes their own rule"
         );
         assert_eq!(
-            problem(
-                vec![("/a", Rule::post().ttl(Duration::from_secs(1)).evicts(["x"]))],
-                vec![]
-            ),
+            problem(vec![("/a", Rule::post().ttl(Duration::from_secs(1)).evicts(["x"]))], vec![]),
             "route `/a`: `ttl` applies to GET rules, not to mutation rules"
         );
         assert_eq!(
@@ -422,18 +351,12 @@ mod tests {
             "route `/a`: a mutation rule must name the tags it `evicts`"
         );
         assert_eq!(
-            problem(
-                vec![("/a", Rule::methods([Method::GET, Method::POST]))],
-                vec![]
-            ),
+            problem(vec![("/a", Rule::methods([Method::GET, Method::POST]))], vec![]),
             "route `/a`: a rule cannot both cache GET and evict on writes"
         );
         assert_eq!(
             problem(
-                vec![
-                    ("/a", Rule::mutations().evicts(["x"])),
-                    ("/a", Rule::put().evicts(["y"]))
-                ],
+                vec![("/a", Rule::mutations().evicts(["x"])), ("/a", Rule::put().evicts(["y"]))],
                 vec![]
             ),
             "route `/a`: has two rules for PUT"
@@ -450,11 +373,8 @@ mod tests {
             problem(vec![("/a", Rule::get())], vec!["/a"]),
             "route `/a`: is both bypassed and given cache rules"
         );
-        assert!(problem(
-            vec![("/u/{id}", Rule::get()), ("/u/{name}", Rule::get())],
-            vec![]
-        )
-        .starts_with("route `/u/{name}`: invalid pattern"));
+        assert!(problem(vec![("/u/{id}", Rule::get()), ("/u/{name}", Rule::get())], vec![])
+            .starts_with("route `/u/{name}`: invalid pattern"));
         assert_eq!(
             problem(vec![("/a", Rule::methods([Method::OPTIONS]))], vec![]),
             "route `/a`: OPTIONS requests are neither cached nor evict tags"

@@ -4,11 +4,7 @@ use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANU
 
 /// Everything but ASCII letters, digits and `-._~` is escaped in a tag parameter, so a parameter
 /// can never produce a `:` or any other character that would let it forge another tag.
-const TAG_PARAM: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const TAG_PARAM: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Escapes a value the way the layer escapes path parameters inside templated tags.
 ///
@@ -51,9 +47,7 @@ impl TagTemplate {
             return Err("a tag must not be empty".to_owned());
         }
         if source.starts_with('#') {
-            return Err(format!(
-                "tag `{source}`: tags starting with `#` are the layer's own"
-            ));
+            return Err(format!("tag `{source}`: tags starting with `#` are the layer's own"));
         }
         let mut parts = Vec::new();
         let mut rest = source;
@@ -84,10 +78,7 @@ impl TagTemplate {
                 }
             }
         }
-        Ok(Self {
-            source: source.to_owned(),
-            parts,
-        })
+        Ok(Self { source: source.to_owned(), parts })
     }
 
     /// The tag for one request: placeholders replaced by the percent-decoded, then escaped,
@@ -136,9 +127,7 @@ mod tests {
         let mut router = matchit::Router::new();
         router.insert(pattern, ()).unwrap();
         let matched = router.at(path).unwrap();
-        TagTemplate::parse(template, &pattern_params(pattern))
-            .unwrap()
-            .render(&matched.params)
+        TagTemplate::parse(template, &pattern_params(pattern)).unwrap().render(&matched.params)
     }
 
     #[test]
@@ -157,18 +146,9 @@ mod tests {
 
     #[test]
     fn params_cannot_forge_other_tags() {
-        assert_eq!(
-            render("/users/{id}", "user:{id}", "/users/1:posts"),
-            "user:1%3Aposts"
-        );
-        assert_eq!(
-            render("/users/{id}", "user:{id}", "/users/%7Bid%7D"),
-            "user:%7Bid%7D"
-        );
-        assert_eq!(
-            render("/files/{*rest}", "file:{rest}", "/files/a/b"),
-            "file:a%2Fb"
-        );
+        assert_eq!(render("/users/{id}", "user:{id}", "/users/1:posts"), "user:1%3Aposts");
+        assert_eq!(render("/users/{id}", "user:{id}", "/users/%7Bid%7D"), "user:%7Bid%7D");
+        assert_eq!(render("/files/{*rest}", "file:{rest}", "/files/a/b"), "file:a%2Fb");
         assert_eq!(render("/users/{id}", "user:{id}", "/users/%FF"), "user:%FF");
     }
 
@@ -183,9 +163,7 @@ mod tests {
         let params = vec!["id".to_owned()];
         assert!(TagTemplate::parse("", &params).is_err());
         assert!(TagTemplate::parse("#uri:abc", &params).is_err());
-        assert!(TagTemplate::parse("user:{uid}", &params)
-            .unwrap_err()
-            .contains("`{uid}`"));
+        assert!(TagTemplate::parse("user:{uid}", &params).unwrap_err().contains("`{uid}`"));
         assert!(TagTemplate::parse("user:{id", &params).is_err());
         assert!(TagTemplate::parse("user:id}", &params).is_err());
     }

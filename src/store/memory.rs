@@ -104,15 +104,11 @@ impl Store for MemoryStore {
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
-        Ok(tags
-            .iter()
-            .map(|tag| self.versions.get_with_by_ref(tag, fresh_version))
-            .collect())
+        Ok(tags.iter().map(|tag| self.versions.get_with_by_ref(tag, fresh_version)).collect())
     }
 
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        self.entries
-            .insert(key.to_owned(), StoredValue { bytes: value, ttl });
+        self.entries.insert(key.to_owned(), StoredValue { bytes: value, ttl });
         Ok(())
     }
 

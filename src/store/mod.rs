@@ -106,19 +106,14 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
 impl StoreError {
     /// An error with a message and no underlying cause.
     pub fn msg(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
+        Self { message: message.into(), source: None }
     }
 
     /// An error caused by another error.
@@ -126,10 +121,7 @@ impl StoreError {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
+        Self { message: message.into(), source: Some(Box::new(source)) }
     }
 }
 

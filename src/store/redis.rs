@@ -82,10 +82,7 @@ impl RedisStore {
     /// Give the pool a reconnect policy and a command timeout: without a policy `fred` never
     /// reconnects.
     pub fn from_pool(pool: Pool) -> Self {
-        Self {
-            pool,
-            tag_version_ttl: DEFAULT_TAG_VERSION_TTL,
-        }
+        Self { pool, tag_version_ttl: DEFAULT_TAG_VERSION_TTL }
     }
 
     /// The underlying `fred` pool.
@@ -94,9 +91,7 @@ impl RedisStore {
     }
 
     fn tag_version_expiry(&self) -> Option<Expiration> {
-        let secs = i64::try_from(self.tag_version_ttl.as_secs())
-            .unwrap_or(i64::MAX)
-            .max(1);
+        let secs = i64::try_from(self.tag_version_ttl.as_secs()).unwrap_or(i64::MAX).max(1);
         Some(Expiration::EX(secs))
     }
 }
@@ -149,10 +144,7 @@ impl RedisStoreBuilder {
                 c.internal_command_timeout = connection_timeout;
                 // A cache read is worthless once it is late: never replay it after a reconnect.
                 c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..Default::default()
-                };
+                c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() };
             })
             .with_performance_config(|p| p.default_command_timeout = self.command_timeout)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
@@ -166,10 +158,7 @@ impl RedisStoreBuilder {
                 return Err(StoreError::msg("cannot connect to Redis: timed out"));
             }
         }
-        Ok(RedisStore {
-            pool,
-            tag_version_ttl: self.tag_version_ttl,
-        })
+        Ok(RedisStore { pool, tag_version_ttl: self.tag_version_ttl })
     }
 }
 
@@ -190,19 +179,13 @@ impl Store for RedisStore {
         let queue = redis_error("cannot queue a Redis command");
         let _: () = pipeline.get(key).await.map_err(queue)?;
         for tag in tags {
-            let _: () = pipeline
-                .get(tag.as_str())
-                .await
-                .map_err(redis_error("cannot queue GET"))?;
+            let _: () =
+                pipeline.get(tag.as_str()).await.map_err(redis_error("cannot queue GET"))?;
         }
-        let mut values: Vec<Value> = pipeline
-            .all()
-            .await
-            .map_err(redis_error("Redis lookup failed"))?;
+        let mut values: Vec<Value> =
+            pipeline.all().await.map_err(redis_error("Redis lookup failed"))?;
         if values.len() != tags.len() + 1 {
-            return Err(StoreError::msg(
-                "Redis lookup returned an unexpected number of replies",
-            ));
+            return Err(StoreError::msg("Redis lookup returned an unexpected number of replies"));
         }
         let versions = values.split_off(1).into_iter().map(parse_version).collect();
         let entry = values.pop().and_then(Value::into_bytes);
@@ -223,15 +206,11 @@ impl Store for RedisStore {
                 )
                 .await
                 .map_err(redis_error("cannot queue SET"))?;
-            let _: () = pipeline
-                .get(tag.as_str())
-                .await
-                .map_err(redis_error("cannot queue GET"))?;
+            let _: () =
+                pipeline.get(tag.as_str()).await.map_err(redis_error("cannot queue GET"))?;
         }
-        let values: Vec<Value> = pipeline
-            .all()
-            .await
-            .map_err(redis_error("Redis tag version update failed"))?;
+        let values: Vec<Value> =
+            pipeline.all().await.map_err(redis_error("Redis tag version update failed"))?;
         let mut versions = Vec::with_capacity(tags.len());
         for (tag, current) in tags.iter().zip(values.into_iter().skip(1).step_by(2)) {
             match parse_version(current) {
@@ -255,9 +234,7 @@ impl Store for RedisStore {
             }
         }
         if versions.len() != tags.len() {
-            return Err(StoreError::msg(
-                "Redis returned an unexpected number of tag versions",
-            ));
+            return Err(StoreError::msg("Redis returned an unexpected number of tag versions"));
         }
         Ok(versions)
     }
@@ -287,10 +264,7 @@ impl Store for RedisStore {
                 .await
                 .map_err(redis_error("cannot queue SET"))?;
         }
-        let _: Vec<Value> = pipeline
-            .all()
-            .await
-            .map_err(redis_error("Redis eviction failed"))?;
+        let _: Vec<Value> = pipeline.all().await.map_err(redis_error("Redis eviction failed"))?;
         Ok(())
     }
 }

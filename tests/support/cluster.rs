@@ -24,10 +24,8 @@ impl RedisCluster {
                 ])
             })
             .collect();
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
+        let addresses: Vec<String> =
+            nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
@@ -40,10 +38,7 @@ impl RedisCluster {
         let cluster = Self { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !cluster.is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not reach cluster_state:ok"
-            );
+            assert!(Instant::now() < deadline, "the cluster did not reach cluster_state:ok");
             std::thread::sleep(Duration::from_millis(100));
         }
         cluster
@@ -51,8 +46,7 @@ impl RedisCluster {
 
     fn is_ok(&self) -> bool {
         self.nodes.iter().all(|node| {
-            node.command(&["CLUSTER", "INFO"])
-                .is_some_and(|info| info.contains("cluster_state:ok"))
+            node.command(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok"))
         })
     }
 

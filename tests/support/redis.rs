@@ -27,11 +27,7 @@ impl RedisServer {
             let port = free_port();
             let dir = std::env::temp_dir().join(format!("trc-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create a directory for redis-server");
-            let mut server = Self {
-                child: None,
-                port,
-                dir,
-            };
+            let mut server = Self { child: None, port, dir };
             if server.spawn(extra) {
                 return server;
             }
@@ -42,16 +38,7 @@ impl RedisServer {
     fn spawn(&mut self, extra: &[&str]) -> bool {
         let port = self.port.to_string();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "no", "--dir"])
             .arg(&self.dir)
             .args(extra)
@@ -92,9 +79,7 @@ impl RedisServer {
     /// Kills the server (as a crash would) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -112,16 +97,8 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: &str) {
-        let pid = self
-            .child
-            .as_ref()
-            .expect("the server is running")
-            .id()
-            .to_string();
-        let status = Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("run kill");
+        let pid = self.child.as_ref().expect("the server is running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().expect("run kill");
         assert!(status.success(), "kill {signal} {pid} failed");
     }
 
@@ -140,8 +117,7 @@ impl RedisServer {
 
     /// Whether the server answers `PING`.
     pub fn ping(&self) -> bool {
-        self.command(&["PING"])
-            .is_some_and(|reply| reply.starts_with("+PONG"))
+        self.command(&["PING"]).is_some_and(|reply| reply.starts_with("+PONG"))
     }
 
     /// Sends one command with a fresh connection and returns the raw RESP reply.

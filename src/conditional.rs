@@ -1,0 +1,141 @@
+//! Conditional requests on hits (RFC 9110 section 13): `If-None-Match` against the entry's
+//! `ETag`, else `If-Modified-Since` against its `Last-Modified`, answered `304 Not Modified`
+//! without a body. Parsing and comparison are the `headers` crate's.
+
+use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, LastModified};
+use http::header::{self, HeaderMap, HeaderValue};
+use std::time::SystemTime;
+
+/// The validators a request carried, kept from the request head for the hit path.
+#[derive(Debug, Clone)]
+pub(crate) struct Conditions {
+    if_none_match: Option<IfNoneMatch>,
+    if_modified_since: Option<IfModifiedSince>,
+}
+
+impl Conditions {
+    /// The request's conditions, if it has any worth checking.
+    pub(crate) fn from_request(headers: &HeaderMap) -> Option<Self> {
+        let if_none_match = headers.typed_get::<IfNoneMatch>();
+        let if_modified_since = headers.typed_get::<IfModifiedSince>();
+        (if_none_match.is_some() || if_modified_since.is_some())
+            .then_some(Self { if_none_match, if_modified_since })
+    }
+
+    /// Whether a response with `headers` is "not modified" for this request. `If-None-Match`,
+    /// when present, decides alone (RFC 9110 section 13.2.2).
+    pub(crate) fn not_modified(&self, headers: &HeaderMap) -> bool {
+        if let Some(if_none_match) = &self.if_none_match {
+            return headers
+                .typed_get::<ETag>()
+                .is_some_and(|etag| !if_none_match.precondition_passes(&etag));
+        }
+        match (&self.if_modified_since, headers.typed_get::<LastModified>()) {
+            (Some(since), Some(last_modified)) => {
+                !since.is_modified(SystemTime::from(last_modified))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A strong `ETag` for a body the inner service sent without one: 128 bits of its BLAKE3 digest.
+pub(crate) fn strong_etag(body: &[u8]) -> HeaderValue {
+    let digest = blake3::hash(body);
+    let hex: String = digest.as_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::try_from(format!("\"{hex}\""))
+        .expect("hex digits in quotes are a valid header value")
+}
+
+/// The headers of a `304` answer: those a `200` would have had that RFC 9110 section 15.4.5 asks
+/// for (the validators and the caching headers), nothing about a body.
+pub(crate) fn not_modified_headers(headers: &HeaderMap) -> HeaderMap {
+    const KEPT: [header::HeaderName; 7] = [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::LAST_MODIFIED,
+        header::VARY,
+    ];
+    let mut kept = HeaderMap::new();
+    for name in KEPT {
+        for value in headers.get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn not_modified(
+        request: &[(&'static str, &'static str)],
+        stored: &[(&'static str, &'static str)],
+    ) -> bool {
+        Conditions::from_request(&map(request)).is_some_and(|c| c.not_modified(&map(stored)))
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison() {
+        let stored = [("etag", "\"v1\"")];
+        assert!(not_modified(&[("if-none-match", "\"v1\"")], &stored));
+        assert!(not_modified(&[("if-none-match", "W/\"v1\"")], &stored));
+        assert!(not_modified(&[("if-none-match", "\"v0\", \"v1\"")], &stored));
+        assert!(not_modified(&[("if-none-match", "*")], &stored));
+        assert!(!not_modified(&[("if-none-match", "\"v2\"")], &stored));
+        assert!(!not_modified(&[("if-none-match", "\"v1\"")], &[]));
+    }
+
+    #[test]
+    fn if_modified_since_compares_with_last_modified() {
+        let stored = [("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")];
+        assert!(not_modified(&[("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")], &stored));
+        assert!(not_modified(&[("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")], &stored));
+        assert!(!not_modified(&[("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT")], &stored));
+        assert!(!not_modified(&[("if-modified-since", "not a date")], &stored));
+        assert!(!not_modified(&[("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")], &[]));
+    }
+
+    #[test]
+    fn if_none_match_decides_alone() {
+        let stored = [("etag", "\"v1\""), ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")];
+        let request =
+            [("if-none-match", "\"v2\""), ("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")];
+        assert!(!not_modified(&request, &stored));
+    }
+
+    #[test]
+    fn computed_etags_are_strong_and_follow_the_body() {
+        let a = strong_etag(b"a");
+        assert!(a.to_str().unwrap().starts_with('"'));
+        assert_eq!(a, strong_etag(b"a"));
+        assert_ne!(a, strong_etag(b"b"));
+        assert!(map(&[]).typed_get::<ETag>().is_none());
+    }
+
+    #[test]
+    fn not_modified_answers_keep_validators_and_caching_headers_only() {
+        let full = map(&[
+            ("etag", "\"v1\""),
+            ("cache-control", "max-age=60"),
+            ("content-type", "text/plain"),
+            ("vary", "a"),
+            ("vary", "b"),
+        ]);
+        let kept = not_modified_headers(&full);
+        assert_eq!(kept.len(), 4);
+        assert!(kept.get("content-type").is_none());
+    }
+}
