@@ -1,7 +1,6 @@
 //! The copy of a response taken while it streams to the client, and its trip to the store.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::ETAG;
@@ -10,6 +9,7 @@ use http_body::Frame;
 
 use crate::conditional::strong_etag;
 use crate::entry::{now_ms, Entry};
+use crate::freshness::Freshness;
 use crate::state::Shared;
 use crate::store::TagVersion;
 
@@ -19,7 +19,7 @@ pub(crate) struct PendingEntry {
     pub(crate) key: String,
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
-    pub(crate) ttl: Duration,
+    pub(crate) freshness: Freshness,
     pub(crate) tags: Vec<(String, TagVersion)>,
 }
 
@@ -54,18 +54,22 @@ impl Capture {
     /// The body is complete: write the entry in the background, so that the client's last
     /// frame is not held back by the store.
     pub(crate) fn finish(self) {
-        let PendingEntry { shared, key, status, mut headers, ttl, tags } = self.pending;
+        let PendingEntry { shared, key, status, mut headers, freshness, tags } = self.pending;
         let body = self.buf.freeze();
         // A validator for conditional requests on hits, when the inner service gave none.
         if !headers.contains_key(ETAG) {
             headers.insert(ETAG, strong_etag(&body));
         }
         let trailers = self.trailers;
-        let entry = Entry { status, headers, trailers, stored_at_ms: now_ms(), ttl, tags, body };
+        // Dated from when the response was generated, so that its Age counts what it had already.
+        let stored_at_ms = now_ms().saturating_sub(freshness.age.as_millis() as u64);
+        let ttl = freshness.lifetime;
+        let entry = Entry { status, headers, trailers, stored_at_ms, ttl, tags, body };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!("no Tokio runtime to write the entry on; not stored");
             return;
         };
-        runtime.spawn(async move { shared.put(&key, entry.encode(), ttl).await });
+        let remaining = freshness.remaining();
+        runtime.spawn(async move { shared.put(&key, entry.encode(), remaining).await });
     }
 }

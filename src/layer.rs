@@ -36,6 +36,7 @@ impl CacheLayer {
             key_prefix: "trc".to_owned(),
             store_timeout: Duration::from_millis(100),
             max_body_bytes: 1024 * 1024,
+            ttl_jitter: 0,
             invalidate_unsafe: true,
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
@@ -79,6 +80,7 @@ pub struct CacheLayerBuilder {
     key_prefix: String,
     store_timeout: Duration,
     max_body_bytes: usize,
+    ttl_jitter: u8,
     invalidate_unsafe: bool,
     status: StatusHeaders,
 }
@@ -147,6 +149,14 @@ impl CacheLayerBuilder {
     /// and no more than this is ever held in memory for one response.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// Shortens each entry's freshness by a random share of up to `percent` (default 0, at most
+    /// 50), so that entries filled together (after a deploy, an eviction) do not all expire, and
+    /// reach the inner service, together.
+    pub fn ttl_jitter(mut self, percent: u8) -> Self {
+        self.ttl_jitter = percent;
         self
     }
 
@@ -221,6 +231,9 @@ impl CacheLayerBuilder {
                 ));
             }
         }
+        if self.ttl_jitter > 50 {
+            return Err(BuildError::option("ttl_jitter", "must be a percentage from 0 to 50"));
+        }
         if self.default_ttl.is_zero() {
             return Err(BuildError::option("default_ttl", "must be more than zero"));
         }
@@ -243,6 +256,7 @@ impl CacheLayerBuilder {
             key_prefix: self.key_prefix,
             store_timeout: self.store_timeout,
             max_body_bytes: self.max_body_bytes,
+            ttl_jitter: self.ttl_jitter,
             invalidate_unsafe: self.invalidate_unsafe,
             status: self.status,
         };

@@ -62,6 +62,7 @@
 //! | Rule | Why |
 //! |---|---|
 //! | Only `GET` and `HEAD` are looked up | other methods change things or depend on their body |
+//! | Freshness comes from the response (`s-maxage`, `max-age`, `Expires`, less `Age`), else the rule's `ttl` | the origin knows how long its data stays good |
 //! | Only `200` is stored (configurable) | errors and redirects are rarely meant to be shared |
 //! | `Set-Cookie`, `Cache-Control: no-store` or `no-cache`, and `Vary: *` are never stored | they are meant for one client, or for no cache |
 //! | `Cache-Control: private` only into per-user entries | it is for one user |
@@ -101,6 +102,7 @@ mod capture;
 mod conditional;
 mod entry;
 mod error;
+mod freshness;
 mod future;
 mod handle;
 mod key;

@@ -2,13 +2,17 @@
 //! responses may be stored.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use http::header::{self, HeaderMap, HeaderName};
+use headers::{CacheControl, HeaderMapExt, Vary};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request;
 use http::response;
 use http::Method;
 
 use crate::conditional::Conditions;
+use crate::freshness::{freshness, Freshness};
 use crate::key::{authority, entry_key, uri_tag};
 use crate::rules::{Matched, ReadRule, Scope};
 use crate::state::Shared;
@@ -84,51 +88,72 @@ fn has_credentials(request: &request::Parts) -> bool {
         || request.headers.contains_key(header::COOKIE)
 }
 
-/// Why a response is not stored, or `None` when it may be.
-pub(crate) fn not_storable(response: &response::Parts, plan: &Plan) -> Option<&'static str> {
+/// How long a response may be stored, or why it may not.
+pub(crate) fn storable(
+    response: &response::Parts,
+    plan: &Plan,
+    now: SystemTime,
+) -> Result<Freshness, &'static str> {
     if plan.head {
-        return Some("HEAD responses have no body to store");
+        return Err("HEAD responses have no body to store");
     }
     if !plan.rule.statuses.contains(&response.status) {
-        return Some("status not cacheable");
+        return Err("status not cacheable");
     }
     let headers = &response.headers;
     if headers.contains_key(header::SET_COOKIE) {
-        return Some("Set-Cookie");
+        return Err("Set-Cookie");
     }
-    for directive in comma_list(headers, &header::CACHE_CONTROL) {
-        let name = directive.split('=').next().unwrap_or("").trim();
-        if name.eq_ignore_ascii_case("no-store") {
-            return Some("Cache-Control: no-store");
+    let cache_control = match plan.rule.upstream_cache_control {
+        true => cache_control(headers)?,
+        false => None,
+    };
+    if let Some(cc) = &cache_control {
+        if cc.no_store() {
+            return Err("Cache-Control: no-store");
         }
         // Revalidation is not supported yet, so a response that demands it is not stored.
-        if name.eq_ignore_ascii_case("no-cache") {
-            return Some("Cache-Control: no-cache");
+        if cc.no_cache() {
+            return Err("Cache-Control: no-cache");
         }
-        if name.eq_ignore_ascii_case("private") && !plan.per_user {
-            return Some("Cache-Control: private on a shared route");
-        }
-    }
-    for name in comma_list(headers, &header::VARY) {
-        if name == "*" {
-            return Some("Vary: *");
-        }
-        if !plan.rule.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(name)) {
-            return Some("Vary names a header the rule does not key on");
+        if cc.private() && !plan.per_user {
+            return Err("Cache-Control: private on a shared entry");
         }
     }
-    None
+    if headers.contains_key(header::VARY) {
+        let vary = headers.typed_get::<Vary>().ok_or("unreadable Vary")?;
+        if vary.is_any() {
+            return Err("Vary: *");
+        }
+        if !vary
+            .iter_strs()
+            .all(|name| plan.rule.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(name)))
+        {
+            return Err("Vary names a header the rule does not key on");
+        }
+    }
+    let fresh = freshness(headers, cache_control.as_ref(), &plan.rule, now);
+    if fresh.remaining().is_zero() {
+        return Err("already stale");
+    }
+    Ok(fresh)
 }
 
-/// The items of a comma-separated header, trimmed, across all its lines.
-fn comma_list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
+/// The response's `Cache-Control`, parsed by the `headers` crate. Directive names are
+/// case-insensitive (RFC 9111 section 5.2) but the crate matches them as written and drops
+/// what it does not know, so a `No-Store` would go unseen: the values are lower-cased first.
+/// One the crate cannot read at all may say `no-store`: an error, so nothing is stored.
+fn cache_control(headers: &HeaderMap) -> Result<Option<CacheControl>, &'static str> {
+    let mut lowered = HeaderMap::new();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let value = value.to_str().map_err(|_| "unreadable Cache-Control")?.to_ascii_lowercase();
+        let value = HeaderValue::try_from(value).map_err(|_| "unreadable Cache-Control")?;
+        lowered.append(header::CACHE_CONTROL, value);
+    }
+    if lowered.is_empty() {
+        return Ok(None);
+    }
+    lowered.typed_get::<CacheControl>().map(Some).ok_or("unreadable Cache-Control")
 }
 
 /// The headers kept in an entry: everything but hop-by-hop headers, the length (recomputed on

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
@@ -17,7 +17,7 @@ use crate::conditional::not_modified_headers;
 use crate::entry::{now_ms, Entry};
 use crate::future::ResponseFuture;
 use crate::key::uri_tag;
-use crate::policy::{decide, not_storable, stored_headers, Decision, Plan};
+use crate::policy::{decide, storable, stored_headers, Decision, Plan};
 use crate::state::Shared;
 use crate::stats::Counters;
 use crate::status::{Forwarded, Outcome};
@@ -265,26 +265,32 @@ fn capture_if_storable<B: Body<Data = Bytes>>(
 ) -> (Response<CacheBody<B>>, Option<Duration>) {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
-    let reason = not_storable(&parts, plan).or_else(|| {
+    let freshness = storable(&parts, plan, SystemTime::now()).and_then(|freshness| {
         // A known length over the limit: do not even start a copy.
         let too_long = body.size_hint().lower() > settings.max_body_bytes as u64;
-        too_long.then_some("body over max_body_bytes")
+        if too_long {
+            Err("body over max_body_bytes")
+        } else {
+            Ok(freshness.jittered(settings.ttl_jitter))
+        }
     });
-    if let Some(reason) = reason {
-        tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
-        return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
-    }
-    let ttl = plan.rule.ttl;
+    let freshness = match freshness {
+        Ok(freshness) => freshness,
+        Err(reason) => {
+            tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
+            return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
+        }
+    };
     let pending = PendingEntry {
         shared: Arc::clone(shared),
         headers: stored_headers(&parts.headers, settings.status.x_cache.as_ref()),
         status: parts.status,
-        ttl,
+        freshness,
         tags: plan.tags.iter().cloned().zip(versions).collect(),
         key: plan.key.clone(),
     };
     let capture = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower());
-    (Response::from_parts(parts, CacheBody::capturing(body, capture)), Some(ttl))
+    (Response::from_parts(parts, CacheBody::capturing(body, capture)), Some(freshness.remaining()))
 }
 
 /// Adds the status headers (`X-Cache`, `Cache-Status`) for `outcome`.

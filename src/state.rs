@@ -22,6 +22,8 @@ pub(crate) struct Settings {
     pub(crate) key_prefix: String,
     pub(crate) store_timeout: Duration,
     pub(crate) max_body_bytes: usize,
+    /// Up to how many percent each entry's freshness is shortened at random.
+    pub(crate) ttl_jitter: u8,
     /// Whether unsafe requests invalidate the entries of their target URI (RFC 9111 4.4).
     pub(crate) invalidate_unsafe: bool,
     pub(crate) status: StatusHeaders,

@@ -930,3 +930,151 @@ async fn conditional_misses_go_to_the_inner_service_untouched() {
     assert_eq!(miss.reached_inner.unwrap().headers()["if-none-match"], "\"v1\"");
     assert_eq!(h.cache.stats().stores, 0, "a 304 from the inner service is not an entry");
 }
+
+fn stored_ttl(outcome: &Outcome) -> Option<u64> {
+    let status = outcome.headers["cache-status"].to_str().unwrap();
+    status
+        .split("; ")
+        .find_map(|p| p.strip_prefix("ttl="))
+        .map(|t| t.parse().unwrap())
+        .filter(|_| status.contains("stored"))
+}
+
+fn respond_with(headers: Vec<(&'static str, String)>) -> impl FnOnce(&Req) -> Resp {
+    move |_| {
+        let mut response = ok("x");
+        for (name, value) in headers {
+            response.headers_mut().append(name, HeaderValue::try_from(value).unwrap());
+        }
+        response
+    }
+}
+
+fn http_date(offset_secs: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let at = if offset_secs >= 0 {
+        now + Duration::from_secs(offset_secs as u64)
+    } else {
+        now - Duration::from_secs(offset_secs.unsigned_abs())
+    };
+    let mut headers = HeaderMap::new();
+    headers::HeaderMapExt::typed_insert(&mut headers, headers::Date::from(at));
+    headers["date"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_response_says_how_long_it_is_fresh_before_the_rule_does() {
+    let cases = [
+        ("nothing: the rule's ttl", vec![], Some(60)),
+        ("max-age", vec![("cache-control", "max-age=10".to_owned())], Some(10)),
+        (
+            "s-maxage over max-age",
+            vec![("cache-control", "max-age=10, s-maxage=30".to_owned())],
+            Some(30),
+        ),
+        (
+            "max-age over Expires",
+            vec![("cache-control", "max-age=10".to_owned()), ("expires", http_date(3600))],
+            Some(10),
+        ),
+        ("Expires minus Date", vec![("date", http_date(0)), ("expires", http_date(20))], Some(20)),
+        (
+            "Age counts",
+            vec![("cache-control", "max-age=60".to_owned()), ("age", "25".to_owned())],
+            Some(35),
+        ),
+        (
+            "already stale",
+            vec![("cache-control", "max-age=60".to_owned()), ("age", "60".to_owned())],
+            None,
+        ),
+        ("max-age=0", vec![("cache-control", "max-age=0".to_owned())], None),
+        ("an invalid Expires is in the past", vec![("expires", "0".to_owned())], None),
+        ("an unreadable Cache-Control", vec![("cache-control", "max-age=soon".to_owned())], None),
+    ];
+    for (name, headers, expected) in cases {
+        let mut h = Harness::users();
+        let miss = h.send(get("/users"), respond_with(headers)).await;
+        let ttl = stored_ttl(&miss);
+        // Whole seconds: a second may tick between the response and the header.
+        let close = match (ttl, expected) {
+            (Some(ttl), Some(expected)) => ttl + 1 >= expected && ttl <= expected,
+            (ttl, expected) => ttl == expected,
+        };
+        assert!(close, "{name}: stored for {ttl:?}, expected {expected:?}");
+        assert_eq!(
+            h.get("/users", "unused").await.x_cache(),
+            if expected.is_some() { "HIT" } else { "MISS" },
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn age_on_a_hit_includes_the_age_the_response_came_with() {
+    let mut h = Harness::users();
+    h.send(
+        get("/users"),
+        respond_with(vec![("cache-control", "max-age=600".into()), ("age", "100".into())]),
+    )
+    .await;
+    let hit = h.get("/users", "unused").await;
+    let age: u64 = hit.headers["age"].to_str().unwrap().parse().unwrap();
+    assert!((100..=101).contains(&age), "Age {age}");
+    let ttl: u64 = hit.headers["cache-status"]
+        .to_str()
+        .unwrap()
+        .rsplit("ttl=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((499..=500).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn rules_can_cap_or_ignore_what_the_response_says() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/capped", Rule::get().max_ttl(Duration::from_secs(5)))
+        .route("/ours", Rule::get().ttl(Duration::from_secs(30)).ignore_upstream_cache_control())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let capped =
+        h.send(get("/capped"), respond_with(vec![("cache-control", "max-age=3600".into())])).await;
+    assert!(matches!(stored_ttl(&capped), Some(4..=5)));
+    let ours = h
+        .send(
+            get("/ours"),
+            respond_with(vec![("cache-control", "private, no-store, max-age=3600".into())]),
+        )
+        .await;
+    assert!(matches!(stored_ttl(&ours), Some(29..=30)), "{:?}", ours.headers["cache-status"]);
+    assert_eq!(h.get("/ours", "unused").await.x_cache(), "HIT");
+
+    let err = CacheLayer::builder(MemoryStore::default())
+        .route("/a", Rule::get().ttl(Duration::from_secs(60)).max_ttl(Duration::from_secs(5)))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.to_string(), "route `/a`: `ttl` (60s) is longer than `max_ttl` (5s)");
+}
+
+#[tokio::test]
+async fn ttl_jitter_spreads_expiries_downwards_only() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/items/{id}", Rule::get().ttl(Duration::from_secs(100)))
+        .ttl_jitter(50)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let mut ttls = std::collections::BTreeSet::new();
+    for id in 0..30 {
+        let miss = h.get(&format!("/items/{id}"), "x").await;
+        let ttl = stored_ttl(&miss).unwrap();
+        assert!((49..=100).contains(&ttl), "ttl {ttl}");
+        ttls.insert(ttl);
+    }
+    assert!(ttls.len() > 5, "expiries should spread: {ttls:?}");
+    let err = CacheLayer::builder(MemoryStore::default()).ttl_jitter(51).build().unwrap_err();
+    assert_eq!(err.to_string(), "option `ttl_jitter`: must be a percentage from 0 to 50");
+}

@@ -44,6 +44,8 @@ use crate::user::IdentifyUser;
 pub struct Rule {
     pub(crate) methods: Vec<Method>,
     pub(crate) ttl: Option<Duration>,
+    pub(crate) max_ttl: Option<Duration>,
+    pub(crate) upstream_cache_control: bool,
     pub(crate) tags: Vec<String>,
     pub(crate) evicts: Vec<String>,
     pub(crate) scope: ScopeSetting,
@@ -116,6 +118,8 @@ impl Rule {
         Self {
             methods: methods.into_iter().collect(),
             ttl: None,
+            max_ttl: None,
+            upstream_cache_control: true,
             tags: Vec::new(),
             evicts: Vec::new(),
             scope: ScopeSetting::Default,
@@ -125,10 +129,30 @@ impl Rule {
         }
     }
 
-    /// How long entries of this route live (default: the layer's
-    /// [`default_ttl`](crate::CacheLayerBuilder::default_ttl)).
+    /// How long entries of this route stay fresh when the response does not say (default: the
+    /// layer's [`default_ttl`](crate::CacheLayerBuilder::default_ttl)).
+    ///
+    /// A response's own `Cache-Control: s-maxage` or `max-age`, or its `Expires`, take
+    /// precedence (RFC 9111 section 4.2.1), within [`max_ttl`](Self::max_ttl).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// The longest this route's entries stay fresh, whatever the response asks for.
+    pub fn max_ttl(mut self, max: Duration) -> Self {
+        self.max_ttl = Some(max);
+        self
+    }
+
+    /// Ignores the response's `Cache-Control` and `Expires` altogether: entries live for the
+    /// rule's [`ttl`](Self::ttl), and `no-store`, `no-cache` and `private` are not honoured.
+    ///
+    /// For upstreams that send `Cache-Control: private, no-cache` on everything by habit. Only
+    /// use it when you know what the route returns: `Set-Cookie` responses are still never
+    /// stored, and a per-user route still keeps one entry per user.
+    pub fn ignore_upstream_cache_control(mut self) -> Self {
+        self.upstream_cache_control = false;
         self
     }
 

@@ -21,6 +21,8 @@ pub(crate) struct RuleDefaults {
 pub(crate) struct ReadRule {
     pub(crate) pattern: Arc<str>,
     pub(crate) ttl: Duration,
+    pub(crate) max_ttl: Option<Duration>,
+    pub(crate) upstream_cache_control: bool,
     pub(crate) tags: Vec<TagTemplate>,
     pub(crate) scope: Scope,
     pub(crate) vary: Vec<HeaderName>,
@@ -195,6 +197,17 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         if ttl.is_zero() {
             return Err(err("`ttl` must be more than zero".into()));
         }
+        // The layer's default TTL is capped by `max_ttl`; a rule's own TTL above it is a mistake.
+        let ttl = match rule.max_ttl {
+            Some(max) if max.is_zero() => {
+                return Err(err("`max_ttl` must be more than zero".into()))
+            }
+            Some(max) if ttl > max && rule.ttl.is_some() => {
+                return Err(err(format!("`ttl` ({ttl:?}) is longer than `max_ttl` ({max:?})")));
+            }
+            Some(max) => ttl.min(max),
+            None => ttl,
+        };
         let scope = match rule.scope {
             ScopeSetting::Default => Scope::Default,
             ScopeSetting::Shared => Scope::Shared,
@@ -224,6 +237,8 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         return Ok(Compiled::Read(ReadRule {
             pattern: pattern.into(),
             ttl,
+            max_ttl: rule.max_ttl,
+            upstream_cache_control: rule.upstream_cache_control,
             tags: templates(&rule.tags)?,
             scope,
             vary,
@@ -236,6 +251,8 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
     }
     let read_only_setting = [
         (rule.ttl.is_some(), "ttl"),
+        (rule.max_ttl.is_some(), "max_ttl"),
+        (!rule.upstream_cache_control, "ignore_upstream_cache_control"),
         (!rule.tags.is_empty(), "tag"),
         (!matches!(rule.scope, ScopeSetting::Default), "per_user/shared"),
         (!rule.vary.is_empty(), "vary"),
