@@ -38,6 +38,7 @@ impl CacheLayer {
             max_body_bytes: 1024 * 1024,
             ttl_jitter: 0,
             invalidate_unsafe: true,
+            honor_request_no_cache: false,
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
                 cache_status: Some("tower-redis-cache".to_owned()),
@@ -82,6 +83,7 @@ pub struct CacheLayerBuilder {
     max_body_bytes: usize,
     ttl_jitter: u8,
     invalidate_unsafe: bool,
+    honor_request_no_cache: bool,
     status: StatusHeaders,
 }
 
@@ -157,6 +159,18 @@ impl CacheLayerBuilder {
     /// reach the inner service, together.
     pub fn ttl_jitter(mut self, percent: u8) -> Self {
         self.ttl_jitter = percent;
+        self
+    }
+
+    /// Whether a request's own `Cache-Control: no-cache` or `max-age=0` (or `Pragma:
+    /// no-cache`) makes the layer skip the stored entry, ask the inner service and store its
+    /// fresh response (default off).
+    ///
+    /// Off by default because any client could otherwise send every request to the origin,
+    /// which is what the cache is there to prevent (browsers send `max-age=0` on reload).
+    /// Turn it on for internal clients you trust.
+    pub fn honor_request_no_cache(mut self, honor: bool) -> Self {
+        self.honor_request_no_cache = honor;
         self
     }
 
@@ -258,6 +272,7 @@ impl CacheLayerBuilder {
             max_body_bytes: self.max_body_bytes,
             ttl_jitter: self.ttl_jitter,
             invalidate_unsafe: self.invalidate_unsafe,
+            honor_request_no_cache: self.honor_request_no_cache,
             status: self.status,
         };
         Ok(CacheLayer { shared: Arc::new(Shared::new(self.store, routes, settings)) })

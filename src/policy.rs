@@ -2,7 +2,7 @@
 //! responses may be stored.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use headers::{CacheControl, HeaderMapExt, Vary};
 
@@ -40,6 +40,9 @@ pub(crate) struct Plan {
     pub(crate) conditions: Option<Conditions>,
     /// `HEAD`: answered from the `GET` entry, never stored from (its response has no body).
     pub(crate) head: bool,
+    /// The request asked for a response from the origin (`Cache-Control: no-cache` or
+    /// `max-age=0`, `Pragma: no-cache`) and the layer honours that.
+    pub(crate) refresh: bool,
 }
 
 pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
@@ -79,6 +82,7 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         rule: Arc::clone(rule),
         per_user: user.is_some(),
         conditions: Conditions::from_request(&request.headers),
+        refresh: shared.settings.honor_request_no_cache && asks_for_origin(&request.headers),
         head: request.method == Method::HEAD,
     })
 }
@@ -139,7 +143,20 @@ pub(crate) fn storable(
     Ok(fresh)
 }
 
-/// The response's `Cache-Control`, parsed by the `headers` crate. Directive names are
+/// Whether a request asks not to be answered from a cache: `Cache-Control: no-cache` or
+/// `max-age=0`, or (without `Cache-Control`) `Pragma: no-cache`.
+fn asks_for_origin(headers: &HeaderMap) -> bool {
+    match cache_control(headers) {
+        Ok(Some(cc)) => cc.no_cache() || cc.max_age() == Some(Duration::ZERO),
+        Ok(None) => headers
+            .get_all(header::PRAGMA)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache")),
+        Err(_) => false,
+    }
+}
+
+/// A message's `Cache-Control`, parsed by the `headers` crate. Directive names are
 /// case-insensitive (RFC 9111 section 5.2) but the crate matches them as written and drops
 /// what it does not know, so a `No-Store` would go unseen: the values are lower-cased first.
 /// One the crate cannot read at all may say `no-store`: an error, so nothing is stored.

@@ -220,6 +220,9 @@ fn answer_from_store<B>(
     let Some(entry) = entry else {
         return Err(Miss { versions: Some(versions), fwd });
     };
+    if plan.refresh {
+        return Err(Miss { versions: Some(versions), fwd: Forwarded::Request });
+    }
 
     Counters::add(&shared.counters.hits, 1);
     let age = HeaderValue::from(entry.age_secs(now));

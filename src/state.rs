@@ -24,6 +24,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// Up to how many percent each entry's freshness is shortened at random.
     pub(crate) ttl_jitter: u8,
+    /// Whether a request's `Cache-Control: no-cache` (or `max-age=0`) skips the stored entry.
+    pub(crate) honor_request_no_cache: bool,
     /// Whether unsafe requests invalidate the entries of their target URI (RFC 9111 4.4).
     pub(crate) invalidate_unsafe: bool,
     pub(crate) status: StatusHeaders,

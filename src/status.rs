@@ -31,6 +31,8 @@ pub(crate) enum Forwarded {
     Miss,
     /// The store could not be asked.
     Error,
+    /// A usable entry was there, but the request asked for the origin's response.
+    Request,
 }
 
 /// Which status headers the layer adds, fixed at build time.
@@ -66,6 +68,7 @@ impl StatusHeaders {
                     Forwarded::UriMiss => "; fwd=uri-miss",
                     Forwarded::Miss => "; fwd=miss",
                     Forwarded::Error => "; fwd=miss; detail=store-error",
+                    Forwarded::Request => "; fwd=request",
                 });
                 if let Some(ttl) = stored {
                     value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));

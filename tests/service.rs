@@ -1078,3 +1078,42 @@ async fn ttl_jitter_spreads_expiries_downwards_only() {
     let err = CacheLayer::builder(MemoryStore::default()).ttl_jitter(51).build().unwrap_err();
     assert_eq!(err.to_string(), "option `ttl_jitter`: must be a percentage from 0 to 50");
 }
+
+#[tokio::test]
+async fn a_request_cannot_force_a_miss_unless_the_layer_allows_it() {
+    let mut h = Harness::users();
+    h.get("/users", "cached").await;
+    for (name, value) in
+        [("cache-control", "no-cache"), ("cache-control", "max-age=0"), ("pragma", "no-cache")]
+    {
+        let outcome = h.send(get_as("/users", name, value), |_| ok("unused")).await;
+        assert_eq!(
+            (outcome.x_cache(), &outcome.body[..]),
+            ("HIT", &b"cached"[..]),
+            "{name}: {value}"
+        );
+    }
+
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
+        .honor_request_no_cache(true)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.get("/users", "old").await;
+    for (name, value) in
+        [("cache-control", "No-Cache"), ("cache-control", "max-age=0"), ("pragma", "no-cache")]
+    {
+        let outcome = h.send(get_as("/users", name, value), |_| ok("from the origin")).await;
+        assert_eq!(outcome.body, "from the origin", "{name}: {value}");
+        assert_eq!(
+            outcome.headers["cache-status"],
+            "tower-redis-cache; fwd=request; stored; ttl=60"
+        );
+    }
+    let refreshed = h.get("/users", "unused").await;
+    assert_eq!((refreshed.x_cache(), &refreshed.body[..]), ("HIT", &b"from the origin"[..]));
+    assert_eq!(
+        h.send(get_as("/users", "cache-control", "max-age=60"), |_| ok("")).await.x_cache(),
+        "HIT"
+    );
+}
