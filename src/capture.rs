@@ -9,6 +9,7 @@ use http_body::Frame;
 
 use crate::conditional::strong_etag;
 use crate::entry::{now_ms, Entry};
+use crate::flight::FlightGuard;
 use crate::freshness::Freshness;
 use crate::state::Shared;
 use crate::store::TagVersion;
@@ -20,6 +21,8 @@ pub(crate) struct PendingEntry {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) freshness: Freshness,
+    /// The miss lock this request leads, released once the entry is in the store.
+    pub(crate) flight: Option<FlightGuard>,
     pub(crate) tags: Vec<(String, TagVersion)>,
 }
 
@@ -54,7 +57,8 @@ impl Capture {
     /// The body is complete: write the entry in the background, so that the client's last
     /// frame is not held back by the store.
     pub(crate) fn finish(self) {
-        let PendingEntry { shared, key, status, mut headers, freshness, tags } = self.pending;
+        let PendingEntry { shared, key, status, mut headers, freshness, tags, flight } =
+            self.pending;
         let body = self.buf.freeze();
         // A validator for conditional requests on hits, when the inner service gave none.
         if !headers.contains_key(ETAG) {
@@ -70,6 +74,9 @@ impl Capture {
             return;
         };
         let remaining = freshness.remaining();
-        runtime.spawn(async move { shared.put(&key, entry.encode(), remaining).await });
+        runtime.spawn(async move {
+            shared.put(&key, entry.encode(), remaining).await;
+            drop(flight); // the waiting requests now find the entry
+        });
     }
 }

@@ -38,6 +38,7 @@ impl CacheLayer {
             max_body_bytes: 1024 * 1024,
             ttl_jitter: 0,
             invalidate_unsafe: true,
+            miss_lock_timeout: Some(Duration::from_secs(5)),
             honor_request_no_cache: false,
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
@@ -83,6 +84,7 @@ pub struct CacheLayerBuilder {
     max_body_bytes: usize,
     ttl_jitter: u8,
     invalidate_unsafe: bool,
+    miss_lock_timeout: Option<Duration>,
     honor_request_no_cache: bool,
     status: StatusHeaders,
 }
@@ -159,6 +161,22 @@ impl CacheLayerBuilder {
     /// reach the inner service, together.
     pub fn ttl_jitter(mut self, percent: u8) -> Self {
         self.ttl_jitter = percent;
+        self
+    }
+
+    /// Stampede protection: when requests miss on a key that another request is already
+    /// filling, they wait up to `timeout` (default 5 s) for its entry instead of all calling the
+    /// inner service; after that they call it themselves. Within a process the wait is a
+    /// shared flight; across processes sharing a store, a short store lease (`SET NX PX`) picks
+    /// the one that calls, as nginx's `proxy_cache_lock` does.
+    pub fn miss_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.miss_lock_timeout = Some(timeout);
+        self
+    }
+
+    /// Turns stampede protection off: every miss calls the inner service.
+    pub fn without_miss_lock(mut self) -> Self {
+        self.miss_lock_timeout = None;
         self
     }
 
@@ -248,6 +266,9 @@ impl CacheLayerBuilder {
         if self.ttl_jitter > 50 {
             return Err(BuildError::option("ttl_jitter", "must be a percentage from 0 to 50"));
         }
+        if self.miss_lock_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(BuildError::option("miss_lock_timeout", "must be more than zero"));
+        }
         if self.default_ttl.is_zero() {
             return Err(BuildError::option("default_ttl", "must be more than zero"));
         }
@@ -272,6 +293,7 @@ impl CacheLayerBuilder {
             max_body_bytes: self.max_body_bytes,
             ttl_jitter: self.ttl_jitter,
             invalidate_unsafe: self.invalidate_unsafe,
+            miss_lock_timeout: self.miss_lock_timeout,
             honor_request_no_cache: self.honor_request_no_cache,
             status: self.status,
         };

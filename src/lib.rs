@@ -102,6 +102,7 @@ mod capture;
 mod conditional;
 mod entry;
 mod error;
+mod flight;
 mod freshness;
 mod future;
 mod handle;

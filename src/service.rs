@@ -15,6 +15,7 @@ use crate::body::CacheBody;
 use crate::capture::{Capture, PendingEntry};
 use crate::conditional::not_modified_headers;
 use crate::entry::{now_ms, Entry};
+use crate::flight::{self, FlightGuard, Flights, Role};
 use crate::future::ResponseFuture;
 use crate::key::uri_tag;
 use crate::policy::{decide, storable, stored_headers, Decision, Plan};
@@ -185,13 +186,98 @@ where
             }
         },
     };
+    // Stampede protection: one request per key fills the entry; the others wait for it.
+    let mut flight = None;
+    if let (Some(_), false, Some(timeout)) =
+        (&versions, plan.head, shared.settings.miss_lock_timeout)
+    {
+        match take_turn(&shared, &plan, timeout).await {
+            Turn::Hit(hit) => return Ok(hit),
+            Turn::Call(leader) => flight = leader,
+        }
+    }
     Counters::add(&shared.counters.misses, 1);
     let response = inner.call(request).await?;
     let (response, stored) = match versions {
-        Some(versions) => capture_if_storable(&shared, &plan, versions, response),
+        Some(versions) => capture_if_storable(&shared, &plan, versions, response, flight),
         None => (response.map(CacheBody::passthrough), None),
     };
     Ok(mark(&shared, response, Outcome::Miss { fwd, stored }, Some(&plan.key)))
+}
+
+/// What a missing request does once it has waited its turn.
+#[allow(clippy::large_enum_variant)] // returned once and matched at once, never stored
+enum Turn<B> {
+    /// Another request filled the entry meanwhile.
+    Hit(Response<CacheBody<B>>),
+    /// Call the inner service; as the leader of the key's flight when there is a guard.
+    Call(Option<FlightGuard>),
+}
+
+/// Joins the key's flight in this process; its leader also takes the store lease, or waits for
+/// the instance that holds it. Every wait ends within `timeout`.
+async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Duration) -> Turn<B> {
+    match Flights::join(shared, &plan.key) {
+        Role::Follower(done) => {
+            if flight::wait(done, timeout).await {
+                if let Some(hit) = lookup_hit(shared, plan).await {
+                    return Turn::Hit(hit);
+                }
+            }
+            Turn::Call(None)
+        }
+        Role::Leader(mut leader) => {
+            let lease = format!("{}:lease", plan.key);
+            match shared.acquire_lease(&lease, timeout).await {
+                Some(true) => leader.hold_lease(lease),
+                Some(false) => match wait_for_other_instance(shared, plan, &lease, timeout).await {
+                    Waited::Hit(hit) => return Turn::Hit(hit),
+                    Waited::Lease => leader.hold_lease(lease),
+                    Waited::TimedOut => {}
+                },
+                // The store failed: go on without a lease.
+                None => {}
+            }
+            Turn::Call(Some(leader))
+        }
+    }
+}
+
+/// Looks the request up again, serving only a hit.
+async fn lookup_hit<B>(shared: &Shared, plan: &Plan) -> Option<Response<CacheBody<B>>> {
+    let found = shared.lookup(&plan.key, &plan.tag_keys).await?;
+    answer_from_store(shared, plan, found).ok()
+}
+
+/// How waiting for another instance's entry ended.
+#[allow(clippy::large_enum_variant)] // returned once and matched at once, never stored
+enum Waited<B> {
+    Hit(Response<CacheBody<B>>),
+    /// The lease came free with no entry (its holder stored nothing, or died): ours now.
+    Lease,
+    TimedOut,
+}
+
+/// Polls the store until another instance's entry appears, its lease comes free, or `timeout`
+/// passes.
+async fn wait_for_other_instance<B>(
+    shared: &Shared,
+    plan: &Plan,
+    lease: &str,
+    timeout: Duration,
+) -> Waited<B> {
+    const POLL_EVERY: Duration = Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(POLL_EVERY).await;
+        if let Some(hit) = lookup_hit(shared, plan).await {
+            return Waited::Hit(hit);
+        }
+        if shared.acquire_lease(lease, timeout).await == Some(true) {
+            return Waited::Lease;
+        }
+    }
+    Waited::TimedOut
 }
 
 /// Why a lookup is not a hit, and what a miss needs to store its response.
@@ -265,6 +351,7 @@ fn capture_if_storable<B: Body<Data = Bytes>>(
     plan: &Plan,
     versions: Vec<TagVersion>,
     response: Response<B>,
+    flight: Option<FlightGuard>,
 ) -> (Response<CacheBody<B>>, Option<Duration>) {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
@@ -289,6 +376,7 @@ fn capture_if_storable<B: Body<Data = Bytes>>(
         headers: stored_headers(&parts.headers, settings.status.x_cache.as_ref()),
         status: parts.status,
         freshness,
+        flight,
         tags: plan.tags.iter().cloned().zip(versions).collect(),
         key: plan.key.clone(),
     };

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::flight::Flights;
 use crate::key::tag_key;
 use crate::rules::RouteTable;
 use crate::stats::Counters;
@@ -24,6 +25,9 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// Up to how many percent each entry's freshness is shortened at random.
     pub(crate) ttl_jitter: u8,
+    /// How long requests that miss on a key another request is filling wait for it; `None`
+    /// turns the miss lock off.
+    pub(crate) miss_lock_timeout: Option<Duration>,
     /// Whether a request's `Cache-Control: no-cache` (or `max-age=0`) skips the stored entry.
     pub(crate) honor_request_no_cache: bool,
     /// Whether unsafe requests invalidate the entries of their target URI (RFC 9111 4.4).
@@ -36,6 +40,7 @@ pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
     pub(crate) settings: Settings,
     pub(crate) counters: Counters,
+    pub(crate) flights: Flights,
     failed_evictions: FailedEvictions,
 }
 
@@ -64,6 +69,7 @@ impl Shared {
             routes,
             settings,
             counters: Counters::default(),
+            flights: Flights::default(),
             failed_evictions: FailedEvictions::default(),
         }
     }
@@ -103,6 +109,15 @@ impl Shared {
         if self.run("put", self.store.put(key, value, ttl)).await.is_some() {
             Counters::add(&self.counters.stores, 1);
         }
+    }
+
+    /// Takes the store lease `key` (`None` when the store failed).
+    pub(crate) async fn acquire_lease(&self, key: &str, ttl: Duration) -> Option<bool> {
+        self.run("acquire_lease", self.store.acquire_lease(key, ttl)).await
+    }
+
+    pub(crate) async fn release_lease(&self, key: &str) {
+        self.run("release_lease", self.store.release_lease(key)).await;
     }
 
     /// Evicts `tags`. On failure the tags are remembered, bypassed and retried in the

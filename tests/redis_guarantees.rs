@@ -418,3 +418,41 @@ async fn eviction_works_unchanged_on_a_redis_cluster() {
     assert_eq!((after.x_cache.as_str(), after.body.as_str()), ("MISS", "v2"));
     assert_eq!(handle.stats().store_errors, 0);
 }
+
+/// Stampede protection across instances: 500 concurrent requests for one cold key, spread over
+/// three layer instances with their own Redis clients, reach the inner service once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_key_hit_by_500_requests_through_three_instances_is_computed_once() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "one".into());
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::builder(server.url()).build().await.unwrap();
+        let cache = CacheLayer::builder(store)
+            .store_timeout(Duration::from_millis(500))
+            .route("/slow/{id}", Rule::get())
+            .build()
+            .unwrap();
+        let db = db.clone();
+        let slow_read = move |Path(id): Path<String>| {
+            let db = db.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await; // a slow query
+                read_user(State(db), Path(id)).await
+            }
+        };
+        instances.push(Router::new().route("/slow/{id}", get(slow_read)).layer(cache));
+    }
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let router = instances[i % 3].clone();
+            tokio::spawn(async move { get_path(&router, "/slow/1").await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "one"));
+    }
+    assert_eq!(db.reads.load(Ordering::SeqCst), 1, "one request computed the entry");
+}

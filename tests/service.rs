@@ -1117,3 +1117,92 @@ async fn a_request_cannot_force_a_miss_unless_the_layer_allows_it() {
         "HIT"
     );
 }
+
+/// Sends `n` requests at once; returns their calls, still running.
+fn call_many(
+    h: &mut Harness,
+    n: usize,
+    path: &str,
+) -> Vec<tokio::task::JoinHandle<Result<Response<CacheBody<Body>>, BoxError>>> {
+    (0..n)
+        .map(|_| {
+            assert_ready_ok!(h.svc.poll_ready());
+            tokio::spawn(h.svc.call(get(path)))
+        })
+        .collect()
+}
+
+async fn body_text(response: Response<CacheBody<Body>>) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn concurrent_misses_on_one_key_make_one_inner_call() {
+    let mut h = Harness::users();
+    let calls = call_many(&mut h, 50, "/users");
+    let (_, reply) = h.inner.next_request().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(h.inner.poll_request().is_pending(), "the other 49 wait for the first");
+    reply.send_response(ok("[1,2,3]"));
+    for call in calls {
+        assert_eq!(body_text(call.await.unwrap().unwrap()).await, "[1,2,3]");
+    }
+    assert!(h.inner.poll_request().is_pending());
+    let stats = h.cache.stats();
+    assert_eq!((stats.misses, stats.hits), (1, 49));
+}
+
+#[tokio::test]
+async fn waiting_misses_call_the_inner_service_themselves_after_the_lock_timeout() {
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
+        .miss_lock_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let mut calls = call_many(&mut h, 3, "/users");
+    let (_, slow) = h.inner.next_request().await.unwrap(); // the leader's call hangs
+    for _ in 0..2 {
+        let (_, reply) = h.inner.next_request().await.unwrap();
+        reply.send_response(ok("after waiting"));
+    }
+    let followers: Vec<_> = calls.drain(1..).collect();
+    for call in followers {
+        assert_eq!(body_text(call.await.unwrap().unwrap()).await, "after waiting");
+    }
+    slow.send_response(ok("slow"));
+    assert_eq!(body_text(calls.pop().unwrap().await.unwrap().unwrap()).await, "slow");
+}
+
+#[tokio::test]
+async fn a_leader_whose_response_is_not_stored_releases_the_waiting_misses_at_once() {
+    let mut h = Harness::users(); // lock timeout 5 s: the test would take that long if they waited it out
+    let started = std::time::Instant::now();
+    let calls = call_many(&mut h, 3, "/users");
+    let (_, first) = h.inner.next_request().await.unwrap();
+    first.send_response(with_status(ok("oops"), StatusCode::INTERNAL_SERVER_ERROR));
+    for _ in 0..2 {
+        let (_, reply) = h.inner.next_request().await.unwrap();
+        reply.send_response(ok("retry"));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn the_miss_lock_can_be_turned_off() {
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
+        .without_miss_lock()
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let calls = call_many(&mut h, 3, "/users");
+    for _ in 0..3 {
+        let (_, reply) = h.inner.next_request().await.unwrap();
+        reply.send_response(ok("x"));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+}

@@ -108,7 +108,19 @@ async fn concurrent_first_uses_agree_on_one_version(store: Arc<dyn Store>) {
     assert_eq!(versions.len(), 1, "every caller must see the one version that won");
 }
 
+async fn leases_go_to_one_holder_at_a_time(store: &dyn Store) {
+    let ttl = Duration::from_millis(300);
+    assert!(store.acquire_lease("test:v1:l:a", ttl).await.unwrap());
+    assert!(!store.acquire_lease("test:v1:l:a", ttl).await.unwrap(), "held");
+    assert!(store.acquire_lease("test:v1:l:b", ttl).await.unwrap(), "another key");
+    store.release_lease("test:v1:l:a").await.unwrap();
+    assert!(store.acquire_lease("test:v1:l:a", ttl).await.unwrap(), "released");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(store.acquire_lease("test:v1:l:b", ttl).await.unwrap(), "expired");
+}
+
 async fn conformance(store: Arc<dyn Store>) {
+    leases_go_to_one_holder_at_a_time(&*store).await;
     missing_keys_and_tags_are_reported_as_missing(&*store).await;
     put_values_come_back_byte_for_byte(&*store).await;
     entries_expire_after_their_ttl(&*store).await;

@@ -29,12 +29,25 @@ const MAX_TAG_VERSIONS: u64 = 1_000_000;
 pub struct MemoryStore {
     entries: Cache<String, StoredValue>,
     versions: Cache<String, TagVersion>,
+    leases: Cache<String, Duration>,
 }
 
 #[derive(Clone)]
 struct StoredValue {
     bytes: Bytes,
     ttl: Duration,
+}
+
+/// How many leases a [`MemoryStore`] holds at once; they last seconds at most.
+const MAX_LEASES: u64 = 100_000;
+
+/// Gives each lease its own time to live.
+struct LeaseTtl;
+
+impl Expiry<String, Duration> for LeaseTtl {
+    fn expire_after_create(&self, _: &String, ttl: &Duration, _: Instant) -> Option<Duration> {
+        Some(*ttl)
+    }
 }
 
 /// Gives each entry its own time to live.
@@ -67,7 +80,8 @@ impl MemoryStore {
             .expire_after(PerEntryTtl)
             .build();
         let versions = Cache::builder().max_capacity(MAX_TAG_VERSIONS).build();
-        Self { entries, versions }
+        let leases = Cache::builder().max_capacity(MAX_LEASES).expire_after(LeaseTtl).build();
+        Self { entries, versions, leases }
     }
 
     /// The bytes of keys and entries held now, once pending evictions have run. Never more
@@ -116,6 +130,15 @@ impl Store for MemoryStore {
         for tag in tags {
             self.versions.insert(tag.clone(), fresh_version());
         }
+        Ok(())
+    }
+
+    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.leases.entry_by_ref(key).or_insert_with(|| ttl).is_fresh())
+    }
+
+    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
+        self.leases.invalidate(key);
         Ok(())
     }
 }

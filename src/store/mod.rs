@@ -62,6 +62,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives every tag in `tags` a fresh version, so that no entry stored before becomes a hit.
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError>;
+
+    /// Takes the short lease `key` for `ttl` if nobody holds it: `true` when this caller got it.
+    ///
+    /// Instances sharing a store use leases so that one of them computes a missing entry while
+    /// the others wait for it. The default grants every lease, which keeps the stampede
+    /// protection to one process.
+    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = (key, ttl);
+        Ok(true)
+    }
+
+    /// Gives a lease back before its time is up.
+    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
+        let _ = key;
+        Ok(())
+    }
 }
 
 /// A shared store is a store: lets an application pick its store at run time
@@ -82,6 +98,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
         (**self).evict_tags(tags).await
+    }
+
+    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        (**self).acquire_lease(key, ttl).await
+    }
+
+    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
+        (**self).release_lease(key).await
     }
 }
 

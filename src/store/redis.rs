@@ -247,6 +247,20 @@ impl Store for RedisStore {
             .map_err(redis_error("Redis SET failed"))
     }
 
+    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let set: Option<String> = self
+            .pool
+            .set(key, "1", Some(Expiration::PX(millis)), Some(SetOptions::NX), false)
+            .await
+            .map_err(redis_error("Redis lease SET NX failed"))?;
+        Ok(set.is_some())
+    }
+
+    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
+        self.pool.del::<(), _>(key).await.map_err(redis_error("Redis lease DEL failed"))
+    }
+
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
         if tags.is_empty() {
             return Ok(());
