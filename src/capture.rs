@@ -68,14 +68,24 @@ impl Capture {
         // Dated from when the response was generated, so that its Age counts what it had already.
         let stored_at_ms = now_ms().saturating_sub(freshness.age.as_millis() as u64);
         let ttl = freshness.lifetime;
-        let entry = Entry { status, headers, trailers, stored_at_ms, ttl, tags, body };
+        let entry = Entry {
+            status,
+            headers,
+            trailers,
+            stored_at_ms,
+            ttl,
+            stale_while_revalidate: freshness.stale_while_revalidate,
+            stale_if_error: freshness.stale_if_error,
+            tags,
+            body,
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!("no Tokio runtime to write the entry on; not stored");
             return;
         };
-        let remaining = freshness.remaining();
+        let keep_for = freshness.keep_for();
         runtime.spawn(async move {
-            shared.put(&key, entry.encode(), remaining).await;
+            shared.put(&key, entry.encode(), keep_for).await;
             drop(flight); // the waiting requests now find the entry
         });
     }

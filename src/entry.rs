@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::TagVersion;
 
-const MAGIC: &[u8; 4] = b"TRC\x01";
+const MAGIC: &[u8; 4] = b"TRC\x02";
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
 /// A response as stored.
@@ -26,6 +26,12 @@ pub(crate) struct Entry {
     /// When the entry was stored, in milliseconds since the Unix epoch.
     pub(crate) stored_at_ms: u64,
     pub(crate) ttl: Duration,
+    /// How long past its freshness the entry may be served while it is refreshed in the
+    /// background (RFC 5861 `stale-while-revalidate`).
+    pub(crate) stale_while_revalidate: Duration,
+    /// How long past its freshness the entry may be served when the inner service fails
+    /// (RFC 5861 `stale-if-error`).
+    pub(crate) stale_if_error: Duration,
     /// Each tag with the version it had before the response was computed.
     pub(crate) tags: Vec<(String, TagVersion)>,
     pub(crate) body: Bytes,
@@ -38,6 +44,8 @@ struct Meta {
     trailers: Option<Vec<(String, Vec<u8>)>>,
     stored_at_ms: u64,
     ttl_ms: u64,
+    stale_while_revalidate_ms: u64,
+    stale_if_error_ms: u64,
     tags: Vec<(String, TagVersion)>,
 }
 
@@ -46,9 +54,10 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Entry {
-    /// Whether the entry is still within its time to live at `now_ms`.
-    pub(crate) fn is_fresh(&self, now_ms: u64) -> bool {
-        now_ms < self.stored_at_ms.saturating_add(self.ttl.as_millis() as u64)
+    /// How long past its freshness the entry is at `now_ms`; `None` while it is fresh.
+    pub(crate) fn staleness(&self, now_ms: u64) -> Option<Duration> {
+        let expires = self.stored_at_ms.saturating_add(self.ttl.as_millis() as u64);
+        (now_ms >= expires).then(|| Duration::from_millis(now_ms - expires))
     }
 
     /// How long the entry stays fresh after `now_ms`.
@@ -69,6 +78,8 @@ impl Entry {
             trailers: self.trailers.as_ref().map(header_pairs),
             stored_at_ms: self.stored_at_ms,
             ttl_ms: self.ttl.as_millis() as u64,
+            stale_while_revalidate_ms: self.stale_while_revalidate.as_millis() as u64,
+            stale_if_error_ms: self.stale_if_error.as_millis() as u64,
             tags: self.tags.clone(),
         };
         let meta =
@@ -98,6 +109,8 @@ impl Entry {
             },
             stored_at_ms: meta.stored_at_ms,
             ttl: Duration::from_millis(meta.ttl_ms),
+            stale_while_revalidate: Duration::from_millis(meta.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(meta.stale_if_error_ms),
             tags: meta.tags,
             body: bytes.slice(body_start..),
         })
@@ -139,6 +152,8 @@ mod tests {
             trailers: Some(trailers),
             stored_at_ms: 1_700_000_000_000,
             ttl: Duration::from_secs(60),
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(300),
             tags: vec![("users".into(), 7), ("user:1".into(), u64::MAX)],
             body: Bytes::from_static(b"[{\"id\":1}]"),
         }
@@ -183,9 +198,9 @@ mod tests {
     #[test]
     fn freshness_and_age() {
         let entry = sample();
-        assert!(entry.is_fresh(entry.stored_at_ms + 59_999));
-        assert!(!entry.is_fresh(entry.stored_at_ms + 60_000));
         assert_eq!(entry.age_secs(entry.stored_at_ms + 2_500), 2);
         assert_eq!(entry.age_secs(entry.stored_at_ms - 10), 0);
+        assert_eq!(entry.staleness(entry.stored_at_ms + 59_999), None);
+        assert_eq!(entry.staleness(entry.stored_at_ms + 61_000), Some(Duration::from_secs(1)));
     }
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use headers::{Age, CacheControl, Date, Expires, HeaderMapExt};
-use http::header::{HeaderMap, EXPIRES};
+use http::header::{HeaderMap, CACHE_CONTROL, EXPIRES};
 
 use crate::rules::ReadRule;
 
@@ -17,12 +17,22 @@ pub(crate) struct Freshness {
     pub(crate) lifetime: Duration,
     /// How old it already was when it reached the layer (its `Age` header).
     pub(crate) age: Duration,
+    /// How long past its freshness it may be served while it is refreshed in the background.
+    pub(crate) stale_while_revalidate: Duration,
+    /// How long past its freshness it may be served when the inner service fails.
+    pub(crate) stale_if_error: Duration,
 }
 
 impl Freshness {
     /// How long it stays fresh from now on.
     pub(crate) fn remaining(&self) -> Duration {
         self.lifetime.saturating_sub(self.age)
+    }
+
+    /// How long the store must keep it: while fresh, then while it may still be served stale.
+    pub(crate) fn keep_for(&self) -> Duration {
+        let stale = self.stale_while_revalidate.max(self.stale_if_error);
+        (self.lifetime + stale).saturating_sub(self.age)
     }
 
     /// Shortens the lifetime by up to `percent`, at random, so that entries stored together do
@@ -54,7 +64,38 @@ pub(crate) fn freshness(
         rule.ttl
     };
     let age = headers.typed_get::<Age>().map_or(Duration::ZERO, Duration::from);
-    Freshness { lifetime, age }
+    let (mut stale_while_revalidate, mut stale_if_error) =
+        (rule.stale_while_revalidate, rule.stale_if_error);
+    if rule.upstream_cache_control {
+        let directive = |name| extension_secs(headers, name).map(Duration::from_secs);
+        stale_while_revalidate =
+            directive("stale-while-revalidate").unwrap_or(stale_while_revalidate);
+        stale_if_error = directive("stale-if-error").unwrap_or(stale_if_error);
+        let revalidate = cache_control.is_some_and(CacheControl::must_revalidate)
+            || extension_secs(headers, "proxy-revalidate").is_some();
+        if revalidate {
+            // RFC 9111 section 5.2.2.2: never served stale.
+            (stale_while_revalidate, stale_if_error) = (Duration::ZERO, Duration::ZERO);
+        }
+    }
+    Freshness { lifetime, age, stale_while_revalidate, stale_if_error }
+}
+
+/// A `Cache-Control` directive the `headers` crate drops because it does not know it: the
+/// RFC 5861 `stale-while-revalidate=N` and `stale-if-error=N`, and `proxy-revalidate`
+/// (which it parses but does not expose). `Some(0)` for a directive without a value.
+fn extension_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|directive| {
+            let (key, value) = directive.split_once('=').unwrap_or((directive, "0"));
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().trim_matches('"').parse().ok())?
+        })
 }
 
 /// What the response itself says about its freshness, if anything.
@@ -75,4 +116,53 @@ fn upstream_lifetime(
     };
     let date = headers.typed_get::<Date>().map_or(now, SystemTime::from);
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, http::HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn rfc_5861_directives_are_read_from_cache_control() {
+        let headers = map(&[
+            ("cache-control", "max-age=60, Stale-While-Revalidate=30"),
+            ("cache-control", "stale-if-error=\"600\""),
+        ]);
+        assert_eq!(extension_secs(&headers, "stale-while-revalidate"), Some(30));
+        assert_eq!(extension_secs(&headers, "stale-if-error"), Some(600));
+        assert_eq!(extension_secs(&headers, "proxy-revalidate"), None);
+        assert_eq!(
+            extension_secs(&map(&[("cache-control", "proxy-revalidate")]), "proxy-revalidate"),
+            Some(0)
+        );
+        assert_eq!(
+            extension_secs(&map(&[("cache-control", "stale-if-error=soon")]), "stale-if-error"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_store_keeps_entries_through_their_stale_windows() {
+        let fresh = Freshness {
+            lifetime: Duration::from_secs(60),
+            age: Duration::from_secs(10),
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(300),
+        };
+        assert_eq!(fresh.remaining(), Duration::from_secs(50));
+        assert_eq!(fresh.keep_for(), Duration::from_secs(350));
+        let jittered = fresh.jittered(50);
+        assert!(
+            jittered.lifetime >= Duration::from_secs(30)
+                && jittered.lifetime <= Duration::from_secs(60)
+        );
+    }
 }

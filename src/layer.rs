@@ -40,6 +40,7 @@ impl CacheLayer {
             invalidate_unsafe: true,
             miss_lock_timeout: Some(Duration::from_secs(5)),
             honor_request_no_cache: false,
+            stale_if_error_timeout: None,
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
                 cache_status: Some("tower-redis-cache".to_owned()),
@@ -86,6 +87,7 @@ pub struct CacheLayerBuilder {
     invalidate_unsafe: bool,
     miss_lock_timeout: Option<Duration>,
     honor_request_no_cache: bool,
+    stale_if_error_timeout: Option<Duration>,
     status: StatusHeaders,
 }
 
@@ -177,6 +179,14 @@ impl CacheLayerBuilder {
     /// Turns stampede protection off: every miss calls the inner service.
     pub fn without_miss_lock(mut self) -> Self {
         self.miss_lock_timeout = None;
+        self
+    }
+
+    /// When a stale entry may answer if the inner service fails (`stale-if-error`), how long
+    /// to wait for the inner service before answering with it (default: no limit, only errors
+    /// and `5xx` count as failures).
+    pub fn stale_if_error_timeout(mut self, timeout: Duration) -> Self {
+        self.stale_if_error_timeout = Some(timeout);
         self
     }
 
@@ -295,6 +305,7 @@ impl CacheLayerBuilder {
             invalidate_unsafe: self.invalidate_unsafe,
             miss_lock_timeout: self.miss_lock_timeout,
             honor_request_no_cache: self.honor_request_no_cache,
+            stale_if_error_timeout: self.stale_if_error_timeout,
             status: self.status,
         };
         Ok(CacheLayer { shared: Arc::new(Shared::new(self.store, routes, settings)) })

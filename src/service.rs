@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::BodyExt;
 use tower_service::Service;
 
 use crate::body::CacheBody;
@@ -167,16 +168,31 @@ async fn serve_cacheable<S, ReqBody, ResBody>(
     plan: Plan,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
 {
     // The entry and its tags' current versions, in one round trip. The versions are read
     // before the inner service runs, which is what makes a later eviction win over this miss.
+    let now = now_ms();
+    let mut stale_if_error = None;
     let (versions, fwd) = match shared.lookup(&plan.key, &plan.tag_keys).await {
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
-        Some(found) => match answer_from_store(&shared, &plan, found) {
-            Ok(hit) => return Ok(hit),
+        Some(found) => match examine(&plan, found, now) {
+            Ok((Usable::Fresh(entry), _)) => return Ok(serve_fresh(&shared, &plan, entry, now)),
+            Ok((Usable::Stale { entry, staleness }, versions)) => {
+                if staleness < entry.stale_while_revalidate {
+                    // Serve it now; this request refreshes it in the background.
+                    let stale =
+                        serve_stale(&shared, &plan, entry, staleness, "stale-while-revalidate");
+                    refresh_in_background(shared, inner, request, plan, versions);
+                    return Ok(stale);
+                }
+                stale_if_error = Some((entry, staleness));
+                (Some(versions), Forwarded::Stale)
+            }
             Err(Miss { versions: Some(versions), fwd }) => (Some(versions), fwd),
             // HEAD responses are never stored, so they need no versions.
             Err(Miss { versions: None, fwd }) if plan.head => (None, fwd),
@@ -197,12 +213,71 @@ where
         }
     }
     Counters::add(&shared.counters.misses, 1);
-    let response = inner.call(request).await?;
+    let response = match stale_if_error {
+        None => inner.call(request).await?,
+        Some((entry, staleness)) => match call_within(&shared, &mut inner, request).await {
+            Some(Ok(response)) if !response.status().is_server_error() => response,
+            // An error, a 5xx or no answer in time: the stale entry is better than that.
+            _ => return Ok(serve_stale(&shared, &plan, entry, staleness, "stale-if-error")),
+        },
+    };
     let (response, stored) = match versions {
         Some(versions) => capture_if_storable(&shared, &plan, versions, response, flight),
         None => (response.map(CacheBody::passthrough), None),
     };
     Ok(mark(&shared, response, Outcome::Miss { fwd, stored }, Some(&plan.key)))
+}
+
+/// Calls the inner service, giving up after the layer's `stale_if_error_timeout` if it has one.
+async fn call_within<S, ReqBody, ResBody>(
+    shared: &Shared,
+    inner: &mut S,
+    request: Request<ReqBody>,
+) -> Option<Result<Response<ResBody>, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    match shared.settings.stale_if_error_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, inner.call(request)).await.ok(),
+        None => Some(inner.call(request).await),
+    }
+}
+
+/// Refreshes a stale entry in the background with the request that found it, unless another
+/// request (in this process, or in another instance holding the store lease) already is.
+fn refresh_in_background<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Request<ReqBody>,
+    plan: Plan,
+    versions: Vec<TagVersion>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let Role::Leader(mut flight) = Flights::join(&shared, &plan.key) else { return };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let lease = format!("{}:lease", plan.key);
+        let lease_time = shared.settings.miss_lock_timeout.unwrap_or(Duration::from_secs(5));
+        match shared.acquire_lease(&lease, lease_time).await {
+            Some(false) => return, // another instance refreshes it
+            Some(true) => flight.hold_lease(lease),
+            None => {}
+        }
+        // A refresh that ran between our lookup and our lease has done the work already.
+        if let Some(found) = shared.lookup(&plan.key, &plan.tag_keys).await {
+            if let Ok((Usable::Fresh(_), _)) = examine(&plan, found, now_ms()) {
+                return;
+            }
+        }
+        let Ok(response) = inner.call(request).await else { return };
+        let (response, _) = capture_if_storable(&shared, &plan, versions, response, Some(flight));
+        // Reading the body to its end is what stores it.
+        let _ = response.into_body().collect().await;
+    });
 }
 
 /// What a missing request does once it has waited its turn.
@@ -243,10 +318,14 @@ async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Duration) -> T
     }
 }
 
-/// Looks the request up again, serving only a hit.
+/// Looks the request up again, serving only a fresh entry.
 async fn lookup_hit<B>(shared: &Shared, plan: &Plan) -> Option<Response<CacheBody<B>>> {
     let found = shared.lookup(&plan.key, &plan.tag_keys).await?;
-    answer_from_store(shared, plan, found).ok()
+    let now = now_ms();
+    match examine(plan, found, now) {
+        Ok((Usable::Fresh(entry), _)) => Some(serve_fresh(shared, plan, entry, now)),
+        _ => None,
+    }
 }
 
 /// How waiting for another instance's entry ended.
@@ -287,38 +366,56 @@ struct Miss {
     fwd: Forwarded,
 }
 
-/// Serves a hit, or says why not.
-fn answer_from_store<B>(
-    shared: &Shared,
-    plan: &Plan,
-    found: Lookup,
-) -> Result<Response<CacheBody<B>>, Miss> {
+/// An entry this request may use.
+enum Usable {
+    Fresh(Entry),
+    /// Past its freshness, but within its `stale-while-revalidate` or `stale-if-error` window.
+    Stale {
+        entry: Entry,
+        staleness: Duration,
+    },
+}
+
+/// Reads a lookup: an entry the request may use, with the tags' current versions, or a miss.
+fn examine(plan: &Plan, found: Lookup, now: u64) -> Result<(Usable, Vec<TagVersion>), Miss> {
     let fwd = if found.entry.is_some() { Forwarded::Miss } else { Forwarded::UriMiss };
     let versions: Option<Vec<TagVersion>> = found.versions.into_iter().collect();
     let Some(versions) = versions else {
         return Err(Miss { versions: None, fwd });
     };
-    let now = now_ms();
-    let entry = found
-        .entry
-        .and_then(Entry::decode)
-        .filter(|entry| entry.is_fresh(now) && tags_match(entry, &plan.tags, &versions));
+    let entry =
+        found.entry.and_then(Entry::decode).filter(|e| tags_match(e, &plan.tags, &versions));
     let Some(entry) = entry else {
         return Err(Miss { versions: Some(versions), fwd });
     };
     if plan.refresh {
         return Err(Miss { versions: Some(versions), fwd: Forwarded::Request });
     }
+    match entry.staleness(now) {
+        None => Ok((Usable::Fresh(entry), versions)),
+        Some(staleness) if staleness < entry.stale_while_revalidate.max(entry.stale_if_error) => {
+            Ok((Usable::Stale { entry, staleness }, versions))
+        }
+        Some(_) => Err(Miss { versions: Some(versions), fwd }),
+    }
+}
 
-    Counters::add(&shared.counters.hits, 1);
+/// The response for a stored entry: the entry itself, or `304 Not Modified` when the request's
+/// conditions allow.
+fn respond_from_entry<B>(
+    shared: &Shared,
+    plan: &Plan,
+    entry: Entry,
+    now: u64,
+    outcome: Outcome,
+) -> Response<CacheBody<B>> {
     let age = HeaderValue::from(entry.age_secs(now));
-    let outcome = Outcome::Hit { ttl: entry.remaining(now) };
     if plan.conditions.as_ref().is_some_and(|c| c.not_modified(&entry.headers)) {
         let mut response = Response::new(CacheBody::cached(Bytes::new(), None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         *response.headers_mut() = not_modified_headers(&entry.headers);
         response.headers_mut().insert(AGE, age);
-        return Ok(mark(shared, response, outcome, Some(&plan.key)));
+        return mark(shared, response, outcome, Some(&plan.key));
     }
     let length = HeaderValue::from(entry.body.len());
     let body = if plan.head {
@@ -331,7 +428,26 @@ fn answer_from_store<B>(
     *response.headers_mut() = entry.headers;
     response.headers_mut().insert(CONTENT_LENGTH, length);
     response.headers_mut().insert(AGE, age);
-    Ok(mark(shared, response, outcome, Some(&plan.key)))
+    mark(shared, response, outcome, Some(&plan.key))
+}
+
+/// Serves a fresh entry, counted as a hit.
+fn serve_fresh<B>(shared: &Shared, plan: &Plan, entry: Entry, now: u64) -> Response<CacheBody<B>> {
+    Counters::add(&shared.counters.hits, 1);
+    let outcome = Outcome::Hit { ttl: entry.remaining(now) };
+    respond_from_entry(shared, plan, entry, now, outcome)
+}
+
+/// Serves a stale entry, counted as such; `why` names the RFC 5861 directive that allows it.
+fn serve_stale<B>(
+    shared: &Shared,
+    plan: &Plan,
+    entry: Entry,
+    staleness: Duration,
+    why: &'static str,
+) -> Response<CacheBody<B>> {
+    Counters::add(&shared.counters.stale, 1);
+    respond_from_entry(shared, plan, entry, now_ms(), Outcome::Stale { staleness, why })
 }
 
 /// An entry is valid only if it was computed under the tags' current versions: any eviction

@@ -28,6 +28,8 @@ pub(crate) struct Settings {
     /// How long requests that miss on a key another request is filling wait for it; `None`
     /// turns the miss lock off.
     pub(crate) miss_lock_timeout: Option<Duration>,
+    /// How long to wait for the inner service when a stale entry could answer if it fails.
+    pub(crate) stale_if_error_timeout: Option<Duration>,
     /// Whether a request's `Cache-Control: no-cache` (or `max-age=0`) skips the stored entry.
     pub(crate) honor_request_no_cache: bool,
     /// Whether unsafe requests invalidate the entries of their target URI (RFC 9111 4.4).

@@ -12,6 +12,8 @@ pub struct Stats {
     pub hits: u64,
     /// Cacheable requests that went to the inner service.
     pub misses: u64,
+    /// Requests answered with a stale entry (`stale-while-revalidate`, `stale-if-error`).
+    pub stale: u64,
     /// Requests the cache stayed out of: no rule, a bypass rule, a credentialed request to a
     /// route that is not per-user or shared, a mutation.
     pub bypasses: u64,
@@ -39,6 +41,7 @@ impl Stats {
 pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
+    pub(crate) stale: AtomicU64,
     pub(crate) bypasses: AtomicU64,
     pub(crate) stores: AtomicU64,
     pub(crate) evictions: AtomicU64,
@@ -54,6 +57,7 @@ impl Counters {
         Stats {
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
+            stale: self.stale.load(Relaxed),
             bypasses: self.bypasses.load(Relaxed),
             stores: self.stores.load(Relaxed),
             evictions: self.evictions.load(Relaxed),

@@ -18,6 +18,9 @@ pub(crate) enum Outcome {
         /// The response is being stored (once its body completes within the limit) for `ttl`.
         stored: Option<Duration>,
     },
+    /// Served a stale entry, `staleness` past its freshness, as the RFC 5861 directive `why`
+    /// allows.
+    Stale { staleness: Duration, why: &'static str },
     /// The cache stayed out of the way.
     Bypass,
 }
@@ -33,6 +36,8 @@ pub(crate) enum Forwarded {
     Error,
     /// A usable entry was there, but the request asked for the origin's response.
     Request,
+    /// The entry was stale: the inner service was asked for a fresh one.
+    Stale,
 }
 
 /// Which status headers the layer adds, fixed at build time.
@@ -53,6 +58,7 @@ impl StatusHeaders {
             let value = match outcome {
                 Outcome::Hit { .. } => "HIT",
                 Outcome::Miss { .. } => "MISS",
+                Outcome::Stale { .. } => "STALE",
                 Outcome::Bypass => "BYPASS",
             };
             headers.insert(name.clone(), HeaderValue::from_static(value));
@@ -69,10 +75,15 @@ impl StatusHeaders {
                     Forwarded::Miss => "; fwd=miss",
                     Forwarded::Error => "; fwd=miss; detail=store-error",
                     Forwarded::Request => "; fwd=request",
+                    Forwarded::Stale => "; fwd=stale",
                 });
                 if let Some(ttl) = stored {
                     value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));
                 }
+            }
+            // A negative ttl says how stale a served response is (RFC 9211 section 2.6).
+            Outcome::Stale { staleness, why } => {
+                value.push_str(&format!("; hit; ttl=-{}; detail={why}", staleness.as_secs()))
             }
             Outcome::Bypass => value.push_str("; fwd=bypass"),
         }

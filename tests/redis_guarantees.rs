@@ -456,3 +456,45 @@ async fn a_cold_key_hit_by_500_requests_through_three_instances_is_computed_once
     }
     assert_eq!(db.reads.load(Ordering::SeqCst), 1, "one request computed the entry");
 }
+
+/// stale-while-revalidate across instances: one background refresh in all, whoever serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_entry_is_refreshed_once_across_three_instances() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "v1".into());
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::builder(server.url()).build().await.unwrap();
+        let rule = Rule::get()
+            .ttl(Duration::from_millis(200))
+            .stale_while_revalidate(Duration::from_secs(30));
+        let cache = CacheLayer::builder(store)
+            .store_timeout(Duration::from_millis(500))
+            .route("/users/{id}", rule)
+            .build()
+            .unwrap();
+        instances.push(
+            Router::new().route("/users/{id}", get(read_user)).with_state(db.clone()).layer(cache),
+        );
+    }
+    get_path(&instances[0], "/users/1").await;
+    settle().await;
+    db.rows.lock().unwrap().insert("1".into(), "v2".into());
+    tokio::time::sleep(Duration::from_millis(550)).await; // now stale
+
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let router = instances[i % 3].clone();
+            tokio::spawn(async move { get_path(&router, "/users/1").await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!((reply.x_cache.as_str(), reply.body.as_str()), ("STALE", "v1"));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(db.reads.load(Ordering::SeqCst), 2, "the first read and one refresh");
+    let fresh = get_path(&instances[2], "/users/1").await;
+    assert_eq!((fresh.x_cache.as_str(), fresh.body.as_str()), ("HIT", "v2"));
+}

@@ -1206,3 +1206,109 @@ async fn the_miss_lock_can_be_turned_off() {
         call.await.unwrap().unwrap();
     }
 }
+
+fn stale_rules(rule: Rule) -> Harness {
+    let layer = CacheLayer::builder(MemoryStore::default()).route("/news", rule).build().unwrap();
+    Harness::new(layer)
+}
+
+const SHORT: Duration = Duration::from_millis(100);
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_background() {
+    let mut h = stale_rules(Rule::get().ttl(SHORT).stale_while_revalidate(Duration::from_secs(30)));
+    h.get("/news", "v1").await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+
+    // Five requests find it stale: all get it at once, without waiting for the inner service
+    // (which is not answering yet).
+    for _ in 0..5 {
+        assert_ready_ok!(h.svc.poll_ready());
+        let stale = h.svc.call(get("/news")).await.unwrap();
+        assert_eq!(stale.headers()["x-cache"], "STALE");
+        let status = stale.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(
+            status.starts_with("tower-redis-cache; hit; ttl=-0; detail=stale-while-revalidate"),
+            "{status}"
+        );
+        assert_eq!(body_text(stale).await, "v1");
+    }
+    // One of them refreshes it.
+    let (_, refresh) = h.inner.next_request().await.unwrap();
+    refresh.send_response(ok("v2"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(h.inner.poll_request().is_pending(), "exactly one background refresh");
+    let fresh = h.get("/news", "unused").await;
+    assert_eq!((fresh.x_cache(), &fresh.body[..]), ("HIT", &b"v2"[..]));
+    assert_eq!(h.cache.stats().stale, 5);
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stale_entry_when_the_inner_service_fails() {
+    let mut h = stale_rules(Rule::get().ttl(SHORT).stale_if_error(Duration::from_secs(30)));
+    h.get("/news", "v1").await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+
+    let unavailable =
+        h.send(get("/news"), |_| with_status(ok("down"), StatusCode::SERVICE_UNAVAILABLE)).await;
+    assert_eq!((unavailable.x_cache(), &unavailable.body[..]), ("STALE", &b"v1"[..]));
+    assert!(unavailable.headers["cache-status"]
+        .to_str()
+        .unwrap()
+        .ends_with("detail=stale-if-error"));
+
+    assert_ready_ok!(h.svc.poll_ready());
+    let call = tokio::spawn(h.svc.call(get("/news")));
+    let (_, reply) = h.inner.next_request().await.unwrap();
+    reply.send_error("connection refused");
+    let errored = call.await.unwrap().expect("the error is replaced by the stale entry");
+    assert_eq!(body_text(errored).await, "v1");
+
+    let recovered = h.get("/news", "v2").await;
+    assert_eq!((recovered.x_cache(), &recovered.body[..]), ("MISS", &b"v2"[..]));
+    assert!(recovered.headers["cache-status"].to_str().unwrap().contains("fwd=stale"));
+    assert_eq!(h.get("/news", "unused").await.body, "v2");
+}
+
+#[tokio::test]
+async fn stale_if_error_can_give_up_on_a_slow_inner_service() {
+    let layer = CacheLayer::builder(MemoryStore::default())
+        .route("/news", Rule::get().ttl(SHORT).stale_if_error(Duration::from_secs(30)))
+        .stale_if_error_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    h.get("/news", "v1").await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    assert_ready_ok!(h.svc.poll_ready());
+    let call = tokio::spawn(h.svc.call(get("/news")));
+    let (_, _never_answered) = h.inner.next_request().await.unwrap();
+    assert_eq!(body_text(call.await.unwrap().unwrap()).await, "v1");
+}
+
+#[tokio::test]
+async fn stale_entries_are_not_served_past_their_window_or_after_an_eviction() {
+    let mut h = stale_rules(
+        Rule::get().ttl(SHORT).tag("news").stale_while_revalidate(Duration::from_millis(100)),
+    );
+    h.get("/news", "v1").await;
+    tokio::time::sleep(SHORT + Duration::from_millis(150)).await;
+    assert_eq!(h.get("/news", "v2").await.x_cache(), "MISS", "past the window");
+
+    h.cache.evict_tags(["news"]).await.unwrap();
+    tokio::time::sleep(SHORT + Duration::from_millis(20)).await;
+    let after = h.get("/news", "v3").await;
+    assert_eq!(
+        (after.x_cache(), &after.body[..]),
+        ("MISS", &b"v3"[..]),
+        "evicted entries are never served, stale or not"
+    );
+}
+
+#[tokio::test]
+async fn must_revalidate_forbids_serving_stale() {
+    let mut h = stale_rules(Rule::get().ttl(SHORT).stale_while_revalidate(Duration::from_secs(30)));
+    h.send(get("/news"), |_| with_header(ok("v1"), "cache-control", "must-revalidate")).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    assert_eq!(h.get("/news", "v2").await.x_cache(), "MISS");
+}

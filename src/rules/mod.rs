@@ -46,6 +46,8 @@ pub struct Rule {
     pub(crate) ttl: Option<Duration>,
     pub(crate) max_ttl: Option<Duration>,
     pub(crate) upstream_cache_control: bool,
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    pub(crate) stale_if_error: Option<Duration>,
     pub(crate) tags: Vec<String>,
     pub(crate) evicts: Vec<String>,
     pub(crate) scope: ScopeSetting,
@@ -120,6 +122,8 @@ impl Rule {
             ttl: None,
             max_ttl: None,
             upstream_cache_control: true,
+            stale_while_revalidate: None,
+            stale_if_error: None,
             tags: Vec::new(),
             evicts: Vec::new(),
             scope: ScopeSetting::Default,
@@ -142,6 +146,23 @@ impl Rule {
     /// The longest this route's entries stay fresh, whatever the response asks for.
     pub fn max_ttl(mut self, max: Duration) -> Self {
         self.max_ttl = Some(max);
+        self
+    }
+
+    /// How long past its freshness an entry may still be served, at once, while one request
+    /// refreshes it in the background (RFC 5861; default none). The response's own
+    /// `stale-while-revalidate` directive takes precedence; `must-revalidate` turns it off.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// How long past its freshness an entry may still be served when the inner service fails
+    /// (an error, a `5xx`, or no answer within the layer's
+    /// [`stale_if_error_timeout`](crate::CacheLayerBuilder::stale_if_error_timeout)) (RFC 5861;
+    /// default none). The response's own `stale-if-error` directive takes precedence.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
         self
     }
 
