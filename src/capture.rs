@@ -1,6 +1,7 @@
 //! The copy of a response taken while it streams to the client, and its trip to the store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::ETAG;
@@ -76,17 +77,29 @@ impl Capture {
             ttl,
             stale_while_revalidate: freshness.stale_while_revalidate,
             stale_if_error: freshness.stale_if_error,
+            revalidate_for: freshness.revalidate_for,
             tags,
             body,
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!("no Tokio runtime to write the entry on; not stored");
-            return;
-        };
-        let keep_for = freshness.keep_for();
-        runtime.spawn(async move {
-            shared.put(&key, entry.encode(), keep_for).await;
-            drop(flight); // the waiting requests now find the entry
-        });
+        store_entry(shared, key, entry, freshness.keep_for(), flight);
     }
+}
+
+/// Writes `entry` in the background, so that the client's response is not held back by the
+/// store, then ends the miss lock `flight` (the waiting requests now find the entry).
+pub(crate) fn store_entry(
+    shared: Arc<Shared>,
+    key: String,
+    entry: Entry,
+    keep_for: Duration,
+    flight: Option<FlightGuard>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::debug!("no Tokio runtime to write the entry on; not stored");
+        return;
+    };
+    runtime.spawn(async move {
+        shared.put(&key, entry.encode(), keep_for).await;
+        drop(flight);
+    });
 }

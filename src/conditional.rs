@@ -39,12 +39,35 @@ impl Conditions {
     }
 }
 
+/// How the layer's own `ETag`s start, so that they are never sent to the inner service, which
+/// does not know them.
+const OWN_ETAG_PREFIX: &str = "\"trc-";
+
 /// A strong `ETag` for a body the inner service sent without one: 128 bits of its BLAKE3 digest.
 pub(crate) fn strong_etag(body: &[u8]) -> HeaderValue {
     let digest = blake3::hash(body);
     let hex: String = digest.as_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::try_from(format!("\"{hex}\""))
+    HeaderValue::try_from(format!("{OWN_ETAG_PREFIX}{hex}\""))
         .expect("hex digits in quotes are a valid header value")
+}
+
+/// Turns a request for a stale entry into a conditional one with the entry's validators from
+/// the inner service (`If-None-Match` from its `ETag`, `If-Modified-Since` from its
+/// `Last-Modified`), so that it can answer `304` instead of the whole body. `false` when the
+/// entry has none.
+pub(crate) fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) -> bool {
+    let mut added = false;
+    if let Some(etag) = stored.get(header::ETAG) {
+        if !etag.as_bytes().starts_with(OWN_ETAG_PREFIX.as_bytes()) {
+            request.insert(header::IF_NONE_MATCH, etag.clone());
+            added = true;
+        }
+    }
+    if let Some(last_modified) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, last_modified.clone());
+        added = true;
+    }
+    added
 }
 
 /// The headers of a `304` answer: those a `200` would have had that RFC 9110 section 15.4.5 asks
@@ -119,10 +142,21 @@ mod tests {
     #[test]
     fn computed_etags_are_strong_and_follow_the_body() {
         let a = strong_etag(b"a");
-        assert!(a.to_str().unwrap().starts_with('"'));
+        assert!(a.to_str().unwrap().starts_with("\"trc-"));
         assert_eq!(a, strong_etag(b"a"));
         assert_ne!(a, strong_etag(b"b"));
         assert!(map(&[]).typed_get::<ETag>().is_none());
+    }
+
+    #[test]
+    fn only_the_inner_services_validators_are_sent_back_to_it() {
+        let mut request = HeaderMap::new();
+        assert!(!add_validators(&mut request, &map(&[("etag", "\"trc-00\"")])));
+        assert!(request.is_empty());
+        let stored = map(&[("etag", "\"v1\""), ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        assert!(add_validators(&mut request, &stored));
+        assert_eq!(request["if-none-match"], "\"v1\"");
+        assert_eq!(request["if-modified-since"], "Wed, 21 Oct 2015 07:28:00 GMT");
     }
 
     #[test]

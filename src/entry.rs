@@ -32,6 +32,9 @@ pub(crate) struct Entry {
     /// How long past its freshness the entry may be served when the inner service fails
     /// (RFC 5861 `stale-if-error`).
     pub(crate) stale_if_error: Duration,
+    /// How long past its freshness the entry may be revalidated with the inner service, by its
+    /// own validators (`ETag`, `Last-Modified`), instead of fetched again.
+    pub(crate) revalidate_for: Duration,
     /// Each tag with the version it had before the response was computed.
     pub(crate) tags: Vec<(String, TagVersion)>,
     pub(crate) body: Bytes,
@@ -46,6 +49,7 @@ struct Meta {
     ttl_ms: u64,
     stale_while_revalidate_ms: u64,
     stale_if_error_ms: u64,
+    revalidate_for_ms: u64,
     tags: Vec<(String, TagVersion)>,
 }
 
@@ -80,6 +84,7 @@ impl Entry {
             ttl_ms: self.ttl.as_millis() as u64,
             stale_while_revalidate_ms: self.stale_while_revalidate.as_millis() as u64,
             stale_if_error_ms: self.stale_if_error.as_millis() as u64,
+            revalidate_for_ms: self.revalidate_for.as_millis() as u64,
             tags: self.tags.clone(),
         };
         let meta =
@@ -111,6 +116,7 @@ impl Entry {
             ttl: Duration::from_millis(meta.ttl_ms),
             stale_while_revalidate: Duration::from_millis(meta.stale_while_revalidate_ms),
             stale_if_error: Duration::from_millis(meta.stale_if_error_ms),
+            revalidate_for: Duration::from_millis(meta.revalidate_for_ms),
             tags: meta.tags,
             body: bytes.slice(body_start..),
         })
@@ -154,6 +160,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(300),
+            revalidate_for: Duration::from_secs(60),
             tags: vec![("users".into(), 7), ("user:1".into(), u64::MAX)],
             body: Bytes::from_static(b"[{\"id\":1}]"),
         }

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use headers::{Age, CacheControl, Date, Expires, HeaderMapExt};
-use http::header::{HeaderMap, CACHE_CONTROL, EXPIRES};
+use http::header::{HeaderMap, CACHE_CONTROL, ETAG, EXPIRES, LAST_MODIFIED};
 
 use crate::rules::ReadRule;
 
@@ -21,6 +21,9 @@ pub(crate) struct Freshness {
     pub(crate) stale_while_revalidate: Duration,
     /// How long past its freshness it may be served when the inner service fails.
     pub(crate) stale_if_error: Duration,
+    /// How long past its freshness it may be revalidated: as long again as it was fresh, when
+    /// the inner service gave it a validator (`ETag`, `Last-Modified`) to revalidate with.
+    pub(crate) revalidate_for: Duration,
 }
 
 impl Freshness {
@@ -31,7 +34,7 @@ impl Freshness {
 
     /// How long the store must keep it: while fresh, then while it may still be served stale.
     pub(crate) fn keep_for(&self) -> Duration {
-        let stale = self.stale_while_revalidate.max(self.stale_if_error);
+        let stale = self.stale_while_revalidate.max(self.stale_if_error).max(self.revalidate_for);
         (self.lifetime + stale).saturating_sub(self.age)
     }
 
@@ -78,7 +81,9 @@ pub(crate) fn freshness(
             (stale_while_revalidate, stale_if_error) = (Duration::ZERO, Duration::ZERO);
         }
     }
-    Freshness { lifetime, age, stale_while_revalidate, stale_if_error }
+    let has_validator = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
+    let revalidate_for = if has_validator { lifetime } else { Duration::ZERO };
+    Freshness { lifetime, age, stale_while_revalidate, stale_if_error, revalidate_for }
 }
 
 /// A `Cache-Control` directive the `headers` crate drops because it does not know it: the
@@ -156,6 +161,7 @@ mod tests {
             age: Duration::from_secs(10),
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(300),
+            revalidate_for: Duration::from_secs(60),
         };
         assert_eq!(fresh.remaining(), Duration::from_secs(50));
         assert_eq!(fresh.keep_for(), Duration::from_secs(350));

@@ -6,15 +6,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
+use http::header::{HeaderMap, HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower_service::Service;
 
 use crate::body::CacheBody;
-use crate::capture::{Capture, PendingEntry};
-use crate::conditional::not_modified_headers;
+use crate::capture::{store_entry, Capture, PendingEntry};
+use crate::conditional::{add_validators, not_modified_headers};
 use crate::entry::{now_ms, Entry};
 use crate::flight::{self, FlightGuard, Flights, Role};
 use crate::future::ResponseFuture;
@@ -164,7 +164,7 @@ fn same_host_path(value: &HeaderValue, authority: &str) -> Option<String> {
 async fn serve_cacheable<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     mut inner: S,
-    request: Request<ReqBody>,
+    mut request: Request<ReqBody>,
     plan: Plan,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
@@ -176,7 +176,7 @@ where
     // The entry and its tags' current versions, in one round trip. The versions are read
     // before the inner service runs, which is what makes a later eviction win over this miss.
     let now = now_ms();
-    let mut stale_if_error = None;
+    let mut stale = None;
     let (versions, fwd) = match shared.lookup(&plan.key, &plan.tag_keys).await {
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
@@ -190,7 +190,13 @@ where
                     refresh_in_background(shared, inner, request, plan, versions);
                     return Ok(stale);
                 }
-                stale_if_error = Some((entry, staleness));
+                // Ask the inner service whether it changed, when the entry can tell it what it
+                // has; the client's own conditions, if any, go through untouched.
+                let revalidating = staleness < entry.revalidate_for
+                    && plan.conditions.is_none()
+                    && !plan.head
+                    && add_validators(request.headers_mut(), &entry.headers);
+                stale = Some(StaleEntry { entry, staleness, revalidating });
                 (Some(versions), Forwarded::Stale)
             }
             Err(Miss { versions: Some(versions), fwd }) => (Some(versions), fwd),
@@ -213,19 +219,105 @@ where
         }
     }
     Counters::add(&shared.counters.misses, 1);
-    let response = match stale_if_error {
+    let response = match stale {
         None => inner.call(request).await?,
-        Some((entry, staleness)) => match call_within(&shared, &mut inner, request).await {
-            Some(Ok(response)) if !response.status().is_server_error() => response,
-            // An error, a 5xx or no answer in time: the stale entry is better than that.
-            _ => return Ok(serve_stale(&shared, &plan, entry, staleness, "stale-if-error")),
-        },
+        Some(stale) => {
+            let fallback = stale.staleness < stale.entry.stale_if_error;
+            let result = match fallback {
+                true => call_within(&shared, &mut inner, request).await,
+                false => Some(inner.call(request).await),
+            };
+            match result {
+                Some(Ok(response))
+                    if stale.revalidating && response.status() == StatusCode::NOT_MODIFIED =>
+                {
+                    let versions = versions.unwrap_or_default();
+                    return Ok(revalidated(
+                        &shared,
+                        &plan,
+                        stale.entry,
+                        response.headers(),
+                        versions,
+                        flight,
+                    ));
+                }
+                Some(Ok(response)) if !(fallback && response.status().is_server_error()) => {
+                    response
+                }
+                Some(Err(error)) if !fallback => return Err(error),
+                // An error, a 5xx or no answer in time: the stale entry is better than that.
+                _ => {
+                    let (entry, staleness) = (stale.entry, stale.staleness);
+                    return Ok(serve_stale(&shared, &plan, entry, staleness, "stale-if-error"));
+                }
+            }
+        }
     };
     let (response, stored) = match versions {
         Some(versions) => capture_if_storable(&shared, &plan, versions, response, flight),
         None => (response.map(CacheBody::passthrough), None),
     };
     Ok(mark(&shared, response, Outcome::Miss { fwd, stored }, Some(&plan.key)))
+}
+
+/// A stale entry kept through the inner call: what a `304` refreshes, and the answer if the
+/// call fails within its `stale-if-error` window.
+struct StaleEntry {
+    entry: Entry,
+    staleness: Duration,
+    /// The request was made conditional with the entry's validators.
+    revalidating: bool,
+}
+
+/// The inner service said `304 Not Modified` to a revalidation: the stale entry is good again.
+/// Its headers are updated from the `304` (RFC 9111 section 4.3.4), its freshness computed
+/// anew, and it is stored again without its body having crossed the wire.
+fn revalidated<B>(
+    shared: &Arc<Shared>,
+    plan: &Plan,
+    stale: Entry,
+    not_modified: &HeaderMap,
+    versions: Vec<TagVersion>,
+    flight: Option<FlightGuard>,
+) -> Response<CacheBody<B>> {
+    let mut headers = stale.headers;
+    for name in not_modified.keys() {
+        if *name == CONTENT_LENGTH || Some(name) == shared.settings.status.x_cache.as_ref() {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = stale.status;
+    parts.headers = headers;
+    let now = now_ms();
+    let freshness =
+        storable(&parts, plan, SystemTime::now()).map(|f| f.jittered(shared.settings.ttl_jitter));
+    let entry = Entry {
+        status: stale.status,
+        headers: parts.headers,
+        stored_at_ms: now.saturating_sub(freshness.map_or(0, |f| f.age.as_millis() as u64)),
+        ttl: freshness.map_or(Duration::ZERO, |f| f.lifetime),
+        stale_while_revalidate: freshness.map_or(Duration::ZERO, |f| f.stale_while_revalidate),
+        stale_if_error: freshness.map_or(Duration::ZERO, |f| f.stale_if_error),
+        revalidate_for: freshness.map_or(Duration::ZERO, |f| f.revalidate_for),
+        tags: plan.tags.iter().cloned().zip(versions).collect(),
+        ..stale
+    };
+    let ttl = freshness.ok().map(|f| f.remaining());
+    if let Ok(freshness) = freshness {
+        store_entry(
+            Arc::clone(shared),
+            plan.key.clone(),
+            entry.clone(),
+            freshness.keep_for(),
+            flight,
+        );
+    }
+    respond_from_entry(shared, plan, entry, now, Outcome::Revalidated { ttl })
 }
 
 /// Calls the inner service, giving up after the layer's `stale_if_error_timeout` if it has one.
@@ -393,7 +485,13 @@ fn examine(plan: &Plan, found: Lookup, now: u64) -> Result<(Usable, Vec<TagVersi
     }
     match entry.staleness(now) {
         None => Ok((Usable::Fresh(entry), versions)),
-        Some(staleness) if staleness < entry.stale_while_revalidate.max(entry.stale_if_error) => {
+        Some(staleness)
+            if staleness
+                < entry
+                    .stale_while_revalidate
+                    .max(entry.stale_if_error)
+                    .max(entry.revalidate_for) =>
+        {
             Ok((Usable::Stale { entry, staleness }, versions))
         }
         Some(_) => Err(Miss { versions: Some(versions), fwd }),

@@ -21,6 +21,9 @@ pub(crate) enum Outcome {
     /// Served a stale entry, `staleness` past its freshness, as the RFC 5861 directive `why`
     /// allows.
     Stale { staleness: Duration, why: &'static str },
+    /// A stale entry was revalidated with the inner service (`304`), and served; stored again
+    /// for `ttl` when it may be.
+    Revalidated { ttl: Option<Duration> },
     /// The cache stayed out of the way.
     Bypass,
 }
@@ -59,6 +62,7 @@ impl StatusHeaders {
                 Outcome::Hit { .. } => "HIT",
                 Outcome::Miss { .. } => "MISS",
                 Outcome::Stale { .. } => "STALE",
+                Outcome::Revalidated { .. } => "REVALIDATED",
                 Outcome::Bypass => "BYPASS",
             };
             headers.insert(name.clone(), HeaderValue::from_static(value));
@@ -84,6 +88,12 @@ impl StatusHeaders {
             // A negative ttl says how stale a served response is (RFC 9211 section 2.6).
             Outcome::Stale { staleness, why } => {
                 value.push_str(&format!("; hit; ttl=-{}; detail={why}", staleness.as_secs()))
+            }
+            Outcome::Revalidated { ttl } => {
+                value.push_str("; fwd=stale; fwd-status=304");
+                if let Some(ttl) = ttl {
+                    value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));
+                }
             }
             Outcome::Bypass => value.push_str("; fwd=bypass"),
         }

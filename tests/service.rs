@@ -873,7 +873,7 @@ async fn hits_answer_if_none_match_with_304_using_a_computed_etag() {
     assert!(miss.headers.get("etag").is_none(), "the miss goes out as the inner service sent it");
     let hit = h.get("/users", "unused").await;
     let etag = hit.headers["etag"].to_str().unwrap().to_owned();
-    assert!(etag.starts_with('"') && etag.len() == 34, "a strong ETag: {etag}");
+    assert!(etag.starts_with("\"trc-") && etag.len() == 38, "a strong ETag: {etag}");
 
     let revalidated = h.send(get_as("/users", "if-none-match", &etag), |_| ok("unused")).await;
     assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
@@ -1311,4 +1311,62 @@ async fn must_revalidate_forbids_serving_stale() {
     h.send(get("/news"), |_| with_header(ok("v1"), "cache-control", "must-revalidate")).await;
     tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
     assert_eq!(h.get("/news", "v2").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn stale_entries_with_validators_are_revalidated_with_a_conditional_request() {
+    let mut h = stale_rules(Rule::get().ttl(SHORT));
+    h.send(get("/news"), |_| with_header(ok("v1"), "etag", "\"v1\"")).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+
+    let revalidated = h
+        .send(get("/news"), |seen| {
+            assert_eq!(seen.headers()["if-none-match"], "\"v1\"", "asked with the entry's ETag");
+            with_status(Response::new(full("")), StatusCode::NOT_MODIFIED)
+        })
+        .await;
+    assert_eq!((revalidated.status, &revalidated.body[..]), (StatusCode::OK, &b"v1"[..]));
+    assert_eq!(revalidated.x_cache(), "REVALIDATED");
+    assert_eq!(
+        revalidated.headers["cache-status"],
+        "tower-redis-cache; fwd=stale; fwd-status=304; stored; ttl=0"
+    );
+    let hit = h.get("/news", "unused").await;
+    assert_eq!((hit.x_cache(), &hit.body[..]), ("HIT", &b"v1"[..]), "fresh again");
+}
+
+#[tokio::test]
+async fn revalidation_uses_last_modified_and_never_the_layers_own_etag() {
+    let mut h = stale_rules(Rule::get().ttl(SHORT));
+    let modified = "Wed, 21 Oct 2015 07:28:00 GMT";
+    h.send(get("/news"), move |_| with_header(ok("v1"), "last-modified", modified)).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    let changed = h
+        .send(get("/news"), move |seen| {
+            assert_eq!(seen.headers()["if-modified-since"], modified);
+            assert!(
+                seen.headers().get("if-none-match").is_none(),
+                "the computed ETag means nothing upstream"
+            );
+            ok("v2")
+        })
+        .await;
+    assert_eq!((changed.x_cache(), &changed.body[..]), ("MISS", &b"v2"[..]));
+    assert_eq!(h.get("/news", "unused").await.body, "v2");
+}
+
+#[tokio::test]
+async fn entries_without_validators_and_clients_with_their_own_are_not_revalidated() {
+    let mut h = stale_rules(Rule::get().ttl(SHORT));
+    h.get("/news", "v1").await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    let plain = h.get("/news", "v2").await;
+    assert!(plain.reached_inner.unwrap().headers().get("if-none-match").is_none());
+
+    h.send(get("/other-etag"), |_| ok("")).await; // no rule: unaffected
+    let mut h = stale_rules(Rule::get().ttl(SHORT));
+    h.send(get("/news"), |_| with_header(ok("v1"), "etag", "\"v1\"")).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    let own = h.send(get_as("/news", "if-none-match", "\"mine\""), |_| ok("v2")).await;
+    assert_eq!(own.reached_inner.unwrap().headers()["if-none-match"], "\"mine\"");
 }
