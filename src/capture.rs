@@ -5,8 +5,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::ETAG;
+use http::Response;
 use http::{HeaderMap, StatusCode};
-use http_body::Frame;
+use http_body::{Body, Frame};
+use std::time::SystemTime;
+
+use crate::body::CacheBody;
+use crate::policy::{storable, stored_headers, Plan};
 
 use crate::conditional::strong_etag;
 use crate::entry::{now_ms, Entry};
@@ -16,15 +21,15 @@ use crate::state::Shared;
 use crate::store::TagVersion;
 
 /// What will be stored once the body is complete: everything but the body and trailers.
-pub(crate) struct PendingEntry {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) key: String,
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) freshness: Freshness,
+struct PendingEntry {
+    shared: Arc<Shared>,
+    key: String,
+    status: StatusCode,
+    headers: HeaderMap,
+    freshness: Freshness,
     /// The miss lock this request leads, released once the entry is in the store.
-    pub(crate) flight: Option<FlightGuard>,
-    pub(crate) tags: Vec<(String, TagVersion)>,
+    flight: Option<FlightGuard>,
+    tags: Vec<(String, TagVersion)>,
 }
 
 /// A bounded copy of a body in flight. Dropping it (client gone, body error, over the limit)
@@ -37,7 +42,7 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    pub(crate) fn new(pending: PendingEntry, limit: usize, expected_len: u64) -> Self {
+    fn new(pending: PendingEntry, limit: usize, expected_len: u64) -> Self {
         let capacity = usize::try_from(expected_len).unwrap_or(limit).min(limit);
         Self { buf: BytesMut::with_capacity(capacity), limit, trailers: None, pending }
     }
@@ -102,4 +107,43 @@ pub(crate) fn store_entry(
         shared.put(&key, entry.encode(), keep_for).await;
         drop(flight);
     });
+}
+
+/// Wraps the body in a capture when the response may be stored; says for how long it will be.
+pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
+    shared: &Arc<Shared>,
+    plan: &Plan,
+    versions: Vec<TagVersion>,
+    response: Response<B>,
+    flight: Option<FlightGuard>,
+) -> (Response<CacheBody<B>>, Option<Duration>) {
+    let (parts, body) = response.into_parts();
+    let settings = &shared.settings;
+    let freshness = storable(&parts, plan, SystemTime::now()).and_then(|freshness| {
+        // A known length over the limit: do not even start a copy.
+        let too_long = body.size_hint().lower() > settings.max_body_bytes as u64;
+        if too_long {
+            Err("body over max_body_bytes")
+        } else {
+            Ok(freshness.jittered(settings.ttl_jitter))
+        }
+    });
+    let freshness = match freshness {
+        Ok(freshness) => freshness,
+        Err(reason) => {
+            tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
+            return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
+        }
+    };
+    let pending = PendingEntry {
+        shared: Arc::clone(shared),
+        headers: stored_headers(&parts.headers, settings.status.x_cache.as_ref()),
+        status: parts.status,
+        freshness,
+        flight,
+        tags: plan.tags.iter().cloned().zip(versions).collect(),
+        key: plan.key.clone(),
+    };
+    let capture = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower());
+    (Response::from_parts(parts, CacheBody::capturing(body, capture)), Some(freshness.remaining()))
 }

@@ -9,7 +9,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use http::Response;
 use tokio::sync::watch;
+
+use crate::answer::{examine, serve_fresh, Usable};
+use crate::body::CacheBody;
+use crate::entry::now_ms;
+use crate::policy::Plan;
 
 use crate::state::Shared;
 
@@ -81,4 +89,83 @@ impl Drop for FlightGuard {
 pub(crate) async fn wait(mut done: watch::Receiver<()>, timeout: std::time::Duration) -> bool {
     // `changed` fails once the sender is gone, which is exactly the end of the flight.
     tokio::time::timeout(timeout, async { while done.changed().await.is_ok() {} }).await.is_ok()
+}
+
+/// What a missing request does once it has waited its turn.
+#[allow(clippy::large_enum_variant)] // returned once and matched at once, never stored
+pub(crate) enum Turn<B> {
+    /// Another request filled the entry meanwhile.
+    Hit(Response<CacheBody<B>>),
+    /// Call the inner service; as the leader of the key's flight when there is a guard.
+    Call(Option<FlightGuard>),
+}
+
+/// Joins the key's flight in this process; its leader also takes the store lease, or waits for
+/// the instance that holds it. Every wait ends within `timeout`.
+pub(crate) async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Duration) -> Turn<B> {
+    match Flights::join(shared, &plan.key) {
+        Role::Follower(done) => {
+            if wait(done, timeout).await {
+                if let Some(hit) = lookup_hit(shared, plan).await {
+                    return Turn::Hit(hit);
+                }
+            }
+            Turn::Call(None)
+        }
+        Role::Leader(mut leader) => {
+            let lease = format!("{}:lease", plan.key);
+            match shared.acquire_lease(&lease, timeout).await {
+                Some(true) => leader.hold_lease(lease),
+                Some(false) => match wait_for_other_instance(shared, plan, &lease, timeout).await {
+                    Waited::Hit(hit) => return Turn::Hit(hit),
+                    Waited::Lease => leader.hold_lease(lease),
+                    Waited::TimedOut => {}
+                },
+                // The store failed: go on without a lease.
+                None => {}
+            }
+            Turn::Call(Some(leader))
+        }
+    }
+}
+
+/// Looks the request up again, serving only a fresh entry.
+async fn lookup_hit<B>(shared: &Shared, plan: &Plan) -> Option<Response<CacheBody<B>>> {
+    let found = shared.lookup(&plan.key, &plan.tag_keys).await?;
+    let now = now_ms();
+    match examine(plan, found, now) {
+        Ok((Usable::Fresh(entry), _)) => Some(serve_fresh(shared, plan, entry, now)),
+        _ => None,
+    }
+}
+
+/// How waiting for another instance's entry ended.
+#[allow(clippy::large_enum_variant)] // returned once and matched at once, never stored
+enum Waited<B> {
+    Hit(Response<CacheBody<B>>),
+    /// The lease came free with no entry (its holder stored nothing, or died): ours now.
+    Lease,
+    TimedOut,
+}
+
+/// Polls the store until another instance's entry appears, its lease comes free, or `timeout`
+/// passes.
+async fn wait_for_other_instance<B>(
+    shared: &Shared,
+    plan: &Plan,
+    lease: &str,
+    timeout: Duration,
+) -> Waited<B> {
+    const POLL_EVERY: Duration = Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(POLL_EVERY).await;
+        if let Some(hit) = lookup_hit(shared, plan).await {
+            return Waited::Hit(hit);
+        }
+        if shared.acquire_lease(lease, timeout).await == Some(true) {
+            return Waited::Lease;
+        }
+    }
+    Waited::TimedOut
 }

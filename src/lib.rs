@@ -97,6 +97,7 @@
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
 
+mod answer;
 mod body;
 mod capture;
 mod conditional;
@@ -106,11 +107,13 @@ mod flight;
 mod freshness;
 mod future;
 mod handle;
+mod invalidate;
 mod key;
 mod layer;
 mod policy;
 mod rules;
 mod service;
+mod stale;
 mod state;
 mod stats;
 mod status;

@@ -15,7 +15,7 @@ use crate::flight::Flights;
 use crate::key::tag_key;
 use crate::rules::RouteTable;
 use crate::stats::Counters;
-use crate::status::StatusHeaders;
+use crate::status::{Outcome, StatusHeaders};
 use crate::store::{Lookup, Store, StoreError, TagVersion};
 
 /// Layer-wide settings, fixed at build time.
@@ -74,6 +74,17 @@ impl Shared {
             flights: Flights::default(),
             failed_evictions: FailedEvictions::default(),
         }
+    }
+
+    /// Adds the status headers (`X-Cache`, `Cache-Status`) for `outcome`.
+    pub(crate) fn mark<B>(
+        &self,
+        mut response: http::Response<B>,
+        outcome: Outcome,
+        key: Option<&str>,
+    ) -> http::Response<B> {
+        self.settings.status.apply(response.headers_mut(), outcome, key);
+        response
     }
 
     pub(crate) fn tag_keys(&self, tags: &[String]) -> Vec<String> {

@@ -1,0 +1,134 @@
+//! Answering from the store: whether a looked-up entry may be used, and the response built
+//! from it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
+use http::{Response, StatusCode};
+
+use crate::body::CacheBody;
+use crate::conditional::not_modified_headers;
+use crate::entry::{now_ms, Entry};
+use crate::policy::Plan;
+use crate::state::Shared;
+use crate::stats::Counters;
+use crate::status::{Forwarded, Outcome};
+use crate::store::{Lookup, TagVersion};
+
+/// Why a lookup is not a hit, and what a miss needs to store its response.
+pub(crate) struct Miss {
+    /// The tags' current versions, to record in the entry; `None` when some tag has none yet.
+    pub(crate) versions: Option<Vec<TagVersion>>,
+    pub(crate) fwd: Forwarded,
+}
+
+/// An entry this request may use.
+pub(crate) enum Usable {
+    Fresh(Entry),
+    /// Past its freshness, but within its `stale-while-revalidate` or `stale-if-error` window.
+    Stale {
+        entry: Entry,
+        staleness: Duration,
+    },
+}
+
+/// Reads a lookup: an entry the request may use, with the tags' current versions, or a miss.
+pub(crate) fn examine(
+    plan: &Plan,
+    found: Lookup,
+    now: u64,
+) -> Result<(Usable, Vec<TagVersion>), Miss> {
+    let fwd = if found.entry.is_some() { Forwarded::Miss } else { Forwarded::UriMiss };
+    let versions: Option<Vec<TagVersion>> = found.versions.into_iter().collect();
+    let Some(versions) = versions else {
+        return Err(Miss { versions: None, fwd });
+    };
+    let entry =
+        found.entry.and_then(Entry::decode).filter(|e| tags_match(e, &plan.tags, &versions));
+    let Some(entry) = entry else {
+        return Err(Miss { versions: Some(versions), fwd });
+    };
+    if plan.refresh {
+        return Err(Miss { versions: Some(versions), fwd: Forwarded::Request });
+    }
+    match entry.staleness(now) {
+        None => Ok((Usable::Fresh(entry), versions)),
+        Some(staleness)
+            if staleness
+                < entry
+                    .stale_while_revalidate
+                    .max(entry.stale_if_error)
+                    .max(entry.revalidate_for) =>
+        {
+            Ok((Usable::Stale { entry, staleness }, versions))
+        }
+        Some(_) => Err(Miss { versions: Some(versions), fwd }),
+    }
+}
+
+/// The response for a stored entry: the entry itself, or `304 Not Modified` when the request's
+/// conditions allow.
+pub(crate) fn respond_from_entry<B>(
+    shared: &Shared,
+    plan: &Plan,
+    entry: Entry,
+    now: u64,
+    outcome: Outcome,
+) -> Response<CacheBody<B>> {
+    let age = HeaderValue::from(entry.age_secs(now));
+    if plan.conditions.as_ref().is_some_and(|c| c.not_modified(&entry.headers)) {
+        let mut response = Response::new(CacheBody::cached(Bytes::new(), None));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.headers_mut() = not_modified_headers(&entry.headers);
+        response.headers_mut().insert(AGE, age);
+        return shared.mark(response, outcome, Some(&plan.key));
+    }
+    let length = HeaderValue::from(entry.body.len());
+    let body = if plan.head {
+        CacheBody::cached(Bytes::new(), None)
+    } else {
+        CacheBody::cached(entry.body, entry.trailers)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers;
+    response.headers_mut().insert(CONTENT_LENGTH, length);
+    response.headers_mut().insert(AGE, age);
+    shared.mark(response, outcome, Some(&plan.key))
+}
+
+/// Serves a fresh entry, counted as a hit.
+pub(crate) fn serve_fresh<B>(
+    shared: &Shared,
+    plan: &Plan,
+    entry: Entry,
+    now: u64,
+) -> Response<CacheBody<B>> {
+    Counters::add(&shared.counters.hits, 1);
+    let outcome = Outcome::Hit { ttl: entry.remaining(now) };
+    respond_from_entry(shared, plan, entry, now, outcome)
+}
+
+/// Serves a stale entry, counted as such; `why` names the RFC 5861 directive that allows it.
+pub(crate) fn serve_stale<B>(
+    shared: &Shared,
+    plan: &Plan,
+    entry: Entry,
+    staleness: Duration,
+    why: &'static str,
+) -> Response<CacheBody<B>> {
+    Counters::add(&shared.counters.stale, 1);
+    respond_from_entry(shared, plan, entry, now_ms(), Outcome::Stale { staleness, why })
+}
+
+/// An entry is valid only if it was computed under the tags' current versions: any eviction
+/// since then changed a version.
+fn tags_match(entry: &Entry, tags: &[String], versions: &[TagVersion]) -> bool {
+    entry.tags.len() == tags.len()
+        && entry
+            .tags
+            .iter()
+            .zip(tags.iter().zip(versions))
+            .all(|((t, v), (tag, version))| t == tag && v == version)
+}

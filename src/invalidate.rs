@@ -1,0 +1,69 @@
+//! Writes: what a successful unsafe request evicts (its rule's tags, its target URI and the
+//! URIs its `Location` headers name) before its response goes back.
+
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_LOCATION, LOCATION};
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::body::CacheBody;
+use crate::key::uri_tag;
+use crate::state::Shared;
+use crate::status::Outcome;
+
+/// What a write invalidates, as decided before the inner service runs.
+pub(crate) struct Invalidation {
+    /// The mutation rule's tags, evicted when the write succeeds (2xx).
+    pub(crate) evicts: Vec<String>,
+    /// The target path's URI tag, when reads of it are cached.
+    pub(crate) uri: Option<String>,
+    /// The request's authority, to tell same-host `Location` headers.
+    pub(crate) authority: String,
+}
+
+/// A write: call the inner service, then evict what it invalidated before the client hears
+/// back, so that no read the client starts afterwards sees an entry from before its write.
+pub(crate) async fn mutate<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Request<ReqBody>,
+    invalidation: Invalidation,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let response = inner.call(request).await?;
+    let status = response.status();
+    let mut tags = Vec::new();
+    if status.is_success() {
+        tags.extend(invalidation.evicts);
+    }
+    // RFC 9111 section 4.4: a non-error response invalidates the target URI and the same-host
+    // URIs in Location and Content-Location.
+    if shared.settings.invalidate_unsafe && (status.is_success() || status.is_redirection()) {
+        tags.extend(invalidation.uri);
+        for name in [LOCATION, CONTENT_LOCATION] {
+            let target = response
+                .headers()
+                .get(name)
+                .and_then(|v| same_host_path(v, &invalidation.authority));
+            if let Some(path) = target.filter(|path| shared.routes.caches_reads(path)) {
+                tags.push(uri_tag(&path));
+            }
+        }
+    }
+    // A failure is logged, counted and retried in the background; the write stands.
+    let _ = shared.evict(&tags).await;
+    Ok(shared.mark(response.map(CacheBody::passthrough), Outcome::Bypass, None))
+}
+
+/// The path of a `Location`-style header value, if it names a path on `authority` (a
+/// path-absolute reference, or an absolute URI with that authority).
+fn same_host_path(value: &HeaderValue, authority: &str) -> Option<String> {
+    let uri: http::Uri = value.to_str().ok()?.parse().ok()?;
+    match uri.authority() {
+        Some(host) if !host.as_str().eq_ignore_ascii_case(authority) => None,
+        _ => uri.path().starts_with('/').then(|| uri.path().to_owned()),
+    }
+}

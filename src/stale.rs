@@ -1,0 +1,134 @@
+//! Stale entries (RFC 5861, RFC 9111 section 4.3): served while refreshed in the background,
+//! served instead of errors, revalidated with the inner service's validators.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, CONTENT_LENGTH};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tower_service::Service;
+
+use crate::answer::{examine, respond_from_entry, Usable};
+use crate::body::CacheBody;
+use crate::capture::{capture_if_storable, store_entry};
+use crate::entry::{now_ms, Entry};
+use crate::flight::{FlightGuard, Flights, Role};
+use crate::policy::{storable, Plan};
+use crate::state::Shared;
+use crate::status::Outcome;
+use crate::store::TagVersion;
+
+/// A stale entry kept through the inner call: what a `304` refreshes, and the answer if the
+/// call fails within its `stale-if-error` window.
+pub(crate) struct StaleEntry {
+    pub(crate) entry: Entry,
+    pub(crate) staleness: Duration,
+    /// The request was made conditional with the entry's validators.
+    pub(crate) revalidating: bool,
+}
+
+/// The inner service said `304 Not Modified` to a revalidation: the stale entry is good again.
+/// Its headers are updated from the `304` (RFC 9111 section 4.3.4), its freshness computed
+/// anew, and it is stored again without its body having crossed the wire.
+pub(crate) fn revalidated<B>(
+    shared: &Arc<Shared>,
+    plan: &Plan,
+    stale: Entry,
+    not_modified: &HeaderMap,
+    versions: Vec<TagVersion>,
+    flight: Option<FlightGuard>,
+) -> Response<CacheBody<B>> {
+    let mut headers = stale.headers;
+    for name in not_modified.keys() {
+        if *name == CONTENT_LENGTH || Some(name) == shared.settings.status.x_cache.as_ref() {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = stale.status;
+    parts.headers = headers;
+    let now = now_ms();
+    let freshness =
+        storable(&parts, plan, SystemTime::now()).map(|f| f.jittered(shared.settings.ttl_jitter));
+    let entry = Entry {
+        status: stale.status,
+        headers: parts.headers,
+        stored_at_ms: now.saturating_sub(freshness.map_or(0, |f| f.age.as_millis() as u64)),
+        ttl: freshness.map_or(Duration::ZERO, |f| f.lifetime),
+        stale_while_revalidate: freshness.map_or(Duration::ZERO, |f| f.stale_while_revalidate),
+        stale_if_error: freshness.map_or(Duration::ZERO, |f| f.stale_if_error),
+        revalidate_for: freshness.map_or(Duration::ZERO, |f| f.revalidate_for),
+        tags: plan.tags.iter().cloned().zip(versions).collect(),
+        ..stale
+    };
+    let ttl = freshness.ok().map(|f| f.remaining());
+    if let Ok(freshness) = freshness {
+        store_entry(
+            Arc::clone(shared),
+            plan.key.clone(),
+            entry.clone(),
+            freshness.keep_for(),
+            flight,
+        );
+    }
+    respond_from_entry(shared, plan, entry, now, Outcome::Revalidated { ttl })
+}
+
+/// Calls the inner service, giving up after the layer's `stale_if_error_timeout` if it has one.
+pub(crate) async fn call_within<S, ReqBody, ResBody>(
+    shared: &Shared,
+    inner: &mut S,
+    request: Request<ReqBody>,
+) -> Option<Result<Response<ResBody>, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    match shared.settings.stale_if_error_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, inner.call(request)).await.ok(),
+        None => Some(inner.call(request).await),
+    }
+}
+
+/// Refreshes a stale entry in the background with the request that found it, unless another
+/// request (in this process, or in another instance holding the store lease) already is.
+pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Request<ReqBody>,
+    plan: Plan,
+    versions: Vec<TagVersion>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let Role::Leader(mut flight) = Flights::join(&shared, &plan.key) else { return };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    runtime.spawn(async move {
+        let lease = format!("{}:lease", plan.key);
+        let lease_time = shared.settings.miss_lock_timeout.unwrap_or(Duration::from_secs(5));
+        match shared.acquire_lease(&lease, lease_time).await {
+            Some(false) => return, // another instance refreshes it
+            Some(true) => flight.hold_lease(lease),
+            None => {}
+        }
+        // A refresh that ran between our lookup and our lease has done the work already.
+        if let Some(found) = shared.lookup(&plan.key, &plan.tag_keys).await {
+            if let Ok((Usable::Fresh(_), _)) = examine(&plan, found, now_ms()) {
+                return;
+            }
+        }
+        let Ok(response) = inner.call(request).await else { return };
+        let (response, _) = capture_if_storable(&shared, &plan, versions, response, Some(flight));
+        // Reading the body to its end is what stores it.
+        let _ = response.into_body().collect().await;
+    });
+}
