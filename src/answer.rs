@@ -8,6 +8,7 @@ use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
 use http::{Response, StatusCode};
 
 use crate::body::CacheBody;
+use crate::compression::for_client;
 use crate::conditional::not_modified_headers;
 use crate::entry::{now_ms, Entry};
 use crate::policy::Plan;
@@ -35,6 +36,7 @@ pub(crate) enum Usable {
 
 /// Reads a lookup: an entry the request may use, with the tags' current versions, or a miss.
 pub(crate) fn examine(
+    shared: &Shared,
     plan: &Plan,
     found: Lookup,
     now: u64,
@@ -44,8 +46,12 @@ pub(crate) fn examine(
     let Some(versions) = versions else {
         return Err(Miss { versions: None, fwd });
     };
-    let entry =
-        found.entry.and_then(Entry::decode).filter(|e| tags_match(e, &plan.tags, &versions));
+    let max_len = shared.settings.max_body_bytes;
+    let entry = found
+        .entry
+        .and_then(Entry::decode)
+        .filter(|e| tags_match(e, &plan.tags, &versions))
+        .and_then(|e| for_client(e, plan.accepts_zstd, max_len));
     let Some(entry) = entry else {
         return Err(Miss { versions: Some(versions), fwd });
     };

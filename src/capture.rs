@@ -11,6 +11,7 @@ use http_body::{Body, Frame};
 use std::time::SystemTime;
 
 use crate::body::CacheBody;
+use crate::compression::compress;
 use crate::policy::{storable, stored_headers, Plan};
 
 use crate::conditional::strong_etag;
@@ -84,6 +85,7 @@ impl Capture {
             stale_if_error: freshness.stale_if_error,
             revalidate_for: freshness.revalidate_for,
             tags,
+            identity_len: None,
             body,
         };
         store_entry(shared, key, entry, freshness.keep_for(), flight);
@@ -104,6 +106,10 @@ pub(crate) fn store_entry(
         return;
     };
     runtime.spawn(async move {
+        let mut entry = entry;
+        if let Some(threshold) = shared.settings.compress_above {
+            compress(&mut entry, threshold);
+        }
         shared.put(&key, entry.encode(), keep_for).await;
         drop(flight);
     });

@@ -37,6 +37,8 @@ pub(crate) struct Entry {
     pub(crate) revalidate_for: Duration,
     /// Each tag with the version it had before the response was computed.
     pub(crate) tags: Vec<(String, TagVersion)>,
+    /// When the body is stored zstd-compressed, its length uncompressed.
+    pub(crate) identity_len: Option<u64>,
     pub(crate) body: Bytes,
 }
 
@@ -51,6 +53,7 @@ struct Meta {
     stale_if_error_ms: u64,
     revalidate_for_ms: u64,
     tags: Vec<(String, TagVersion)>,
+    identity_len: Option<u64>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -86,6 +89,7 @@ impl Entry {
             stale_if_error_ms: self.stale_if_error.as_millis() as u64,
             revalidate_for_ms: self.revalidate_for.as_millis() as u64,
             tags: self.tags.clone(),
+            identity_len: self.identity_len,
         };
         let meta =
             postcard::to_allocvec(&meta).expect("serializing owned data into a Vec cannot fail");
@@ -118,6 +122,7 @@ impl Entry {
             stale_if_error: Duration::from_millis(meta.stale_if_error_ms),
             revalidate_for: Duration::from_millis(meta.revalidate_for_ms),
             tags: meta.tags,
+            identity_len: meta.identity_len,
             body: bytes.slice(body_start..),
         })
     }
@@ -162,6 +167,7 @@ mod tests {
             stale_if_error: Duration::from_secs(300),
             revalidate_for: Duration::from_secs(60),
             tags: vec![("users".into(), 7), ("user:1".into(), u64::MAX)],
+            identity_len: None,
             body: Bytes::from_static(b"[{\"id\":1}]"),
         }
     }

@@ -133,7 +133,7 @@ pub(crate) async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Dur
 async fn lookup_hit<B>(shared: &Shared, plan: &Plan) -> Option<Response<CacheBody<B>>> {
     let found = shared.lookup(&plan.key, &plan.tag_keys).await?;
     let now = now_ms();
-    match examine(plan, found, now) {
+    match examine(shared, plan, found, now) {
         Ok((Usable::Fresh(entry), _)) => Some(serve_fresh(shared, plan, entry, now)),
         _ => None,
     }

@@ -41,6 +41,7 @@ impl CacheLayer {
             miss_lock_timeout: Some(Duration::from_secs(5)),
             honor_request_no_cache: false,
             stale_if_error_timeout: None,
+            compress_above: Some(1024),
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
                 cache_status: Some("tower-redis-cache".to_owned()),
@@ -88,6 +89,7 @@ pub struct CacheLayerBuilder {
     miss_lock_timeout: Option<Duration>,
     honor_request_no_cache: bool,
     stale_if_error_timeout: Option<Duration>,
+    compress_above: Option<usize>,
     status: StatusHeaders,
 }
 
@@ -187,6 +189,20 @@ impl CacheLayerBuilder {
     /// and `5xx` count as failures).
     pub fn stale_if_error_timeout(mut self, timeout: Duration) -> Self {
         self.stale_if_error_timeout = Some(timeout);
+        self
+    }
+
+    /// Stores bodies of at least `bytes` (default 1 KiB) compressed with zstd, unless the inner
+    /// service encoded them already. Clients that accept `zstd` are served the compressed
+    /// bytes as they are; the others get them decompressed.
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = Some(bytes);
+        self
+    }
+
+    /// Stores every body as the inner service sent it.
+    pub fn without_compression(mut self) -> Self {
+        self.compress_above = None;
         self
     }
 
@@ -306,6 +322,7 @@ impl CacheLayerBuilder {
             miss_lock_timeout: self.miss_lock_timeout,
             honor_request_no_cache: self.honor_request_no_cache,
             stale_if_error_timeout: self.stale_if_error_timeout,
+            compress_above: self.compress_above,
             status: self.status,
         };
         Ok(CacheLayer { shared: Arc::new(Shared::new(self.store, routes, settings)) })

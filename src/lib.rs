@@ -100,6 +100,7 @@
 mod answer;
 mod body;
 mod capture;
+mod compression;
 mod conditional;
 mod entry;
 mod error;

@@ -11,6 +11,7 @@ use http::request;
 use http::response;
 use http::Method;
 
+use crate::compression::accepts_zstd;
 use crate::conditional::Conditions;
 use crate::freshness::{freshness, Freshness};
 use crate::key::{authority, entry_key, uri_tag};
@@ -43,6 +44,8 @@ pub(crate) struct Plan {
     /// The request asked for a response from the origin (`Cache-Control: no-cache` or
     /// `max-age=0`, `Pragma: no-cache`) and the layer honours that.
     pub(crate) refresh: bool,
+    /// The client accepts `zstd`: compressed entries are served as they are stored.
+    pub(crate) accepts_zstd: bool,
 }
 
 pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
@@ -83,6 +86,7 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         per_user: user.is_some(),
         conditions: Conditions::from_request(&request.headers),
         refresh: shared.settings.honor_request_no_cache && asks_for_origin(&request.headers),
+        accepts_zstd: accepts_zstd(&request.headers),
         head: request.method == Method::HEAD,
     })
 }

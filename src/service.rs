@@ -122,7 +122,7 @@ where
     let (versions, fwd) = match shared.lookup(&plan.key, &plan.tag_keys).await {
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
-        Some(found) => match examine(&plan, found, now) {
+        Some(found) => match examine(&shared, &plan, found, now) {
             Ok((Usable::Fresh(entry), _)) => return Ok(serve_fresh(&shared, &plan, entry, now)),
             Ok((Usable::Stale { entry, staleness }, versions)) => {
                 if staleness < entry.stale_while_revalidate {

@@ -122,7 +122,7 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
         }
         // A refresh that ran between our lookup and our lease has done the work already.
         if let Some(found) = shared.lookup(&plan.key, &plan.tag_keys).await {
-            if let Ok((Usable::Fresh(_), _)) = examine(&plan, found, now_ms()) {
+            if let Ok((Usable::Fresh(_), _)) = examine(&shared, &plan, found, now_ms()) {
                 return;
             }
         }

@@ -30,6 +30,8 @@ pub(crate) struct Settings {
     pub(crate) miss_lock_timeout: Option<Duration>,
     /// How long to wait for the inner service when a stale entry could answer if it fails.
     pub(crate) stale_if_error_timeout: Option<Duration>,
+    /// Bodies at least this long are stored zstd-compressed; `None` stores them as they are.
+    pub(crate) compress_above: Option<usize>,
     /// Whether a request's `Cache-Control: no-cache` (or `max-age=0`) skips the stored entry.
     pub(crate) honor_request_no_cache: bool,
     /// Whether unsafe requests invalidate the entries of their target URI (RFC 9111 4.4).

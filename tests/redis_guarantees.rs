@@ -498,3 +498,47 @@ async fn a_stale_entry_is_refreshed_once_across_three_instances() {
     let fresh = get_path(&instances[2], "/users/1").await;
     assert_eq!((fresh.x_cache.as_str(), fresh.body.as_str()), ("HIT", "v2"));
 }
+
+/// The users API's JSON, stored compressed and not: what Redis holds for it (MEMORY USAGE).
+#[tokio::test]
+async fn compressed_entries_take_a_fraction_of_the_redis_memory() {
+    let server = RedisServer::start();
+    let users: Vec<String> = (1..=500)
+        .map(|id| {
+            format!(
+                r#"{{"id":{id},"name":"User {id}","email":"user{id}@example.com","age":{}}}"#,
+                20 + id % 50
+            )
+        })
+        .collect();
+    let json = format!("[{}]", users.join(","));
+    let mut usage = Vec::new();
+    for (prefix, compress) in [("plain", false), ("zstd", true)] {
+        let store = RedisStore::from_url(server.url()).await.unwrap();
+        let builder = CacheLayer::builder(store).key_prefix(prefix).route("/users", Rule::get());
+        let cache = if compress { builder } else { builder.without_compression() }.build().unwrap();
+        let body = json.clone();
+        let router = Router::new().route("/users", get(move || async move { body })).layer(cache);
+        get_path(&router, "/users").await;
+        settle().await;
+        let keys = server.command(&["KEYS", &format!("{prefix}:v1:e:*")]).unwrap();
+        let key = keys.lines().find(|l| l.starts_with(prefix)).expect("the entry").to_owned();
+        let bytes: u64 = server
+            .command(&["MEMORY", "USAGE", &key])
+            .unwrap()
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap();
+        assert_eq!(get_path(&router, "/users").await.body, json, "{prefix}: served whole");
+        usage.push(bytes);
+    }
+    println!(
+        "users_api JSON, {} bytes: Redis holds {} bytes plain, {} bytes zstd ({:.1}%)",
+        json.len(),
+        usage[0],
+        usage[1],
+        100.0 * usage[1] as f64 / usage[0] as f64
+    );
+    assert!(usage[1] * 3 < usage[0], "{usage:?}");
+}

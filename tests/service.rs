@@ -1370,3 +1370,70 @@ async fn entries_without_validators_and_clients_with_their_own_are_not_revalidat
     let own = h.send(get_as("/news", "if-none-match", "\"mine\""), |_| ok("v2")).await;
     assert_eq!(own.reached_inner.unwrap().headers()["if-none-match"], "\"mine\"");
 }
+
+fn users_json(n: usize) -> String {
+    let users: Vec<String> = (1..=n)
+        .map(|id| {
+            format!(
+                r#"{{"id":{id},"name":"User {id}","email":"user{id}@example.com","age":{}}}"#,
+                20 + id % 50
+            )
+        })
+        .collect();
+    format!("[{}]", users.join(","))
+}
+
+#[tokio::test]
+async fn large_entries_are_stored_compressed_and_served_in_the_encoding_the_client_accepts() {
+    let json: &'static str = Box::leak(users_json(100).into_boxed_str());
+    let mut h = Harness::users();
+    h.send(get("/users"), move |_| with_header(ok(json), "etag", "\"list-1\"")).await;
+
+    let plain = h.get("/users", "unused").await;
+    assert_eq!((plain.x_cache(), &plain.body[..]), ("HIT", json.as_bytes()));
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert_eq!(plain.headers["vary"], "accept-encoding");
+    assert_eq!(plain.headers["etag"], "\"list-1\"");
+
+    let zstd_hit =
+        h.send(get_as("/users", "accept-encoding", "gzip, zstd"), |_| ok("unused")).await;
+    assert_eq!(zstd_hit.headers["content-encoding"], "zstd");
+    assert_eq!(zstd_hit.headers["etag"], "\"list-1-zstd\"", "a strong ETag per representation");
+    assert_eq!(zstd_hit.headers["content-length"], zstd_hit.body.len().to_string().as_str());
+    assert!(
+        zstd_hit.body.len() * 4 < json.len(),
+        "{} bytes for {}",
+        zstd_hit.body.len(),
+        json.len()
+    );
+    assert_eq!(zstd::decode_all(&zstd_hit.body[..]).unwrap(), json.as_bytes());
+
+    let refused =
+        h.send(get_as("/users", "accept-encoding", "zstd;q=0, gzip"), |_| ok("unused")).await;
+    assert_eq!(&refused.body[..], json.as_bytes());
+}
+
+#[tokio::test]
+async fn small_bodies_and_already_encoded_ones_are_stored_as_they_are() {
+    let mut h = Harness::users();
+    h.get("/users", "[]").await;
+    let small = h.send(get_as("/users", "accept-encoding", "zstd"), |_| ok("unused")).await;
+    assert!(small.headers.get("content-encoding").is_none());
+
+    let gzipped: &'static str = Box::leak("x".repeat(4096).into_boxed_str());
+    h.send(get("/users/1"), move |_| with_header(ok(gzipped), "content-encoding", "gzip")).await;
+    let encoded = h.send(get_as("/users/1", "accept-encoding", "zstd"), |_| ok("unused")).await;
+    assert_eq!(encoded.headers["content-encoding"], "gzip");
+    assert_eq!(&encoded.body[..], gzipped.as_bytes());
+
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
+        .without_compression()
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let big: &'static str = Box::leak("y".repeat(4096).into_boxed_str());
+    h.get("/users", big).await;
+    let off = h.send(get_as("/users", "accept-encoding", "zstd"), |_| ok("unused")).await;
+    assert!(off.headers.get("content-encoding").is_none());
+    assert!(off.headers.get("vary").is_none());
+}

@@ -1,0 +1,88 @@
+//! Entries stored compressed with zstd: bodies over the layer's threshold take less room in
+//! the store, clients that accept `zstd` get the compressed bytes as they are, and the others
+//! get them decompressed.
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::entry::Entry;
+
+const ZSTD: HeaderValue = HeaderValue::from_static("zstd");
+/// zstd's default level: a good ratio at hundreds of MB/s.
+const LEVEL: i32 = 3;
+
+/// Compresses the entry's body in place when it is at least `threshold` bytes, not already
+/// encoded by the inner service, and smaller once compressed.
+pub(crate) fn compress(entry: &mut Entry, threshold: usize) {
+    if entry.identity_len.is_some()
+        || entry.body.len() < threshold
+        || entry.headers.contains_key(header::CONTENT_ENCODING)
+    {
+        return;
+    }
+    match zstd::bulk::compress(&entry.body, LEVEL) {
+        Ok(compressed) if compressed.len() < entry.body.len() => {
+            entry.identity_len = Some(entry.body.len() as u64);
+            entry.body = compressed.into();
+        }
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "zstd could not compress an entry; stored as it is"),
+    }
+}
+
+/// Whether a request's `Accept-Encoding` accepts `zstd` (present, with a `q` above zero).
+pub(crate) fn accepts_zstd(headers: &HeaderMap) -> bool {
+    // A list of `coding;q=value` items (RFC 9110 section 12.5.3); only zstd matters here.
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
+            coding.eq_ignore_ascii_case("zstd") && q.is_some_and(|q| q > 0.0)
+        })
+}
+
+/// The entry as this client gets it: compressed entries stay compressed for clients that
+/// accept zstd (with `Content-Encoding: zstd`, and a strong `ETag` of their own), and are
+/// decompressed, up to `max_len` bytes, for the others. Either way the response varies on
+/// `Accept-Encoding`. `None` when the stored bytes do not decompress.
+pub(crate) fn for_client(mut entry: Entry, accepts_zstd: bool, max_len: usize) -> Option<Entry> {
+    let Some(identity_len) = entry.identity_len else { return Some(entry) };
+    if !vary_lists_accept_encoding(&entry.headers) {
+        entry.headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if accepts_zstd {
+        entry.headers.insert(header::CONTENT_ENCODING, ZSTD);
+        // A strong validator names one representation (RFC 9110 section 8.8.1).
+        if let Some(etag) = entry.headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
+            if let Some(opaque) = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
+                if let Ok(value) = HeaderValue::try_from(format!("\"{opaque}-zstd\"")) {
+                    entry.headers.insert(header::ETAG, value);
+                }
+            }
+        }
+        return Some(entry);
+    }
+    let capacity = usize::try_from(identity_len).ok().filter(|len| *len <= max_len)?;
+    let body = zstd::bulk::decompress(&entry.body, capacity).ok()?;
+    if body.len() as u64 != identity_len {
+        return None;
+    }
+    entry.body = body.into();
+    entry.identity_len = None;
+    Some(entry)
+}
+
+fn vary_lists_accept_encoding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim().eq_ignore_ascii_case("accept-encoding"))
+}
