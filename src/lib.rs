@@ -64,7 +64,7 @@
 //! | Only `GET` and `HEAD` are looked up | other methods change things or depend on their body |
 //! | Freshness comes from the response (`s-maxage`, `max-age`, `Expires`, less `Age`), else the rule's `ttl` | the origin knows how long its data stays good |
 //! | Only `200` is stored (configurable) | errors and redirects are rarely meant to be shared |
-//! | `Set-Cookie`, `Cache-Control: no-store` or `no-cache`, and `Vary: *` are never stored | they are meant for one client, or for no cache |
+//! | `Set-Cookie`, `Cache-Control: no-store` and `Vary: *` are never stored; `no-cache` only with a validator, revalidated before every use | they are meant for one client, or for no cache |
 //! | `Cache-Control: private` only into per-user entries | it is for one user |
 //! | `Vary` on a header the rule does not key on: not stored | the entry would be served to clients it was not made for |
 //! | Credentialed requests to routes neither per-user nor shared bypass | their response may be that user's |

@@ -120,10 +120,6 @@ pub(crate) fn storable(
         if cc.no_store() {
             return Err("Cache-Control: no-store");
         }
-        // Revalidation is not supported yet, so a response that demands it is not stored.
-        if cc.no_cache() {
-            return Err("Cache-Control: no-cache");
-        }
         if cc.private() && !plan.per_user {
             return Err("Cache-Control: private on a shared entry");
         }
@@ -140,7 +136,19 @@ pub(crate) fn storable(
             return Err("Vary names a header the rule does not key on");
         }
     }
-    let fresh = freshness(headers, cache_control.as_ref(), &plan.rule, now);
+    let mut fresh = freshness(headers, cache_control.as_ref(), &plan.rule, now);
+    if cache_control.as_ref().is_some_and(CacheControl::no_cache) {
+        // Stored, but never used without asking the inner service first (RFC 9111 section
+        // 5.2.2.4), which takes a validator to ask with.
+        if !headers.contains_key(header::ETAG) && !headers.contains_key(header::LAST_MODIFIED) {
+            return Err("Cache-Control: no-cache without a validator");
+        }
+        fresh.revalidate_for = fresh.lifetime.max(plan.rule.ttl);
+        fresh.lifetime = Duration::ZERO;
+        fresh.stale_while_revalidate = Duration::ZERO;
+        fresh.stale_if_error = Duration::ZERO;
+        return Ok(fresh);
+    }
     if fresh.remaining().is_zero() {
         return Err("already stale");
     }

@@ -1437,3 +1437,24 @@ async fn small_bodies_and_already_encoded_ones_are_stored_as_they_are() {
     assert!(off.headers.get("content-encoding").is_none());
     assert!(off.headers.get("vary").is_none());
 }
+
+#[tokio::test]
+async fn no_cache_responses_are_stored_but_always_revalidated_before_use() {
+    let mut h = Harness::users();
+    let respond =
+        |_: &Req| with_header(with_header(ok("v1"), "etag", "\"v1\""), "cache-control", "no-cache");
+    let first = h.send(get("/users"), respond).await;
+    assert!(first.headers["cache-status"].to_str().unwrap().contains("stored"));
+
+    for _ in 0..2 {
+        let again = h
+            .send(get("/users"), |seen| {
+                assert_eq!(seen.headers()["if-none-match"], "\"v1\"", "never used without asking");
+                with_status(Response::new(full("")), StatusCode::NOT_MODIFIED)
+            })
+            .await;
+        assert_eq!((again.x_cache(), &again.body[..]), ("REVALIDATED", &b"v1"[..]));
+    }
+    let changed = h.send(get("/users"), |_| ok("v2")).await;
+    assert_eq!((changed.x_cache(), &changed.body[..]), ("MISS", &b"v2"[..]));
+}
