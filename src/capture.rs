@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use crate::body::CacheBody;
 use crate::compression::compress;
 use crate::policy::{storable, stored_headers, Plan};
+use crate::vary;
 
 use crate::conditional::strong_etag;
 use crate::entry::{now_ms, Entry};
@@ -119,23 +120,28 @@ pub(crate) fn store_entry(
 pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
     shared: &Arc<Shared>,
     plan: &Plan,
+    request: &HeaderMap,
     versions: Vec<TagVersion>,
     response: Response<B>,
     flight: Option<FlightGuard>,
 ) -> (Response<CacheBody<B>>, Option<Duration>) {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
-    let freshness = storable(&parts, plan, SystemTime::now()).and_then(|freshness| {
+    let checked = storable(&parts, plan, SystemTime::now()).and_then(|freshness| {
         // A known length over the limit: do not even start a copy.
-        let too_long = body.size_hint().lower() > settings.max_body_bytes as u64;
-        if too_long {
-            Err("body over max_body_bytes")
-        } else {
-            Ok(freshness.jittered(settings.ttl_jitter))
+        if body.size_hint().lower() > settings.max_body_bytes as u64 {
+            return Err("body over max_body_bytes");
         }
+        let extra = vary::beyond(&parts.headers, &plan.vary).ok_or("unreadable Vary")?;
+        Ok((freshness.jittered(settings.ttl_jitter), extra))
     });
-    let freshness = match freshness {
-        Ok(freshness) => freshness,
+    let (freshness, key) = match checked {
+        Ok((freshness, extra)) if extra.is_empty() => (freshness, plan.key.clone()),
+        // The response varies on headers the key did not cover yet: learn them.
+        Ok((freshness, extra)) => {
+            let vary = vary::learn(shared, plan, &extra, freshness.keep_for());
+            (freshness, plan.key_base.key(&settings.key_prefix, request, &vary))
+        }
         Err(reason) => {
             tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");
             return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
@@ -148,7 +154,7 @@ pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
         freshness,
         flight,
         tags: plan.tags.iter().cloned().zip(versions).collect(),
-        key: plan.key.clone(),
+        key,
     };
     let capture = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower());
     (Response::from_parts(parts, CacheBody::capturing(body, capture)), Some(freshness.remaining()))

@@ -8,7 +8,11 @@
 //! - the path, with percent-escapes upper-cased;
 //! - the query, with its parameters sorted by name (the order of repeated names is kept);
 //! - the scope: shared, or the [`UserId`] digest for per-user routes;
-//! - the values of the rule's `vary` headers.
+//! - the values of the headers the response varies on (the rule's `vary`, and those learned from
+//!   responses' `Vary`), normalised where the RFCs allow.
+//!
+//! All but the last are hashed once per request into a [`KeyBase`], from which the key for any
+//! set of varying headers follows.
 //!
 //! Keys never hold raw tokens, cookies or paths, and their length is fixed by the prefix.
 //! Tag keys are `<prefix>:v1:t:<tag>`, or `<prefix>:v1:t:#<digest>` for tags longer than
@@ -16,6 +20,7 @@
 
 use std::borrow::Cow;
 
+use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{HeaderName, Method};
 
@@ -26,40 +31,100 @@ const KEY_VERSION: &str = "v1";
 /// Tags longer than this are digested in their key.
 pub(crate) const MAX_PLAIN_TAG: usize = 128;
 
-/// The store key for the entry a request would be answered from.
-pub(crate) fn entry_key(
-    prefix: &str,
-    request: &Parts,
-    user: Option<&UserId>,
-    vary: &[HeaderName],
-) -> String {
-    let mut hasher = blake3::Hasher::new_derive_key("tower-redis-cache 2026 entry key");
-    let mut field = |bytes: &[u8]| {
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
+/// A request's entry key, all but the request headers it varies on: a digest of the rest, from
+/// which the key for any set of varying headers follows without hashing the rest again.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyBase {
+    digest: [u8; 32],
+}
 
-    let method = if request.method == Method::HEAD { &Method::GET } else { &request.method };
-    field(method.as_str().as_bytes());
-    field(authority(request).as_bytes());
-    field(normalize_path(request.uri.path()).as_bytes());
-    field(sorted_query(request.uri.query().unwrap_or("")).as_bytes());
-    match user {
-        None => field(b"shared"),
-        Some(user) => {
-            field(b"user");
-            field(user.as_bytes());
+impl KeyBase {
+    pub(crate) fn new(request: &Parts, user: Option<&UserId>) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key("tower-redis-cache 2026 request");
+        let method = if request.method == Method::HEAD { &Method::GET } else { &request.method };
+        field(&mut hasher, method.as_str().as_bytes());
+        field(&mut hasher, authority(request).as_bytes());
+        field(&mut hasher, normalize_path(request.uri.path()).as_bytes());
+        field(&mut hasher, sorted_query(request.uri.query().unwrap_or("")).as_bytes());
+        match user {
+            None => field(&mut hasher, b"shared"),
+            Some(user) => {
+                field(&mut hasher, b"user");
+                field(&mut hasher, user.as_bytes());
+            }
         }
+        Self { digest: *hasher.finalize().as_bytes() }
     }
-    for name in vary {
-        field(name.as_str().as_bytes());
-        let values = request.headers.get_all(name);
-        field(&(values.iter().count() as u64).to_le_bytes());
-        for value in values {
-            field(value.as_bytes().trim_ascii());
+
+    /// The entry key when the response varies on the request headers `vary` (sorted), whose
+    /// values are taken from `headers`, normalised as [`vary_value`] says.
+    pub(crate) fn key(&self, prefix: &str, headers: &HeaderMap, vary: &[HeaderName]) -> String {
+        let mut hasher = blake3::Hasher::new_derive_key("tower-redis-cache 2026 entry key");
+        hasher.update(&self.digest);
+        for name in vary {
+            field(&mut hasher, name.as_str().as_bytes());
+            let values = headers.get_all(name);
+            field(&mut hasher, &(values.iter().count() as u64).to_le_bytes());
+            for value in values {
+                field(&mut hasher, &vary_value(name, value.as_bytes()));
+            }
         }
+        format!("{prefix}:{KEY_VERSION}:e:{}", hasher.finalize().to_hex())
     }
-    format!("{prefix}:{KEY_VERSION}:e:{}", hasher.finalize().to_hex())
+}
+
+/// Length-prefixed, so that no two different inputs run together.
+fn field(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    hasher.update(&(bytes.len() as u64).to_le_bytes());
+    hasher.update(bytes);
+}
+
+/// A request header value as it counts in a key: trimmed; for the content negotiation
+/// headers, whose tokens are case-insensitive, lower-cased without spaces; and for
+/// `Accept-Encoding`, reduced to the sorted codings a stack produces, since clients spell the
+/// same choice in many ways.
+fn vary_value<'a>(name: &HeaderName, value: &'a [u8]) -> Cow<'a, [u8]> {
+    const CODINGS: [&str; 4] = ["br", "deflate", "gzip", "zstd"];
+    let value = value.trim_ascii();
+    if *name == header::ACCEPT_ENCODING {
+        let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+        let accepted: Vec<&str> = CODINGS
+            .into_iter()
+            .filter(|coding| {
+                text.split(',').any(|item| {
+                    let mut parts = item.split(';').map(str::trim);
+                    parts.next() == Some(coding)
+                        && parts.all(|p| {
+                            p.strip_prefix("q=")
+                                .is_none_or(|q| q.parse::<f32>().is_ok_and(|q| q > 0.0))
+                        })
+                })
+            })
+            .collect();
+        return Cow::Owned(accepted.join(",").into_bytes());
+    }
+    let negotiation = [header::ACCEPT, header::ACCEPT_LANGUAGE, header::ACCEPT_CHARSET];
+    if negotiation.contains(name) {
+        let folded: Vec<u8> =
+            value.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect();
+        return Cow::Owned(folded);
+    }
+    Cow::Borrowed(value)
+}
+
+/// The request headers a response varies on: the rule's, and those learned from responses,
+/// sorted and without repeats.
+pub(crate) fn vary_union(a: &[HeaderName], b: &[HeaderName]) -> Vec<HeaderName> {
+    let mut all: Vec<HeaderName> = a.iter().chain(b).cloned().collect();
+    all.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    all.dedup();
+    all
+}
+
+/// The store key for the entry a request would be answered from.
+#[cfg(test)]
+fn entry_key(prefix: &str, request: &Parts, user: Option<&UserId>, vary: &[HeaderName]) -> String {
+    KeyBase::new(request, user).key(prefix, &request.headers, vary)
 }
 
 /// The store key holding a tag's version.
@@ -208,6 +273,20 @@ mod tests {
         assert_ne!(entry_key("c", &en, None, &lang), entry_key("c", &fr, None, &lang));
         assert_ne!(entry_key("c", &none, None, &lang), entry_key("c", &empty, None, &lang));
         assert_eq!(entry_key("c", &en, None, &[]), entry_key("c", &fr, None, &[]));
+    }
+
+    #[test]
+    fn vary_values_are_normalised_where_the_rfcs_allow() {
+        let key = |name: &'static str, value: &'static str| {
+            entry_key("c", &parts("/x", &[(name, value)]), None, &[HeaderName::from_static(name)])
+        };
+        assert_eq!(key("accept-encoding", "gzip, br"), key("accept-encoding", "br,GZIP"));
+        assert_eq!(key("accept-encoding", "gzip, x-custom"), key("accept-encoding", "gzip;q=0.5"));
+        assert_ne!(key("accept-encoding", "gzip"), key("accept-encoding", "gzip;q=0"));
+        assert_eq!(key("accept-language", "EN-us, fr"), key("accept-language", "en-US,fr"));
+        assert_ne!(key("accept-language", "en"), key("accept-language", "fr"));
+        assert_eq!(key("x-tenant", " a "), key("x-tenant", "a"));
+        assert_ne!(key("x-tenant", "A"), key("x-tenant", "a"), "unknown headers keep their case");
     }
 
     #[test]

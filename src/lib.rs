@@ -66,7 +66,7 @@
 //! | Only `200` is stored (configurable) | errors and redirects are rarely meant to be shared |
 //! | `Set-Cookie`, `Cache-Control: no-store` and `Vary: *` are never stored; `no-cache` only with a validator, revalidated before every use | they are meant for one client, or for no cache |
 //! | `Cache-Control: private` only into per-user entries | it is for one user |
-//! | `Vary` on a header the rule does not key on: not stored | the entry would be served to clients it was not made for |
+//! | A response's `Vary` headers become part of its key | it is only served to requests it was made for |
 //! | Credentialed requests to routes neither per-user nor shared bypass | their response may be that user's |
 //! | Bypass patterns win over every other rule | `/auth/{*rest}` stays out of the cache whatever else matches |
 //! | Bodies over `max_body_bytes`, and bodies that fail or are cut short, are not stored | nothing partial is ever served |
@@ -120,6 +120,7 @@ mod stats;
 mod status;
 pub mod store;
 pub mod user;
+mod vary;
 
 pub use self::body::CacheBody;
 pub use self::error::BuildError;

@@ -14,7 +14,7 @@ use http::Method;
 use crate::compression::accepts_zstd;
 use crate::conditional::Conditions;
 use crate::freshness::{freshness, Freshness};
-use crate::key::{authority, entry_key, uri_tag};
+use crate::key::{authority, uri_tag, vary_union, KeyBase};
 use crate::rules::{Matched, ReadRule, Scope};
 use crate::state::Shared;
 
@@ -31,7 +31,14 @@ pub(crate) enum Decision {
 
 /// Everything the request path needs to look up and store one cacheable request.
 pub(crate) struct Plan {
+    /// The entry's key: `key_base` with the values of the `vary` request headers.
     pub(crate) key: String,
+    pub(crate) key_base: KeyBase,
+    /// The request headers the entry varies on: the rule's, and those learned from responses.
+    pub(crate) vary: Vec<HeaderName>,
+    /// The key with the rule's `vary` headers only, where learned ones are written down for
+    /// other instances (see [`crate::vary`]).
+    pub(crate) base_key: String,
     pub(crate) tags: Vec<String>,
     pub(crate) tag_keys: Vec<String>,
     pub(crate) rule: Arc<ReadRule>,
@@ -78,8 +85,21 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
     if shared.eviction_pending(&tags) {
         return Decision::Bypass;
     }
+    let key_base = KeyBase::new(request, user.as_ref());
+    let prefix = &shared.settings.key_prefix;
+    let base_key = key_base.key(prefix, &request.headers, &rule.vary);
+    let (key, vary) = match shared.learned_vary.get(&base_key) {
+        Some(learned) => {
+            let vary = vary_union(&rule.vary, &learned);
+            (key_base.key(prefix, &request.headers, &vary), vary)
+        }
+        None => (base_key.clone(), rule.vary.clone()),
+    };
     Decision::Lookup(Plan {
-        key: entry_key(&shared.settings.key_prefix, request, user.as_ref(), &rule.vary),
+        key,
+        key_base,
+        vary,
+        base_key,
         tag_keys: shared.tag_keys(&tags),
         tags,
         rule: Arc::clone(rule),
@@ -128,12 +148,6 @@ pub(crate) fn storable(
         let vary = headers.typed_get::<Vary>().ok_or("unreadable Vary")?;
         if vary.is_any() {
             return Err("Vary: *");
-        }
-        if !vary
-            .iter_strs()
-            .all(|name| plan.rule.vary.iter().any(|v| v.as_str().eq_ignore_ascii_case(name)))
-        {
-            return Err("Vary names a header the rule does not key on");
         }
     }
     let mut fresh = freshness(headers, cache_control.as_ref(), &plan.rule, now);

@@ -22,6 +22,7 @@ use crate::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
 use crate::state::Shared;
 use crate::stats::Counters;
 use crate::status::{Forwarded, Outcome};
+use crate::vary;
 
 /// Caches the responses of the inner service `S` according to its layer's rules.
 ///
@@ -107,7 +108,7 @@ async fn serve_cacheable<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     mut inner: S,
     mut request: Request<ReqBody>,
-    plan: Plan,
+    mut plan: Plan,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -119,7 +120,11 @@ where
     // before the inner service runs, which is what makes a later eviction win over this miss.
     let now = now_ms();
     let mut stale = None;
-    let (versions, fwd) = match shared.lookup(&plan.key, &plan.tag_keys).await {
+    let found = match shared.lookup(&plan.key, &plan.tag_keys).await {
+        Some(found) => vary::follow_marker(&shared, &mut plan, request.headers(), found).await,
+        None => None,
+    };
+    let (versions, fwd) = match found {
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
         Some(found) => match examine(&shared, &plan, found, now) {
@@ -161,6 +166,8 @@ where
         }
     }
     Counters::add(&shared.counters.misses, 1);
+    // The values of the headers a response may turn out to vary on.
+    let request_headers = request.headers().clone();
     let response = match stale {
         None => inner.call(request).await?,
         Some(stale) => {
@@ -196,7 +203,9 @@ where
         }
     };
     let (response, stored) = match versions {
-        Some(versions) => capture_if_storable(&shared, &plan, versions, response, flight),
+        Some(versions) => {
+            capture_if_storable(&shared, &plan, &request_headers, versions, response, flight)
+        }
         None => (response.map(CacheBody::passthrough), None),
     };
     Ok(shared.mark(response, Outcome::Miss { fwd, stored }, Some(&plan.key)))

@@ -126,8 +126,10 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
                 return;
             }
         }
+        let request_headers = request.headers().clone();
         let Ok(response) = inner.call(request).await else { return };
-        let (response, _) = capture_if_storable(&shared, &plan, versions, response, Some(flight));
+        let (response, _) =
+            capture_if_storable(&shared, &plan, &request_headers, versions, response, Some(flight));
         // Reading the body to its end is what stores it.
         let _ = response.into_body().collect().await;
     });

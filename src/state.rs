@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) counters: Counters,
     pub(crate) flights: Flights,
+    /// Request headers learned from responses' `Vary`, by base key (see [`crate::vary`]).
+    pub(crate) learned_vary: moka::sync::Cache<String, Arc<Vec<http::HeaderName>>>,
     failed_evictions: FailedEvictions,
 }
 
@@ -63,6 +65,10 @@ struct FailedState {
     retrying: bool,
 }
 
+/// How many base keys' learned `Vary` headers a process remembers; forgetting costs one more
+/// round trip to read the marker again.
+const LEARNED_VARY: u64 = 100_000;
+
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -74,6 +80,7 @@ impl Shared {
             settings,
             counters: Counters::default(),
             flights: Flights::default(),
+            learned_vary: moka::sync::Cache::new(LEARNED_VARY),
             failed_evictions: FailedEvictions::default(),
         }
     }

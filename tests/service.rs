@@ -345,7 +345,6 @@ async fn only_cacheable_responses_are_stored() {
         ("no-cache", || with_header(ok("x"), "cache-control", "no-cache")),
         ("private on a shared route", || with_header(ok("x"), "cache-control", "private")),
         ("vary *", || with_header(ok("x"), "vary", "*")),
-        ("vary on an unkeyed header", || with_header(ok("x"), "vary", "accept-language")),
     ];
     for (name, respond) in cases {
         let mut h = Harness::users();
@@ -1457,4 +1456,56 @@ async fn no_cache_responses_are_stored_but_always_revalidated_before_use() {
     }
     let changed = h.send(get("/users"), |_| ok("v2")).await;
     assert_eq!((changed.x_cache(), &changed.body[..]), ("MISS", &b"v2"[..]));
+}
+
+fn varying(text: &'static str) -> impl FnOnce(&Req) -> Resp {
+    move |_| with_header(ok(text), "vary", "Accept-Language")
+}
+
+#[tokio::test]
+async fn responses_varying_on_unnamed_headers_are_keyed_by_them() {
+    let mut h = Harness::users();
+    h.send(get_as("/users", "accept-language", "en"), varying("hello")).await;
+    let fr = h.send(get_as("/users", "accept-language", "fr"), varying("bonjour")).await;
+    assert_eq!(
+        (fr.x_cache(), &fr.body[..]),
+        ("MISS", &b"bonjour"[..]),
+        "another language, another entry"
+    );
+    let en = h.send(get_as("/users", "accept-language", "EN"), varying("unused")).await;
+    assert_eq!((en.x_cache(), &en.body[..]), ("HIT", &b"hello"[..]), "case-folded");
+    let fr = h.send(get_as("/users", "accept-language", "fr"), varying("unused")).await;
+    assert_eq!((fr.x_cache(), &fr.body[..]), ("HIT", &b"bonjour"[..]));
+    let none = h.send(get("/users"), varying("default")).await;
+    assert_eq!((none.x_cache(), &none.body[..]), ("MISS", &b"default"[..]));
+}
+
+#[tokio::test]
+async fn other_instances_learn_what_a_response_varies_on_from_the_store() {
+    let store = MemoryStore::default();
+    let layer = |store: MemoryStore| users_rules(CacheLayer::builder(store)).build().unwrap();
+    let mut a = Harness::new(layer(store.clone()));
+    let mut b = Harness::new(layer(store));
+    a.send(get_as("/users", "accept-language", "en"), varying("hello")).await;
+    a.send(get_as("/users", "accept-language", "fr"), varying("bonjour")).await;
+    // `b` has never seen the response: the marker in the store sends it to the right entry.
+    let fr = b.send(get_as("/users", "accept-language", "fr"), varying("unused")).await;
+    assert_eq!((fr.x_cache(), &fr.body[..]), ("HIT", &b"bonjour"[..]));
+    let en = b.send(get_as("/users", "accept-language", "en"), varying("unused")).await;
+    assert_eq!((en.x_cache(), &en.body[..]), ("HIT", &b"hello"[..]));
+}
+
+#[tokio::test]
+async fn accept_encoding_variants_share_an_entry_when_they_accept_the_same_codings() {
+    let mut h = Harness::users();
+    let gzip_only = |_: &Req| with_header(ok("for gzip clients"), "vary", "accept-encoding");
+    h.send(get_as("/users", "accept-encoding", "gzip, deflate, x-unknown"), gzip_only).await;
+    let same = h.send(get_as("/users", "accept-encoding", "deflate,GZIP"), |_| ok("unused")).await;
+    assert_eq!((same.x_cache(), &same.body[..]), ("HIT", &b"for gzip clients"[..]));
+    let other = h
+        .send(get_as("/users", "accept-encoding", "br"), |_| {
+            with_header(ok("for br"), "vary", "accept-encoding")
+        })
+        .await;
+    assert_eq!(other.x_cache(), "MISS");
 }

@@ -237,8 +237,9 @@ impl Rule {
         self
     }
 
-    /// Request headers whose values are part of the key (e.g. `accept-language`). A response
-    /// whose `Vary` names a header not listed here is not stored.
+    /// Request headers whose values are part of the key from the first request on (e.g.
+    /// `accept-language`). Headers a response names in its own `Vary` are added to its key
+    /// anyway, once the layer has seen the response; naming them here saves that lesson.
     pub fn vary<T: Into<String>>(mut self, headers: impl IntoIterator<Item = T>) -> Self {
         self.vary.extend(headers.into_iter().map(Into::into));
         self
