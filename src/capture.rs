@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use crate::body::CacheBody;
 use crate::compression::compress;
+use crate::groups;
 use crate::policy::{storable, stored_headers, Plan};
 use crate::vary;
 
@@ -134,6 +135,17 @@ pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
         }
         let extra = vary::beyond(&parts.headers, &plan.vary).ok_or("unreadable Vary")?;
         Ok((freshness.jittered(settings.ttl_jitter), extra))
+    });
+    let checked = checked.and_then(|(freshness, extra)| {
+        let groups = groups::of_response(&parts.headers, settings.surrogate_keys);
+        let new: Vec<String> = groups.into_iter().filter(|g| !plan.tags.contains(g)).collect();
+        if new.is_empty() {
+            return Ok((freshness, extra));
+        }
+        // Their versions were not read before the response was computed: learn them, and
+        // store from the next request on.
+        groups::learn(shared, plan, new, freshness.keep_for());
+        Err("new cache groups")
     });
     let (freshness, key) = match checked {
         Ok((freshness, extra)) if extra.is_empty() => (freshness, plan.key.clone()),

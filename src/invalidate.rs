@@ -8,6 +8,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::CacheBody;
+use crate::groups;
 use crate::key::uri_tag;
 use crate::state::Shared;
 use crate::status::Outcome;
@@ -43,6 +44,7 @@ where
     // URIs in Location and Content-Location.
     if shared.settings.invalidate_unsafe && (status.is_success() || status.is_redirection()) {
         tags.extend(invalidation.uri);
+        tags.extend(groups::invalidated_by(response.headers()));
         for name in [LOCATION, CONTENT_LOCATION] {
             let target = response
                 .headers()

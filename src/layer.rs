@@ -42,10 +42,12 @@ impl CacheLayer {
             honor_request_no_cache: false,
             stale_if_error_timeout: None,
             compress_above: Some(1024),
+            surrogate_keys: false,
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
                 cache_status: Some("tower-redis-cache".to_owned()),
                 cache_status_key: false,
+                strip_groups: false,
             },
         }
     }
@@ -90,6 +92,7 @@ pub struct CacheLayerBuilder {
     honor_request_no_cache: bool,
     stale_if_error_timeout: Option<Duration>,
     compress_above: Option<usize>,
+    surrogate_keys: bool,
     status: StatusHeaders,
 }
 
@@ -203,6 +206,20 @@ impl CacheLayerBuilder {
     /// Stores every body as the inner service sent it.
     pub fn without_compression(mut self) -> Self {
         self.compress_above = None;
+        self
+    }
+
+    /// Whether `Surrogate-Key` response headers (space-separated, as Fastly reads them) count
+    /// as cache groups, like `Cache-Groups` does (default off).
+    pub fn surrogate_keys(mut self, read: bool) -> Self {
+        self.surrogate_keys = read;
+        self
+    }
+
+    /// Removes `Cache-Groups`, `Cache-Group-Invalidation` and `Surrogate-Key` from responses
+    /// on their way out, for origins that do not want their groups seen by clients.
+    pub fn strip_cache_group_headers(mut self) -> Self {
+        self.status.strip_groups = true;
         self
     }
 
@@ -323,6 +340,7 @@ impl CacheLayerBuilder {
             honor_request_no_cache: self.honor_request_no_cache,
             stale_if_error_timeout: self.stale_if_error_timeout,
             compress_above: self.compress_above,
+            surrogate_keys: self.surrogate_keys,
             status: self.status,
         };
         Ok(CacheLayer { shared: Arc::new(Shared::new(self.store, routes, settings)) })

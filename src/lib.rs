@@ -107,6 +107,7 @@ mod error;
 mod flight;
 mod freshness;
 mod future;
+mod groups;
 mod handle;
 mod invalidate;
 mod key;

@@ -14,7 +14,7 @@ use http::Method;
 use crate::compression::accepts_zstd;
 use crate::conditional::Conditions;
 use crate::freshness::{freshness, Freshness};
-use crate::key::{authority, uri_tag, vary_union, KeyBase};
+use crate::key::{authority, tag_key, uri_tag, vary_union, KeyBase};
 use crate::rules::{Matched, ReadRule, Scope};
 use crate::state::Shared;
 
@@ -55,10 +55,31 @@ pub(crate) struct Plan {
     pub(crate) accepts_zstd: bool,
 }
 
+impl Plan {
+    /// Adds tags the entry must also carry (cache groups), reading their versions from now on.
+    pub(crate) fn add_tags(&mut self, shared: &Shared, tags: &[String]) {
+        for tag in tags {
+            if !self.tags.contains(tag) {
+                self.tag_keys.push(tag_key(&shared.settings.key_prefix, tag));
+                self.tags.push(tag.clone());
+            }
+        }
+    }
+}
+
 pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
     let path = request.uri.path();
     let invalidate_unsafe = shared.settings.invalidate_unsafe;
     let (rule, mut tags) = match shared.routes.classify(&request.method, path) {
+        // An unsafe request anywhere may still invalidate: by `Location` (RFC 9111 section
+        // 4.4) or `Cache-Group-Invalidation` (RFC 9875) in its response.
+        Matched::Unmatched if invalidate_unsafe && !request.method.is_safe() => {
+            return Decision::Mutation {
+                evicts: Vec::new(),
+                uri: None,
+                authority: authority(request),
+            };
+        }
         Matched::Bypass | Matched::Unmatched => return Decision::Bypass,
         Matched::Write { evicts, reads_cached } => {
             let uri = (invalidate_unsafe && reads_cached).then(|| uri_tag(path));
@@ -82,9 +103,7 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         Scope::Default if has_credentials(request) => return Decision::Bypass,
         Scope::Default | Scope::Shared => None,
     };
-    if shared.eviction_pending(&tags) {
-        return Decision::Bypass;
-    }
+
     let key_base = KeyBase::new(request, user.as_ref());
     let prefix = &shared.settings.key_prefix;
     let base_key = key_base.key(prefix, &request.headers, &rule.vary);
@@ -95,6 +114,12 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         }
         None => (base_key.clone(), rule.vary.clone()),
     };
+    if let Some(groups) = shared.learned_groups.get(&key) {
+        tags.extend(groups.iter().filter(|g| !tags.contains(g)).cloned().collect::<Vec<_>>());
+    }
+    if shared.eviction_pending(&tags) {
+        return Decision::Bypass;
+    }
     Decision::Lookup(Plan {
         key,
         key_base,

@@ -16,6 +16,7 @@ use crate::conditional::add_validators;
 use crate::entry::now_ms;
 use crate::flight::{take_turn, Turn};
 use crate::future::ResponseFuture;
+use crate::groups;
 use crate::invalidate::{mutate, Invalidation};
 use crate::policy::{decide, Decision, Plan};
 use crate::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
@@ -122,6 +123,10 @@ where
     let mut stale = None;
     let found = match shared.lookup(&plan.key, &plan.tag_keys).await {
         Some(found) => vary::follow_marker(&shared, &mut plan, request.headers(), found).await,
+        None => None,
+    };
+    let found = match found {
+        Some(found) => groups::follow_marker(&shared, &mut plan, found).await,
         None => None,
     };
     let (versions, fwd) = match found {

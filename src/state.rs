@@ -30,6 +30,8 @@ pub(crate) struct Settings {
     pub(crate) miss_lock_timeout: Option<Duration>,
     /// How long to wait for the inner service when a stale entry could answer if it fails.
     pub(crate) stale_if_error_timeout: Option<Duration>,
+    /// Whether `Surrogate-Key` response headers count as cache groups.
+    pub(crate) surrogate_keys: bool,
     /// Bodies at least this long are stored zstd-compressed; `None` stores them as they are.
     pub(crate) compress_above: Option<usize>,
     /// Whether a request's `Cache-Control: no-cache` (or `max-age=0`) skips the stored entry.
@@ -47,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) flights: Flights,
     /// Request headers learned from responses' `Vary`, by base key (see [`crate::vary`]).
     pub(crate) learned_vary: moka::sync::Cache<String, Arc<Vec<http::HeaderName>>>,
+    /// Cache groups learned from responses, by entry key (see [`crate::groups`]).
+    pub(crate) learned_groups: moka::sync::Cache<String, Arc<Vec<String>>>,
     failed_evictions: FailedEvictions,
 }
 
@@ -69,6 +73,10 @@ struct FailedState {
 /// round trip to read the marker again.
 const LEARNED_VARY: u64 = 100_000;
 
+/// How many entries' learned cache groups a process remembers; forgetting costs a response
+/// that is not stored, to learn them again.
+const LEARNED_GROUPS: u64 = 100_000;
+
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -81,6 +89,7 @@ impl Shared {
             counters: Counters::default(),
             flights: Flights::default(),
             learned_vary: moka::sync::Cache::new(LEARNED_VARY),
+            learned_groups: moka::sync::Cache::new(LEARNED_GROUPS),
             failed_evictions: FailedEvictions::default(),
         }
     }

@@ -51,12 +51,17 @@ pub(crate) struct StatusHeaders {
     pub(crate) cache_status: Option<String>,
     /// Whether `Cache-Status` names the store key (`key=`), for debugging.
     pub(crate) cache_status_key: bool,
+    /// Whether the cache group headers are removed from responses on their way out.
+    pub(crate) strip_groups: bool,
 }
 
 impl StatusHeaders {
     /// Adds the headers for `outcome` to `headers`. `Cache-Status` is appended, after what
     /// caches nearer the origin wrote (RFC 9211 section 2).
     pub(crate) fn apply(&self, headers: &mut HeaderMap, outcome: Outcome, key: Option<&str>) {
+        if self.strip_groups {
+            crate::groups::strip(headers);
+        }
         if let Some(name) = &self.x_cache {
             let value = match outcome {
                 Outcome::Hit { .. } => "HIT",
@@ -122,6 +127,7 @@ mod tests {
             x_cache: Some(HeaderName::from_static("x-cache")),
             cache_status: Some("trc".into()),
             cache_status_key: false,
+            strip_groups: false,
         }
     }
 
@@ -162,7 +168,7 @@ mod tests {
 
     #[test]
     fn either_header_can_be_left_out() {
-        let none = StatusHeaders { x_cache: None, cache_status: None, cache_status_key: false };
+        let none = StatusHeaders { cache_status: None, x_cache: None, ..both() };
         let headers = headers(&none, Outcome::Hit { ttl: Duration::ZERO }, None);
         assert!(headers.get("x-cache").is_none());
         assert_eq!(headers.get_all("cache-status").iter().count(), 1);

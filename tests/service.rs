@@ -1509,3 +1509,77 @@ async fn accept_encoding_variants_share_an_entry_when_they_accept_the_same_codin
         .await;
     assert_eq!(other.x_cache(), "MISS");
 }
+
+fn grouped(text: &'static str) -> impl FnOnce(&Req) -> Resp {
+    move |_| with_header(ok(text), "cache-groups", "\"team:7\", \"reports\"")
+}
+
+#[tokio::test]
+async fn cache_groups_from_responses_are_tags_and_invalidation_headers_evict_them() {
+    let mut h = Harness::users();
+    let first = h.send(get("/users/1"), grouped("v1")).await;
+    assert!(
+        !first.headers["cache-status"].to_str().unwrap().contains("stored"),
+        "new groups: learnt, not stored"
+    );
+    let second = h.send(get("/users/1"), grouped("v1")).await;
+    assert!(second.headers["cache-status"].to_str().unwrap().contains("stored"));
+    assert_eq!(h.get("/users/1", "unused").await.x_cache(), "HIT");
+
+    // Any unsafe request, rule or not, may invalidate a group in its response.
+    let invalidate = |_: &Req| with_header(ok(""), "cache-group-invalidation", "\"team:7\"");
+    h.send(request(Method::POST, "/teams/7/members"), invalidate).await;
+    assert_eq!(h.get("/users/1", "v2").await.x_cache(), "MISS");
+
+    // Groups are tags: the handle evicts them as well.
+    h.send(get("/users/1"), grouped("v3")).await;
+    assert_eq!(h.get("/users/1", "unused").await.x_cache(), "HIT");
+    h.cache.evict_tags(["reports"]).await.unwrap();
+    assert_eq!(h.get("/users/1", "v4").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn other_instances_learn_cache_groups_from_the_store() {
+    let store = MemoryStore::default();
+    let mut a = Harness::new(users_rules(CacheLayer::builder(store.clone())).build().unwrap());
+    let mut b = Harness::new(users_rules(CacheLayer::builder(store)).build().unwrap());
+    a.send(get("/users/1"), grouped("v1")).await; // learns, writes the marker
+    let from_b = b.send(get("/users/1"), grouped("v1")).await;
+    assert!(
+        from_b.headers["cache-status"].to_str().unwrap().contains("stored"),
+        "b read the groups' versions first"
+    );
+    assert_eq!(a.get("/users/1", "unused").await.x_cache(), "HIT");
+    a.send(request(Method::DELETE, "/x"), |_| {
+        with_header(ok(""), "cache-group-invalidation", "\"reports\"")
+    })
+    .await;
+    assert_eq!(b.get("/users/1", "v2").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn surrogate_keys_and_stripping_are_options() {
+    let layer = users_rules(CacheLayer::builder(MemoryStore::default()))
+        .surrogate_keys(true)
+        .strip_cache_group_headers()
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let keyed = |_: &Req| {
+        with_header(
+            with_header(ok("v1"), "surrogate-key", "team:7 reports"),
+            "cache-groups",
+            "\"x\"",
+        )
+    };
+    let first = h.send(get("/users/1"), keyed).await;
+    assert!(
+        first.headers.get("surrogate-key").is_none() && first.headers.get("cache-groups").is_none()
+    );
+    h.send(get("/users/1"), keyed).await;
+    let hit = h.get("/users/1", "unused").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert!(hit.headers.get("surrogate-key").is_none());
+    h.cache.evict_tags(["reports"]).await.unwrap();
+    assert_eq!(h.get("/users/1", "v2").await.x_cache(), "MISS");
+}

@@ -1,0 +1,149 @@
+//! Cache groups (RFC 9875): a response names the groups it belongs to in `Cache-Groups`, and a
+//! response to an unsafe request names the groups it invalidates in `Cache-Group-Invalidation`
+//! (both Structured Field lists of strings, parsed by `sfv`). Fastly-style `Surrogate-Key`
+//! (space-separated) can count as `Cache-Groups` too. Groups are tags: `Cache-Groups: "user:42"`
+//! is evicted by a rule's `user:{id}` as by `Cache-Group-Invalidation: "user:42"`.
+//!
+//! A group is only as good as its version read *before* the response was computed (guarantee
+//! 2), and the lookup cannot know a response's groups before it has seen one. So a response
+//! with new groups teaches them (in process, and to other instances through a marker under its
+//! key) and is not stored; the next request reads their versions with the entry and stores.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName};
+
+use crate::policy::Plan;
+use crate::state::Shared;
+use crate::store::Lookup;
+
+pub(crate) const CACHE_GROUPS: HeaderName = HeaderName::from_static("cache-groups");
+pub(crate) const CACHE_GROUP_INVALIDATION: HeaderName =
+    HeaderName::from_static("cache-group-invalidation");
+pub(crate) const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+
+const MARKER: &[u8; 4] = b"TRCG";
+
+/// The groups a response belongs to.
+pub(crate) fn of_response(headers: &HeaderMap, surrogate_keys: bool) -> Vec<String> {
+    let mut groups = sf_strings(headers, &CACHE_GROUPS);
+    if surrogate_keys {
+        let keys = headers.get_all(SURROGATE_KEY).iter().filter_map(|v| v.to_str().ok());
+        groups.extend(keys.flat_map(str::split_ascii_whitespace).map(str::to_owned));
+    }
+    tidy(groups)
+}
+
+/// The groups a response to an unsafe request invalidates.
+pub(crate) fn invalidated_by(headers: &HeaderMap) -> Vec<String> {
+    tidy(sf_strings(headers, &CACHE_GROUP_INVALIDATION))
+}
+
+/// The string members of a Structured Field list; a field that does not parse is ignored
+/// (RFC 9651 section 4.2), and so are members that are not strings.
+fn sf_strings(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    let mut strings = Vec::new();
+    for value in headers.get_all(name) {
+        let Ok(list) = sfv::Parser::new(value.as_bytes()).parse::<sfv::List>() else { continue };
+        for member in list {
+            if let sfv::ListEntry::Item(item) = member {
+                if let Some(string) = item.bare_item.as_string() {
+                    strings.push(string.as_str().to_owned());
+                }
+            }
+        }
+    }
+    strings
+}
+
+/// Without repeats, empties, and names in the layer's own `#` namespace.
+fn tidy(mut groups: Vec<String>) -> Vec<String> {
+    groups.retain(|g| !g.is_empty() && !g.starts_with('#'));
+    groups.sort();
+    groups.dedup();
+    groups
+}
+
+/// Removes the group headers from a response on its way out.
+pub(crate) fn strip(headers: &mut HeaderMap) {
+    for name in [CACHE_GROUPS, CACHE_GROUP_INVALIDATION, SURROGATE_KEY] {
+        headers.remove(name);
+    }
+}
+
+/// Learns that `plan`'s entry belongs to `groups`: for this process, and for the others
+/// through a marker under the entry's key (until an entry replaces it).
+pub(crate) fn learn(shared: &Arc<Shared>, plan: &Plan, groups: Vec<String>, keep_for: Duration) {
+    let mut all =
+        shared.learned_groups.get(&plan.key).map_or_else(Vec::new, |known| known.to_vec());
+    all.extend(groups);
+    let all = tidy(all);
+    let marker: Bytes = [&MARKER[..], all.join("\n").as_bytes()].concat().into();
+    shared.learned_groups.insert(plan.key.clone(), Arc::new(all));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let (shared, key) = (Arc::clone(shared), plan.key.clone());
+        runtime.spawn(async move { shared.put(&key, marker, keep_for).await });
+    }
+}
+
+/// When a lookup found a group marker instead of an entry, learns its groups and looks up
+/// again, now reading their versions too (the second round trip). Otherwise returns the lookup.
+pub(crate) async fn follow_marker(
+    shared: &Shared,
+    plan: &mut Plan,
+    found: Lookup,
+) -> Option<Lookup> {
+    let Some(groups) = found.entry.as_deref().and_then(decode_marker) else { return Some(found) };
+    plan.add_tags(shared, &groups);
+    shared.learned_groups.insert(plan.key.clone(), Arc::new(groups));
+    shared.lookup(&plan.key, &plan.tag_keys).await
+}
+
+/// The groups in a marker, or `None` when `bytes` are not one.
+pub(crate) fn decode_marker(bytes: &[u8]) -> Option<Vec<String>> {
+    let list = std::str::from_utf8(bytes.strip_prefix(&MARKER[..])?).ok()?;
+    Some(list.split('\n').filter(|g| !g.is_empty()).map(str::to_owned).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, http::HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn groups_are_structured_field_strings() {
+        let headers =
+            map(&[("cache-groups", r#""users", "user:42""#), ("cache-groups", r#""users""#)]);
+        assert_eq!(of_response(&headers, false), ["user:42", "users"]);
+        let odd = map(&[
+            ("cache-groups", r##"token, 42, "ok", "#own""##),
+            ("cache-groups", "\"unterminated"),
+        ]);
+        assert_eq!(of_response(&odd, false), ["ok"]);
+        let invalidation = map(&[("cache-group-invalidation", r#""users""#)]);
+        assert_eq!(invalidated_by(&invalidation), ["users"]);
+    }
+
+    #[test]
+    fn surrogate_keys_count_when_asked() {
+        let headers = map(&[("surrogate-key", "users  user:42")]);
+        assert!(of_response(&headers, false).is_empty());
+        assert_eq!(of_response(&headers, true), ["user:42", "users"]);
+    }
+
+    #[test]
+    fn markers_round_trip() {
+        let marker = [&MARKER[..], b"a\nb:1"].concat();
+        assert_eq!(decode_marker(&marker).unwrap(), ["a", "b:1"]);
+        assert_eq!(decode_marker(b"TRCVaccept"), None);
+    }
+}
