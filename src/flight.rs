@@ -124,6 +124,11 @@ pub(crate) async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Dur
                 // The store failed: go on without a lease.
                 None => {}
             }
+            // A flight that ended between this request's lookup and its turn (or an instance
+            // that let go of its lease) may have stored the entry already: look once more.
+            if let Some(hit) = lookup_hit(shared, plan).await {
+                return Turn::Hit(hit);
+            }
             Turn::Call(Some(leader))
         }
     }

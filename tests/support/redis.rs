@@ -54,8 +54,12 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
+            // The server answering must be ours: another test may have taken the port first.
             if self.ping() {
-                return true;
+                return self.is_ours() || {
+                    self.kill();
+                    false
+                };
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None; // exited: the port was probably taken
@@ -118,6 +122,13 @@ impl RedisServer {
     /// Whether the server answers `PING`.
     pub fn ping(&self) -> bool {
         self.command(&["PING"]).is_some_and(|reply| reply.starts_with("+PONG"))
+    }
+
+    /// Whether the server on our port is the process we started (`INFO server` names its pid).
+    fn is_ours(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else { return false };
+        self.command(&["INFO", "server"])
+            .is_some_and(|info| info.contains(&format!("process_id:{pid}\r\n")))
     }
 
     /// Sends one command with a fresh connection and returns the raw RESP reply.

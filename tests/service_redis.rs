@@ -1,0 +1,47 @@
+//! The service suite (`tests/suite/service.rs`) over Redis: each test gets a private
+//! `redis-server` on a free loopback port, stopped when the test's layer is dropped.
+
+mod support;
+
+use std::sync::Arc;
+
+use support::redis::RedisServer;
+use tower_redis_cache::RedisStore;
+
+/// A store on a server of its own, which lives as long as the store.
+struct ServerStore {
+    store: RedisStore,
+    _server: RedisServer,
+}
+
+#[async_trait]
+impl Store for ServerStore {
+    async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
+        self.store.lookup(key, tags).await
+    }
+    async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
+        self.store.ensure_tag_versions(tags).await
+    }
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        self.store.put(key, value, ttl).await
+    }
+    async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
+        self.store.evict_tags(tags).await
+    }
+    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.store.acquire_lease(key, ttl).await
+    }
+    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
+        self.store.release_lease(key).await
+    }
+}
+
+/// A fresh, empty store for one test.
+async fn test_store() -> Arc<dyn Store> {
+    let server = RedisServer::start();
+    let store =
+        RedisStore::from_url(server.url()).await.expect("connect to the test's redis-server");
+    Arc::new(ServerStore { store, _server: server })
+}
+
+include!("suite/service.rs");
