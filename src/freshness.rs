@@ -126,14 +126,7 @@ fn upstream_lifetime(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, http::HeaderValue::from_static(value));
-        }
-        headers
-    }
+    use crate::test_util::header_map as map;
 
     #[test]
     fn rfc_5861_directives_are_read_from_cache_control() {

@@ -110,14 +110,7 @@ pub(crate) fn decode_marker(bytes: &[u8]) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, http::HeaderValue::from_static(value));
-        }
-        headers
-    }
+    use crate::test_util::header_map as map;
 
     #[test]
     fn groups_are_structured_field_strings() {

@@ -120,6 +120,8 @@ mod state;
 mod stats;
 mod status;
 pub mod store;
+#[cfg(test)]
+mod test_util;
 pub mod user;
 mod vary;
 

@@ -419,6 +419,39 @@ async fn eviction_works_unchanged_on_a_redis_cluster() {
     assert_eq!(handle.stats().store_errors, 0);
 }
 
+/// One cache layer per instance, each with its own Redis client, all on one server.
+async fn layers_on(
+    url: &str,
+    instances: usize,
+    pattern: &str,
+    rule: impl Fn() -> Rule,
+) -> Vec<CacheLayer> {
+    let mut layers = Vec::new();
+    for _ in 0..instances {
+        let store = RedisStore::builder(url).build().await.unwrap();
+        let cache = CacheLayer::builder(store)
+            .store_timeout(Duration::from_millis(500))
+            .route(pattern, rule());
+        layers.push(cache.build().unwrap());
+    }
+    layers
+}
+
+/// Sends `n` concurrent GETs for `path`, spread over `instances` in turn.
+async fn fan_out(instances: &[Router], n: usize, path: &'static str) -> Vec<Reply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let router = instances[i % instances.len()].clone();
+            tokio::spawn(async move { get_path(&router, path).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
+}
+
 /// Stampede protection across instances: 500 concurrent requests for one cold key, spread over
 /// three layer instances with their own Redis clients, reach the inner service once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,32 +459,21 @@ async fn a_cold_key_hit_by_500_requests_through_three_instances_is_computed_once
     let server = RedisServer::start();
     let db = Shared::default();
     db.rows.lock().unwrap().insert("1".into(), "one".into());
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        let store = RedisStore::builder(server.url()).build().await.unwrap();
-        let cache = CacheLayer::builder(store)
-            .store_timeout(Duration::from_millis(500))
-            .route("/slow/{id}", Rule::get())
-            .build()
-            .unwrap();
-        let db = db.clone();
-        let slow_read = move |Path(id): Path<String>| {
+    let slow_read = |db: Shared| {
+        move |Path(id): Path<String>| {
             let db = db.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(300)).await; // a slow query
                 read_user(State(db), Path(id)).await
             }
-        };
-        instances.push(Router::new().route("/slow/{id}", get(slow_read)).layer(cache));
-    }
-    let tasks: Vec<_> = (0..500)
-        .map(|i| {
-            let router = instances[i % 3].clone();
-            tokio::spawn(async move { get_path(&router, "/slow/1").await })
-        })
+        }
+    };
+    let instances: Vec<Router> = layers_on(&server.url(), 3, "/slow/{id}", Rule::get)
+        .await
+        .into_iter()
+        .map(|cache| Router::new().route("/slow/{id}", get(slow_read(db.clone()))).layer(cache))
         .collect();
-    for task in tasks {
-        let reply = task.await.unwrap();
+    for reply in fan_out(&instances, 500, "/slow/1").await {
         assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "one"));
     }
     assert_eq!(db.reads.load(Ordering::SeqCst), 1, "one request computed the entry");
@@ -463,34 +485,22 @@ async fn a_stale_entry_is_refreshed_once_across_three_instances() {
     let server = RedisServer::start();
     let db = Shared::default();
     db.rows.lock().unwrap().insert("1".into(), "v1".into());
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        let store = RedisStore::builder(server.url()).build().await.unwrap();
-        let rule = Rule::get()
-            .ttl(Duration::from_millis(200))
-            .stale_while_revalidate(Duration::from_secs(30));
-        let cache = CacheLayer::builder(store)
-            .store_timeout(Duration::from_millis(500))
-            .route("/users/{id}", rule)
-            .build()
-            .unwrap();
-        instances.push(
-            Router::new().route("/users/{id}", get(read_user)).with_state(db.clone()).layer(cache),
-        );
-    }
+    let rule = || {
+        Rule::get().ttl(Duration::from_millis(500)).stale_while_revalidate(Duration::from_secs(30))
+    };
+    let instances: Vec<Router> = layers_on(&server.url(), 3, "/users/{id}", rule)
+        .await
+        .into_iter()
+        .map(|cache| {
+            Router::new().route("/users/{id}", get(read_user)).with_state(db.clone()).layer(cache)
+        })
+        .collect();
     get_path(&instances[0], "/users/1").await;
     settle().await;
     db.rows.lock().unwrap().insert("1".into(), "v2".into());
     tokio::time::sleep(Duration::from_millis(550)).await; // now stale
 
-    let tasks: Vec<_> = (0..60)
-        .map(|i| {
-            let router = instances[i % 3].clone();
-            tokio::spawn(async move { get_path(&router, "/users/1").await })
-        })
-        .collect();
-    for task in tasks {
-        let reply = task.await.unwrap();
+    for reply in fan_out(&instances, 60, "/users/1").await {
         assert_eq!((reply.x_cache.as_str(), reply.body.as_str()), ("STALE", "v1"));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
