@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use crate::body::CacheBody;
 use crate::compression::for_client;
 use crate::conditional::not_modified_headers;
-use crate::entry::{now_ms, Entry};
+use crate::entry::Entry;
 use crate::policy::Plan;
 use crate::state::Shared;
 use crate::stats::Counters;
@@ -104,15 +104,21 @@ pub(crate) fn respond_from_entry<B>(
     shared.mark(response, outcome, Some(&plan.key))
 }
 
-/// Serves a fresh entry, counted as a hit.
+/// Serves a fresh entry, counted as a hit; `collapsed` says why the request had missed when
+/// it found the entry only after waiting for another request to fill it.
 pub(crate) fn serve_fresh<B>(
     shared: &Shared,
     plan: &Plan,
     entry: Entry,
     now: u64,
+    collapsed: Option<Forwarded>,
 ) -> Response<CacheBody<B>> {
     Counters::add(&shared.counters.hits, 1);
-    let outcome = Outcome::Hit { ttl: entry.remaining(now) };
+    let ttl = entry.remaining(now);
+    let outcome = match collapsed {
+        None => Outcome::Hit { ttl },
+        Some(fwd) => Outcome::Collapsed { fwd, ttl },
+    };
     respond_from_entry(shared, plan, entry, now, outcome)
 }
 
@@ -125,7 +131,7 @@ pub(crate) fn serve_stale<B>(
     why: &'static str,
 ) -> Response<CacheBody<B>> {
     Counters::add(&shared.counters.stale, 1);
-    respond_from_entry(shared, plan, entry, now_ms(), Outcome::Stale { staleness, why })
+    respond_from_entry(shared, plan, entry, shared.now_ms(), Outcome::Stale { staleness, why })
 }
 
 /// An entry is valid only if it was computed under the tags' current versions: any eviction

@@ -8,7 +8,6 @@ use http::header::ETAG;
 use http::Response;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame};
-use std::time::SystemTime;
 
 use crate::body::CacheBody;
 use crate::compression::compress;
@@ -17,7 +16,7 @@ use crate::policy::{storable, stored_headers, Plan};
 use crate::vary;
 
 use crate::conditional::strong_etag;
-use crate::entry::{now_ms, Entry};
+use crate::entry::Entry;
 use crate::flight::FlightGuard;
 use crate::freshness::Freshness;
 use crate::state::Shared;
@@ -75,7 +74,7 @@ impl Capture {
         }
         let trailers = self.trailers;
         // Dated from when the response was generated, so that its Age counts what it had already.
-        let stored_at_ms = now_ms().saturating_sub(freshness.age.as_millis() as u64);
+        let stored_at_ms = shared.now_ms().saturating_sub(freshness.age.as_millis() as u64);
         let ttl = freshness.lifetime;
         let entry = Entry {
             status,
@@ -128,7 +127,7 @@ pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
 ) -> (Response<CacheBody<B>>, Option<Duration>) {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
-    let checked = storable(&parts, plan, SystemTime::now()).and_then(|freshness| {
+    let checked = storable(&parts, plan, shared.now()).and_then(|freshness| {
         // A known length over the limit: do not even start a copy.
         if body.size_hint().lower() > settings.max_body_bytes as u64 {
             return Err("body over max_body_bytes");

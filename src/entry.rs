@@ -6,7 +6,7 @@
 //! the bytes the store returned, without a copy. Anything that does not decode (another
 //! program's value, a truncated write, an older format) is a miss, never an error.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -54,10 +54,6 @@ struct Meta {
     revalidate_for_ms: u64,
     tags: Vec<(String, TagVersion)>,
     identity_len: Option<u64>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Entry {

@@ -16,10 +16,10 @@ use tokio::sync::watch;
 
 use crate::answer::{examine, serve_fresh, Usable};
 use crate::body::CacheBody;
-use crate::entry::now_ms;
 use crate::policy::Plan;
 
 use crate::state::Shared;
+use crate::status::Forwarded;
 
 /// The flights in progress in this process, by entry key.
 #[derive(Default)]
@@ -101,12 +101,18 @@ pub(crate) enum Turn<B> {
 }
 
 /// Joins the key's flight in this process; its leader also takes the store lease, or waits for
-/// the instance that holds it. Every wait ends within `timeout`.
-pub(crate) async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Duration) -> Turn<B> {
+/// the instance that holds it. Every wait ends within `timeout`. `fwd` is why the request
+/// missed, for the `Cache-Status` of a request that finds the entry after all.
+pub(crate) async fn take_turn<B>(
+    shared: &Arc<Shared>,
+    plan: &Plan,
+    timeout: Duration,
+    fwd: Forwarded,
+) -> Turn<B> {
     match Flights::join(shared, &plan.key) {
         Role::Follower(done) => {
             if wait(done, timeout).await {
-                if let Some(hit) = lookup_hit(shared, plan).await {
+                if let Some(hit) = lookup_hit(shared, plan, fwd).await {
                     return Turn::Hit(hit);
                 }
             }
@@ -116,17 +122,19 @@ pub(crate) async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Dur
             let lease = format!("{}:lease", plan.key);
             match shared.acquire_lease(&lease, timeout).await {
                 Some(true) => leader.hold_lease(lease),
-                Some(false) => match wait_for_other_instance(shared, plan, &lease, timeout).await {
-                    Waited::Hit(hit) => return Turn::Hit(hit),
-                    Waited::Lease => leader.hold_lease(lease),
-                    Waited::TimedOut => {}
-                },
+                Some(false) => {
+                    match wait_for_other_instance(shared, plan, &lease, timeout, fwd).await {
+                        Waited::Hit(hit) => return Turn::Hit(hit),
+                        Waited::Lease => leader.hold_lease(lease),
+                        Waited::TimedOut => {}
+                    }
+                }
                 // The store failed: go on without a lease.
                 None => {}
             }
             // A flight that ended between this request's lookup and its turn (or an instance
             // that let go of its lease) may have stored the entry already: look once more.
-            if let Some(hit) = lookup_hit(shared, plan).await {
+            if let Some(hit) = lookup_hit(shared, plan, fwd).await {
                 return Turn::Hit(hit);
             }
             Turn::Call(Some(leader))
@@ -134,12 +142,17 @@ pub(crate) async fn take_turn<B>(shared: &Arc<Shared>, plan: &Plan, timeout: Dur
     }
 }
 
-/// Looks the request up again, serving only a fresh entry.
-async fn lookup_hit<B>(shared: &Shared, plan: &Plan) -> Option<Response<CacheBody<B>>> {
+/// Looks the request up again, serving only a fresh entry: one that another request filled
+/// while this one waited.
+async fn lookup_hit<B>(
+    shared: &Shared,
+    plan: &Plan,
+    fwd: Forwarded,
+) -> Option<Response<CacheBody<B>>> {
     let found = shared.lookup(&plan.key, &plan.tag_keys).await?;
-    let now = now_ms();
+    let now = shared.now_ms();
     match examine(shared, plan, found, now) {
-        Ok((Usable::Fresh(entry), _)) => Some(serve_fresh(shared, plan, entry, now)),
+        Ok((Usable::Fresh(entry), _)) => Some(serve_fresh(shared, plan, entry, now, Some(fwd))),
         _ => None,
     }
 }
@@ -160,12 +173,13 @@ async fn wait_for_other_instance<B>(
     plan: &Plan,
     lease: &str,
     timeout: Duration,
+    fwd: Forwarded,
 ) -> Waited<B> {
     const POLL_EVERY: Duration = Duration::from_millis(20);
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(POLL_EVERY).await;
-        if let Some(hit) = lookup_hit(shared, plan).await {
+        if let Some(hit) = lookup_hit(shared, plan, fwd).await {
             return Waited::Hit(hit);
         }
         if shared.acquire_lease(lease, timeout).await == Some(true) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::BuildError;
 use crate::handle::CacheHandle;
 use crate::rules::{RouteTable, Rule, RuleDefaults};
@@ -43,6 +44,7 @@ impl CacheLayer {
             stale_if_error_timeout: None,
             compress_above: Some(1024),
             surrogate_keys: false,
+            clock: Arc::new(SystemClock),
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
                 cache_status: Some("tower-redis-cache".to_owned()),
@@ -93,6 +95,7 @@ pub struct CacheLayerBuilder {
     stale_if_error_timeout: Option<Duration>,
     compress_above: Option<usize>,
     surrogate_keys: bool,
+    clock: Arc<dyn Clock>,
     status: StatusHeaders,
 }
 
@@ -279,6 +282,13 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The clock entries' freshness and `Age` are judged by (default: the system's). Tests give
+    /// a [`ManualClock`](crate::clock::ManualClock) to step past a TTL without waiting for it.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// Fails with a [`BuildError`] naming the route or option at fault: an invalid or
@@ -341,6 +351,7 @@ impl CacheLayerBuilder {
             stale_if_error_timeout: self.stale_if_error_timeout,
             compress_above: self.compress_above,
             surrogate_keys: self.surrogate_keys,
+            clock: self.clock,
             status: self.status,
         };
         Ok(CacheLayer { shared: Arc::new(Shared::new(self.store, routes, settings)) })

@@ -100,6 +100,7 @@
 mod answer;
 mod body;
 mod capture;
+pub mod clock;
 mod compression;
 mod conditional;
 mod entry;

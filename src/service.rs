@@ -13,7 +13,6 @@ use crate::answer::{examine, serve_fresh, serve_stale, Miss, Usable};
 use crate::body::CacheBody;
 use crate::capture::capture_if_storable;
 use crate::conditional::add_validators;
-use crate::entry::now_ms;
 use crate::flight::{take_turn, Turn};
 use crate::future::ResponseFuture;
 use crate::groups;
@@ -119,7 +118,7 @@ where
 {
     // The entry and its tags' current versions, in one round trip. The versions are read
     // before the inner service runs, which is what makes a later eviction win over this miss.
-    let now = now_ms();
+    let now = shared.now_ms();
     let mut stale = None;
     let found = match shared.lookup(&plan.key, &plan.tag_keys).await {
         Some(found) => vary::follow_marker(&shared, &mut plan, request.headers(), found).await,
@@ -133,7 +132,9 @@ where
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
         Some(found) => match examine(&shared, &plan, found, now) {
-            Ok((Usable::Fresh(entry), _)) => return Ok(serve_fresh(&shared, &plan, entry, now)),
+            Ok((Usable::Fresh(entry), _)) => {
+                return Ok(serve_fresh(&shared, &plan, entry, now, None))
+            }
             Ok((Usable::Stale { entry, staleness }, versions)) => {
                 if staleness < entry.stale_while_revalidate {
                     // Serve it now; this request refreshes it in the background.
@@ -165,7 +166,7 @@ where
     if let (Some(_), false, Some(timeout)) =
         (&versions, plan.head, shared.settings.miss_lock_timeout)
     {
-        match take_turn(&shared, &plan, timeout).await {
+        match take_turn(&shared, &plan, timeout, fwd).await {
             Turn::Hit(hit) => return Ok(hit),
             Turn::Call(leader) => flight = leader,
         }

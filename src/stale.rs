@@ -2,7 +2,7 @@
 //! served instead of errors, revalidated with the inner service's validators.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, CONTENT_LENGTH};
@@ -14,7 +14,7 @@ use tower_service::Service;
 use crate::answer::{examine, respond_from_entry, Usable};
 use crate::body::CacheBody;
 use crate::capture::{capture_if_storable, store_entry};
-use crate::entry::{now_ms, Entry};
+use crate::entry::Entry;
 use crate::flight::{FlightGuard, Flights, Role};
 use crate::policy::{storable, Plan};
 use crate::state::Shared;
@@ -54,9 +54,9 @@ pub(crate) fn revalidated<B>(
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = stale.status;
     parts.headers = headers;
-    let now = now_ms();
+    let now = shared.now_ms();
     let freshness =
-        storable(&parts, plan, SystemTime::now()).map(|f| f.jittered(shared.settings.ttl_jitter));
+        storable(&parts, plan, shared.now()).map(|f| f.jittered(shared.settings.ttl_jitter));
     let entry = Entry {
         status: stale.status,
         headers: parts.headers,
@@ -122,7 +122,7 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
         }
         // A refresh that ran between our lookup and our lease has done the work already.
         if let Some(found) = shared.lookup(&plan.key, &plan.tag_keys).await {
-            if let Ok((Usable::Fresh(_), _)) = examine(&shared, &plan, found, now_ms()) {
+            if let Ok((Usable::Fresh(_), _)) = examine(&shared, &plan, found, shared.now_ms()) {
                 return;
             }
         }

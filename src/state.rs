@@ -7,10 +7,11 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::clock::{unix_ms, Clock};
 use crate::flight::Flights;
 use crate::key::tag_key;
 use crate::rules::RouteTable;
@@ -32,6 +33,8 @@ pub(crate) struct Settings {
     pub(crate) stale_if_error_timeout: Option<Duration>,
     /// Whether `Surrogate-Key` response headers count as cache groups.
     pub(crate) surrogate_keys: bool,
+    /// Where the time of day comes from (see [`crate::clock`]).
+    pub(crate) clock: Arc<dyn Clock>,
     /// Bodies at least this long are stored zstd-compressed; `None` stores them as they are.
     pub(crate) compress_above: Option<usize>,
     /// Whether a request's `Cache-Control: no-cache` (or `max-age=0`) skips the stored entry.
@@ -92,6 +95,16 @@ impl Shared {
             learned_groups: moka::sync::Cache::new(LEARNED_GROUPS),
             failed_evictions: FailedEvictions::default(),
         }
+    }
+
+    /// The time of day by the layer's clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        self.settings.clock.now()
+    }
+
+    /// The same, in milliseconds since the Unix epoch, as entries record it.
+    pub(crate) fn now_ms(&self) -> u64 {
+        unix_ms(self.now())
     }
 
     /// Adds the status headers (`X-Cache`, `Cache-Status`) for `outcome`.

@@ -12,6 +12,9 @@ const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub(crate) enum Outcome {
     /// Served from the store; `ttl` is the entry's remaining freshness.
     Hit { ttl: Duration },
+    /// Missed (`fwd`), then served the entry another request filled meanwhile, without
+    /// calling the inner service: RFC 9211's `collapsed`.
+    Collapsed { fwd: Forwarded, ttl: Duration },
     /// Forwarded to the inner service.
     Miss {
         fwd: Forwarded,
@@ -43,6 +46,19 @@ pub(crate) enum Forwarded {
     Stale,
 }
 
+impl Forwarded {
+    /// The `Cache-Status` parameters that say it.
+    fn param(self) -> &'static str {
+        match self {
+            Forwarded::UriMiss => "; fwd=uri-miss",
+            Forwarded::Miss => "; fwd=miss",
+            Forwarded::Error => "; fwd=miss; detail=store-error",
+            Forwarded::Request => "; fwd=request",
+            Forwarded::Stale => "; fwd=stale",
+        }
+    }
+}
+
 /// Which status headers the layer adds, fixed at build time.
 #[derive(Debug, Clone)]
 pub(crate) struct StatusHeaders {
@@ -64,7 +80,7 @@ impl StatusHeaders {
         }
         if let Some(name) = &self.x_cache {
             let value = match outcome {
-                Outcome::Hit { .. } => "HIT",
+                Outcome::Hit { .. } | Outcome::Collapsed { .. } => "HIT",
                 Outcome::Miss { .. } => "MISS",
                 Outcome::Stale { .. } => "STALE",
                 Outcome::Revalidated { .. } => "REVALIDATED",
@@ -78,14 +94,12 @@ impl StatusHeaders {
         let mut value = cache.clone();
         match outcome {
             Outcome::Hit { ttl } => value.push_str(&format!("; hit; ttl={}", ttl.as_secs())),
+            Outcome::Collapsed { fwd, ttl } => {
+                value.push_str(fwd.param());
+                value.push_str(&format!("; collapsed; ttl={}", ttl.as_secs()));
+            }
             Outcome::Miss { fwd, stored } => {
-                value.push_str(match fwd {
-                    Forwarded::UriMiss => "; fwd=uri-miss",
-                    Forwarded::Miss => "; fwd=miss",
-                    Forwarded::Error => "; fwd=miss; detail=store-error",
-                    Forwarded::Request => "; fwd=request",
-                    Forwarded::Stale => "; fwd=stale",
-                });
+                value.push_str(fwd.param());
                 if let Some(ttl) = stored {
                     value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));
                 }
@@ -147,6 +161,11 @@ mod tests {
                 "trc; fwd=miss; detail=store-error",
             ),
             (Outcome::Bypass, "BYPASS", "trc; fwd=bypass"),
+            (
+                Outcome::Collapsed { fwd: Forwarded::UriMiss, ttl: Duration::from_secs(60) },
+                "HIT",
+                "trc; fwd=uri-miss; collapsed; ttl=60",
+            ),
         ];
         for (outcome, x_cache, cache_status) in cases {
             let headers = headers(&both(), outcome, Some("k"));

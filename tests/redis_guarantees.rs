@@ -18,6 +18,7 @@ use support::cluster::RedisCluster;
 use support::redis::RedisServer;
 use tokio::sync::Notify;
 use tower::ServiceExt;
+use tower_redis_cache::clock::ManualClock;
 use tower_redis_cache::{CacheHandle, CacheLayer, RedisStore, Rule};
 
 /// A stand-in for a database, with a way to hold a read after it has read its row.
@@ -420,12 +421,14 @@ async fn layers_on(
     instances: usize,
     pattern: &str,
     rule: impl Fn() -> Rule,
+    clock: &ManualClock,
 ) -> Vec<CacheLayer> {
     let mut layers = Vec::new();
     for _ in 0..instances {
         let store = RedisStore::builder(url).build().await.unwrap();
         let cache = CacheLayer::builder(store)
             .store_timeout(Duration::from_millis(500))
+            .clock(clock.clone())
             .route(pattern, rule());
         layers.push(cache.build().unwrap());
     }
@@ -463,11 +466,12 @@ async fn a_cold_key_hit_by_500_requests_through_three_instances_is_computed_once
             }
         }
     };
-    let instances: Vec<Router> = layers_on(&server.url(), 3, "/slow/{id}", Rule::get)
-        .await
-        .into_iter()
-        .map(|cache| Router::new().route("/slow/{id}", get(slow_read(db.clone()))).layer(cache))
-        .collect();
+    let instances: Vec<Router> =
+        layers_on(&server.url(), 3, "/slow/{id}", Rule::get, &ManualClock::new())
+            .await
+            .into_iter()
+            .map(|cache| Router::new().route("/slow/{id}", get(slow_read(db.clone()))).layer(cache))
+            .collect();
     for reply in fan_out(&instances, 500, "/slow/1").await {
         assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "one"));
     }
@@ -480,10 +484,10 @@ async fn a_stale_entry_is_refreshed_once_across_three_instances() {
     let server = RedisServer::start();
     let db = Shared::default();
     db.rows.lock().unwrap().insert("1".into(), "v1".into());
-    let rule = || {
-        Rule::get().ttl(Duration::from_millis(500)).stale_while_revalidate(Duration::from_secs(30))
-    };
-    let instances: Vec<Router> = layers_on(&server.url(), 3, "/users/{id}", rule)
+    let rule =
+        || Rule::get().ttl(Duration::from_secs(60)).stale_while_revalidate(Duration::from_secs(30));
+    let clock = ManualClock::new(); // the instances' machines agree on the time
+    let instances: Vec<Router> = layers_on(&server.url(), 3, "/users/{id}", rule, &clock)
         .await
         .into_iter()
         .map(|cache| {
@@ -493,7 +497,7 @@ async fn a_stale_entry_is_refreshed_once_across_three_instances() {
     get_path(&instances[0], "/users/1").await;
     settle().await;
     db.rows.lock().unwrap().insert("1".into(), "v2".into());
-    tokio::time::sleep(Duration::from_millis(550)).await; // now stale
+    clock.advance(Duration::from_secs(61)); // now stale
 
     let replies = fan_out(&instances, 60, "/users/1").await;
     for reply in &replies {

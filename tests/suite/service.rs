@@ -3,7 +3,7 @@
 // `tests/service_memory.rs` and `tests/service_redis.rs`, which each define `test_store()`.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio_test::{assert_pending, assert_ready_ok};
+use tower_redis_cache::clock::ManualClock;
 use tower_redis_cache::store::{Lookup, TagVersion};
 use tower_redis_cache::{
     CacheBody, CacheHandle, CacheLayer, CacheLayerBuilder, CacheService, MemoryStore, Rule, Store,
@@ -55,11 +56,25 @@ fn request(method: Method, path: &str) -> Req {
     Request::builder().method(method).uri(path).body(String::new()).unwrap()
 }
 
-/// A layer builder over a test store, whose calls get time enough on a loaded machine: a
-/// timed-out call fails open, which is right for the layer and wrong for a test that counts
-/// inner calls.
+/// The time of day in this suite, on a whole second: it stands still unless a test moves it
+/// (see [`clocked`]), so that ages and TTLs are exact and expiry takes no waiting.
+fn t0() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+/// A layer builder over a test store, with the clock stopped at [`t0`]. Store calls get time
+/// enough on a loaded machine: a timed-out call fails open, which is right for the layer and
+/// wrong for a test that counts inner calls.
 fn builder_for(store: std::sync::Arc<dyn Store>) -> CacheLayerBuilder {
-    CacheLayer::builder(store).store_timeout(Duration::from_secs(2))
+    CacheLayer::builder(store)
+        .store_timeout(Duration::from_secs(2))
+        .clock(ManualClock::starting_at(t0()))
+}
+
+/// `builder` with a clock (starting at [`t0`]) that the test moves forward by hand.
+fn clocked(builder: CacheLayerBuilder) -> (CacheLayerBuilder, ManualClock) {
+    let clock = ManualClock::starting_at(t0());
+    (builder.clock(clock.clone()), clock)
 }
 
 /// The users API's rules, over whichever store.
@@ -164,14 +179,13 @@ async fn a_miss_is_stored_and_the_next_request_is_a_hit() {
 
 #[tokio::test]
 async fn entries_expire_after_the_rule_ttl() {
-    let layer = builder_for(test_store().await)
-        .route("/short", Rule::get().ttl(Duration::from_millis(100)))
-        .build()
-        .unwrap();
-    let mut h = Harness::new(layer);
+    let (builder, clock) = clocked(builder_for(test_store().await));
+    let mut h = Harness::new(builder.route("/short", Rule::get().ttl(Duration::from_secs(60))).build().unwrap());
     h.get("/short", "one").await;
-    assert_eq!(h.get("/short", "two").await.x_cache(), "HIT");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance(Duration::from_secs(59));
+    let hit = h.get("/short", "two").await;
+    assert_eq!((hit.x_cache(), hit.headers["age"].to_str().unwrap()), ("HIT", "59"));
+    clock.advance(Duration::from_secs(1));
     let after = h.get("/short", "three").await;
     assert_eq!((after.x_cache(), &after.body[..]), ("MISS", &b"three"[..]));
 }
@@ -561,11 +575,7 @@ async fn cache_status_tells_what_happened_as_rfc_9211_says() {
     let first = h.get("/users", "[]").await;
     assert_eq!(cache_status(&first), "tower-redis-cache; fwd=uri-miss; stored; ttl=60");
     let hit = h.get("/users", "unused").await;
-    assert!(
-        cache_status(&hit).starts_with("tower-redis-cache; hit; ttl=5"),
-        "{}",
-        cache_status(&hit)
-    );
+    assert_eq!(cache_status(&hit), "tower-redis-cache; hit; ttl=60");
     h.send(request(Method::POST, "/users"), |_| with_status(ok(""), StatusCode::CREATED)).await;
     let evicted = h.send(get("/users"), |_| with_status(ok("x"), StatusCode::NOT_FOUND)).await;
     assert_eq!(cache_status(&evicted), "tower-redis-cache; fwd=miss");
@@ -950,13 +960,9 @@ fn respond_with(headers: Vec<(&'static str, String)>) -> impl FnOnce(&Req) -> Re
     }
 }
 
-fn http_date(offset_secs: i64) -> String {
-    let now = std::time::SystemTime::now();
-    let at = if offset_secs >= 0 {
-        now + Duration::from_secs(offset_secs as u64)
-    } else {
-        now - Duration::from_secs(offset_secs.unsigned_abs())
-    };
+/// An HTTP date `offset_secs` after [`t0`].
+fn http_date(offset_secs: u64) -> String {
+    let at = t0() + Duration::from_secs(offset_secs);
     let mut headers = HeaderMap::new();
     headers::HeaderMapExt::typed_insert(&mut headers, headers::Date::from(at));
     headers["date"].to_str().unwrap().to_owned()
@@ -995,13 +1001,7 @@ async fn the_response_says_how_long_it_is_fresh_before_the_rule_does() {
     for (name, headers, expected) in cases {
         let mut h = Harness::users().await;
         let miss = h.send(get("/users"), respond_with(headers)).await;
-        let ttl = stored_ttl(&miss);
-        // Whole seconds: a second may tick between the response and the header.
-        let close = match (ttl, expected) {
-            (Some(ttl), Some(expected)) => ttl + 1 >= expected && ttl <= expected,
-            (ttl, expected) => ttl == expected,
-        };
-        assert!(close, "{name}: stored for {ttl:?}, expected {expected:?}");
+        assert_eq!(stored_ttl(&miss), expected, "{name}");
         assert_eq!(
             h.get("/users", "unused").await.x_cache(),
             if expected.is_some() { "HIT" } else { "MISS" },
@@ -1012,24 +1012,17 @@ async fn the_response_says_how_long_it_is_fresh_before_the_rule_does() {
 
 #[tokio::test]
 async fn age_on_a_hit_includes_the_age_the_response_came_with() {
-    let mut h = Harness::users().await;
+    let (builder, clock) = clocked(users_rules(builder_for(test_store().await)));
+    let mut h = Harness::new(builder.build().unwrap());
     h.send(
         get("/users"),
         respond_with(vec![("cache-control", "max-age=600".into()), ("age", "100".into())]),
     )
     .await;
+    clock.advance(Duration::from_secs(30));
     let hit = h.get("/users", "unused").await;
-    let age: u64 = hit.headers["age"].to_str().unwrap().parse().unwrap();
-    assert!((100..=101).contains(&age), "Age {age}");
-    let ttl: u64 = hit.headers["cache-status"]
-        .to_str()
-        .unwrap()
-        .rsplit("ttl=")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((499..=500).contains(&ttl), "ttl {ttl}");
+    assert_eq!(hit.headers["age"], "130");
+    assert_eq!(hit.headers["cache-status"], "tower-redis-cache; hit; ttl=470");
 }
 
 #[tokio::test]
@@ -1042,14 +1035,14 @@ async fn rules_can_cap_or_ignore_what_the_response_says() {
     let mut h = Harness::new(layer);
     let capped =
         h.send(get("/capped"), respond_with(vec![("cache-control", "max-age=3600".into())])).await;
-    assert!(matches!(stored_ttl(&capped), Some(4..=5)));
+    assert_eq!(stored_ttl(&capped), Some(5));
     let ours = h
         .send(
             get("/ours"),
             respond_with(vec![("cache-control", "private, no-store, max-age=3600".into())]),
         )
         .await;
-    assert!(matches!(stored_ttl(&ours), Some(29..=30)), "{:?}", ours.headers["cache-status"]);
+    assert_eq!(stored_ttl(&ours), Some(30));
     assert_eq!(h.get("/ours", "unused").await.x_cache(), "HIT");
 
     let err = CacheLayer::builder(MemoryStore::default())
@@ -1071,7 +1064,7 @@ async fn ttl_jitter_spreads_expiries_downwards_only() {
     for id in 0..30 {
         let miss = h.get(&format!("/items/{id}"), "x").await;
         let ttl = stored_ttl(&miss).unwrap();
-        assert!((49..=100).contains(&ttl), "ttl {ttl}");
+        assert!((50..=100).contains(&ttl), "ttl {ttl}");
         ttls.insert(ttl);
     }
     assert!(ttls.len() > 5, "expiries should spread: {ttls:?}");
@@ -1120,14 +1113,23 @@ async fn a_request_cannot_force_a_miss_unless_the_layer_allows_it() {
 
 /// Sends `n` requests at once; returns their calls, still running.
 /// Sends `n` requests at once, each read to its end by its own task, as separate clients
-/// would: returns their bodies to come. (Reading them one after another would let a waiting
-/// request hold up the one it waits for, whose entry is stored once its body is read.)
-fn call_many(h: &mut Harness, n: usize, path: &str) -> Vec<tokio::task::JoinHandle<Bytes>> {
+/// would: returns their `Cache-Status` and bodies to come. (Reading them one after another
+/// would let a waiting request hold up the one it waits for, whose entry is stored once its
+/// body is read.)
+fn call_many(
+    h: &mut Harness,
+    n: usize,
+    path: &str,
+) -> Vec<tokio::task::JoinHandle<(String, Bytes)>> {
     (0..n)
         .map(|_| {
             assert_ready_ok!(h.svc.poll_ready());
             let call = h.svc.call(get(path));
-            tokio::spawn(async move { body_text(call.await.expect("no error")).await })
+            tokio::spawn(async move {
+                let response = call.await.expect("no error");
+                let status = response.headers()["cache-status"].to_str().unwrap().to_owned();
+                (status, body_text(response).await)
+            })
         })
         .collect()
 }
@@ -1144,9 +1146,21 @@ async fn concurrent_misses_on_one_key_make_one_inner_call() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(h.inner.poll_request().is_pending(), "the other 49 wait for the first");
     reply.send_response(ok("[1,2,3]"));
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     for call in calls {
-        assert_eq!(call.await.unwrap(), "[1,2,3]");
+        let (status, body) = call.await.unwrap();
+        assert_eq!(body, "[1,2,3]");
+        *statuses.entry(status).or_default() += 1;
     }
+    assert_eq!(
+        statuses,
+        [
+            ("tower-redis-cache; fwd=uri-miss; collapsed; ttl=60".to_owned(), 49),
+            ("tower-redis-cache; fwd=uri-miss; stored; ttl=60".to_owned(), 1),
+        ]
+        .into(),
+        "RFC 9211 says which requests were collapsed onto the one that called"
+    );
     assert!(h.inner.poll_request().is_pending());
     let stats = h.cache.stats();
     assert_eq!((stats.misses, stats.hits), (1, 49));
@@ -1169,7 +1183,7 @@ async fn waiting_misses_call_the_inner_service_themselves_after_the_lock_timeout
     slow.send_response(ok("slow"));
     let mut bodies = Vec::new();
     for call in calls {
-        bodies.push(call.await.unwrap());
+        bodies.push(call.await.unwrap().1);
     }
     bodies.sort();
     assert_eq!(bodies, ["after waiting", "after waiting", "slow"]);
@@ -1209,18 +1223,21 @@ async fn the_miss_lock_can_be_turned_off() {
     }
 }
 
-async fn stale_rules(rule: Rule) -> Harness {
-    let layer = builder_for(test_store().await).route("/news", rule).build().unwrap();
-    Harness::new(layer)
+async fn stale_rules(rule: Rule) -> (Harness, ManualClock) {
+    let (builder, clock) = clocked(builder_for(test_store().await));
+    (Harness::new(builder.route("/news", rule).build().unwrap()), clock)
 }
 
-const SHORT: Duration = Duration::from_millis(100);
+const TTL: Duration = Duration::from_secs(60);
+
+/// Just past [`TTL`].
+const STALE: Duration = Duration::from_secs(61);
 
 #[tokio::test]
 async fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_background() {
-    let mut h = stale_rules(Rule::get().ttl(SHORT).stale_while_revalidate(Duration::from_secs(30))).await;
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL).stale_while_revalidate(Duration::from_secs(30))).await;
     h.get("/news", "v1").await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
 
     // Five requests find it stale: all get it at once, without waiting for the inner service
     // (which is not answering yet).
@@ -1228,10 +1245,9 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_backgro
         assert_ready_ok!(h.svc.poll_ready());
         let stale = h.svc.call(get("/news")).await.unwrap();
         assert_eq!(stale.headers()["x-cache"], "STALE");
-        let status = stale.headers()["cache-status"].to_str().unwrap().to_owned();
-        assert!(
-            status.starts_with("tower-redis-cache; hit; ttl=-0; detail=stale-while-revalidate"),
-            "{status}"
+        assert_eq!(
+            stale.headers()["cache-status"],
+            "tower-redis-cache; hit; ttl=-1; detail=stale-while-revalidate"
         );
         assert_eq!(body_text(stale).await, "v1");
     }
@@ -1247,9 +1263,9 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_backgro
 
 #[tokio::test]
 async fn stale_if_error_serves_the_stale_entry_when_the_inner_service_fails() {
-    let mut h = stale_rules(Rule::get().ttl(SHORT).stale_if_error(Duration::from_secs(30))).await;
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL).stale_if_error(Duration::from_secs(30))).await;
     h.get("/news", "v1").await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
 
     let unavailable =
         h.send(get("/news"), |_| with_status(ok("down"), StatusCode::SERVICE_UNAVAILABLE)).await;
@@ -1274,14 +1290,15 @@ async fn stale_if_error_serves_the_stale_entry_when_the_inner_service_fails() {
 
 #[tokio::test]
 async fn stale_if_error_can_give_up_on_a_slow_inner_service() {
-    let layer = builder_for(test_store().await)
-        .route("/news", Rule::get().ttl(SHORT).stale_if_error(Duration::from_secs(30)))
+    let (builder, clock) = clocked(builder_for(test_store().await));
+    let layer = builder
+        .route("/news", Rule::get().ttl(TTL).stale_if_error(Duration::from_secs(30)))
         .stale_if_error_timeout(Duration::from_millis(50))
         .build()
         .unwrap();
     let mut h = Harness::new(layer);
     h.get("/news", "v1").await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
     assert_ready_ok!(h.svc.poll_ready());
     let call = tokio::spawn(h.svc.call(get("/news")));
     let (_, _never_answered) = h.inner.next_request().await.unwrap();
@@ -1290,16 +1307,16 @@ async fn stale_if_error_can_give_up_on_a_slow_inner_service() {
 
 #[tokio::test]
 async fn stale_entries_are_not_served_past_their_window_or_after_an_eviction() {
-    let mut h = stale_rules(
-        Rule::get().ttl(SHORT).tag("news").stale_while_revalidate(Duration::from_millis(100)),
+    let (mut h, clock) = stale_rules(
+        Rule::get().ttl(TTL).tag("news").stale_while_revalidate(Duration::from_secs(30)),
     )
     .await;
     h.get("/news", "v1").await;
-    tokio::time::sleep(SHORT + Duration::from_millis(150)).await;
+    clock.advance(TTL + Duration::from_secs(30));
     assert_eq!(h.get("/news", "v2").await.x_cache(), "MISS", "past the window");
 
     h.cache.evict_tags(["news"]).await.unwrap();
-    tokio::time::sleep(SHORT + Duration::from_millis(20)).await;
+    clock.advance(STALE); // within the window again, for v2
     let after = h.get("/news", "v3").await;
     assert_eq!(
         (after.x_cache(), &after.body[..]),
@@ -1310,17 +1327,17 @@ async fn stale_entries_are_not_served_past_their_window_or_after_an_eviction() {
 
 #[tokio::test]
 async fn must_revalidate_forbids_serving_stale() {
-    let mut h = stale_rules(Rule::get().ttl(SHORT).stale_while_revalidate(Duration::from_secs(30))).await;
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL).stale_while_revalidate(Duration::from_secs(30))).await;
     h.send(get("/news"), |_| with_header(ok("v1"), "cache-control", "must-revalidate")).await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
     assert_eq!(h.get("/news", "v2").await.x_cache(), "MISS");
 }
 
 #[tokio::test]
 async fn stale_entries_with_validators_are_revalidated_with_a_conditional_request() {
-    let mut h = stale_rules(Rule::get().ttl(SHORT)).await;
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
     h.send(get("/news"), |_| with_header(ok("v1"), "etag", "\"v1\"")).await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
 
     let revalidated = h
         .send(get("/news"), |seen| {
@@ -1332,7 +1349,7 @@ async fn stale_entries_with_validators_are_revalidated_with_a_conditional_reques
     assert_eq!(revalidated.x_cache(), "REVALIDATED");
     assert_eq!(
         revalidated.headers["cache-status"],
-        "tower-redis-cache; fwd=stale; fwd-status=304; stored; ttl=0"
+        "tower-redis-cache; fwd=stale; fwd-status=304; stored; ttl=60"
     );
     let hit = h.get("/news", "unused").await;
     assert_eq!((hit.x_cache(), &hit.body[..]), ("HIT", &b"v1"[..]), "fresh again");
@@ -1340,10 +1357,10 @@ async fn stale_entries_with_validators_are_revalidated_with_a_conditional_reques
 
 #[tokio::test]
 async fn revalidation_uses_last_modified_and_never_the_layers_own_etag() {
-    let mut h = stale_rules(Rule::get().ttl(SHORT)).await;
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
     let modified = "Wed, 21 Oct 2015 07:28:00 GMT";
     h.send(get("/news"), move |_| with_header(ok("v1"), "last-modified", modified)).await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
     let changed = h
         .send(get("/news"), move |seen| {
             assert_eq!(seen.headers()["if-modified-since"], modified);
@@ -1360,16 +1377,16 @@ async fn revalidation_uses_last_modified_and_never_the_layers_own_etag() {
 
 #[tokio::test]
 async fn entries_without_validators_and_clients_with_their_own_are_not_revalidated() {
-    let mut h = stale_rules(Rule::get().ttl(SHORT)).await;
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
     h.get("/news", "v1").await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
     let plain = h.get("/news", "v2").await;
     assert!(plain.reached_inner.unwrap().headers().get("if-none-match").is_none());
 
     h.send(get("/other-etag"), |_| ok("")).await; // no rule: unaffected
-    let mut h = stale_rules(Rule::get().ttl(SHORT)).await;
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
     h.send(get("/news"), |_| with_header(ok("v1"), "etag", "\"v1\"")).await;
-    tokio::time::sleep(SHORT + Duration::from_millis(50)).await;
+    clock.advance(STALE);
     let own = h.send(get_as("/news", "if-none-match", "\"mine\""), |_| ok("v2")).await;
     assert_eq!(own.reached_inner.unwrap().headers()["if-none-match"], "\"mine\"");
 }
