@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
+use crate::breaker::BreakerSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::error::BuildError;
 use crate::handle::CacheHandle;
@@ -45,6 +46,7 @@ impl CacheLayer {
             compress_above: Some(1024),
             surrogate_keys: false,
             clock: Arc::new(SystemClock),
+            breaker: Some(BreakerSettings { failures: 5, open_for: Duration::from_secs(2) }),
             status: StatusHeaders {
                 x_cache: Some(HeaderName::from_static("x-cache")),
                 cache_status: Some("tower-redis-cache".to_owned()),
@@ -96,6 +98,7 @@ pub struct CacheLayerBuilder {
     compress_above: Option<usize>,
     surrogate_keys: bool,
     clock: Arc<dyn Clock>,
+    breaker: Option<BreakerSettings>,
     status: StatusHeaders,
 }
 
@@ -156,6 +159,23 @@ impl CacheLayerBuilder {
     /// adds to a request.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.store_timeout = timeout;
+        self
+    }
+
+    /// The circuit breaker in front of the store: after `failures` store calls in a row time
+    /// out or find the store unreachable, the layer stops calling it for `open_for`, then lets
+    /// one call through to see whether it is back (default: 5 failures, 2 s). While it is open,
+    /// requests are served by the inner service as when a store call fails, without paying
+    /// [`store_timeout`](Self::store_timeout) each. Commands the store refuses (a full Redis
+    /// refusing writes, a read-only replica) do not count.
+    pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.breaker = Some(BreakerSettings { failures, open_for });
+        self
+    }
+
+    /// Calls the store for every request, however it is doing.
+    pub fn without_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
         self
     }
 
@@ -328,6 +348,14 @@ impl CacheLayerBuilder {
         if self.store_timeout.is_zero() {
             return Err(BuildError::option("store_timeout", "must be more than zero"));
         }
+        if let Some(breaker) = self.breaker {
+            if breaker.failures == 0 || breaker.open_for.is_zero() {
+                return Err(BuildError::option(
+                    "circuit_breaker",
+                    "failures and open_for must be more than zero",
+                ));
+            }
+        }
         if self.max_body_bytes == 0 {
             return Err(BuildError::option("max_body_bytes", "must be more than zero"));
         }
@@ -354,6 +382,7 @@ impl CacheLayerBuilder {
             clock: self.clock,
             status: self.status,
         };
-        Ok(CacheLayer { shared: Arc::new(Shared::new(self.store, routes, settings)) })
+        let shared = Shared::new(self.store, routes, settings, self.breaker);
+        Ok(CacheLayer { shared: Arc::new(shared) })
     }
 }

@@ -99,6 +99,7 @@
 
 mod answer;
 mod body;
+mod breaker;
 mod capture;
 pub mod clock;
 mod compression;

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use crate::breaker::{Breaker, BreakerSettings, Change, Health};
 use crate::clock::{unix_ms, Clock};
 use crate::flight::Flights;
 use crate::key::tag_key;
@@ -50,6 +51,7 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) counters: Counters,
     pub(crate) flights: Flights,
+    breaker: Breaker,
     /// Request headers learned from responses' `Vary`, by base key (see [`crate::vary`]).
     pub(crate) learned_vary: moka::sync::Cache<String, Arc<Vec<http::HeaderName>>>,
     /// Cache groups learned from responses, by entry key (see [`crate::groups`]).
@@ -84,8 +86,14 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Shared {
-    pub(crate) fn new(store: Arc<dyn Store>, routes: RouteTable, settings: Settings) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        routes: RouteTable,
+        settings: Settings,
+        breaker: Option<BreakerSettings>,
+    ) -> Self {
         Self {
+            breaker: Breaker::new(breaker),
             store,
             routes,
             settings,
@@ -122,21 +130,46 @@ impl Shared {
         tags.iter().map(|tag| tag_key(&self.settings.key_prefix, tag)).collect()
     }
 
-    /// Runs one store operation under the store timeout. `None` means it failed or timed out,
-    /// which has been logged and counted.
+    /// Runs one store operation under the store timeout, unless the circuit breaker is open.
+    /// `None` means it was not made, failed or timed out, which has been logged and counted.
     async fn run<T>(
         &self,
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Option<T> {
-        let error = match tokio::time::timeout(self.settings.store_timeout, call).await {
-            Ok(Ok(value)) => return Some(value),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("timed out after {:?}", self.settings.store_timeout),
+        let Some(admission) = self.breaker.admit() else {
+            Counters::add(&self.counters.store_skipped, 1);
+            return None;
         };
-        Counters::add(&self.counters.store_errors, 1);
-        tracing::warn!(operation, %error, "cache store operation failed; carrying on without the cache");
-        None
+        let (result, health) = match tokio::time::timeout(self.settings.store_timeout, call).await {
+            Ok(Ok(value)) => (Ok(value), Health::Answered),
+            Ok(Err(error)) if error.is_unavailable() => {
+                (Err(error.to_string()), Health::Unavailable)
+            }
+            Ok(Err(error)) => (Err(error.to_string()), Health::Answered),
+            Err(_) => (
+                Err(format!("timed out after {:?}", self.settings.store_timeout)),
+                Health::Unavailable,
+            ),
+        };
+        match admission.finish(health) {
+            Change::Opened => {
+                Counters::add(&self.counters.breaker_opened, 1);
+                tracing::error!(
+                    "cache store failing: circuit breaker open, requests skip the cache"
+                );
+            }
+            Change::Closed => tracing::info!("cache store answering again: circuit breaker closed"),
+            Change::None => {}
+        }
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                Counters::add(&self.counters.store_errors, 1);
+                tracing::warn!(operation, %error, "cache store operation failed; carrying on without the cache");
+                None
+            }
+        }
     }
 
     pub(crate) async fn lookup(&self, key: &str, tag_keys: &[String]) -> Option<Lookup> {

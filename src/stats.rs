@@ -23,6 +23,10 @@ pub struct Stats {
     pub evictions: u64,
     /// Store operations that failed or timed out.
     pub store_errors: u64,
+    /// Store operations not made because the circuit breaker was open.
+    pub store_skipped: u64,
+    /// How many times the circuit breaker opened.
+    pub breaker_opened: u64,
 }
 
 impl Stats {
@@ -46,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) stores: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    pub(crate) store_skipped: AtomicU64,
+    pub(crate) breaker_opened: AtomicU64,
 }
 
 impl Counters {
@@ -62,6 +68,8 @@ impl Counters {
             stores: self.stores.load(Relaxed),
             evictions: self.evictions.load(Relaxed),
             store_errors: self.store_errors.load(Relaxed),
+            store_skipped: self.store_skipped.load(Relaxed),
+            breaker_opened: self.breaker_opened.load(Relaxed),
         }
     }
 }

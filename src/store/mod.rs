@@ -117,6 +117,7 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 pub struct StoreError {
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    unavailable: bool,
 }
 
 impl std::fmt::Display for StoreError {
@@ -137,7 +138,7 @@ impl std::error::Error for StoreError {
 impl StoreError {
     /// An error with a message and no underlying cause.
     pub fn msg(message: impl Into<String>) -> Self {
-        Self { message: message.into(), source: None }
+        Self { message: message.into(), source: None, unavailable: false }
     }
 
     /// An error caused by another error.
@@ -145,7 +146,21 @@ impl StoreError {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self { message: message.into(), source: Some(Box::new(source)) }
+        Self { message: message.into(), source: Some(Box::new(source)), unavailable: false }
+    }
+
+    /// Marks the error as the store being unreachable (connection lost, cluster down), as
+    /// opposed to the store refusing one command. Unavailability counts towards opening the
+    /// layer's circuit breaker (see
+    /// [`CacheLayerBuilder::circuit_breaker`](crate::CacheLayerBuilder::circuit_breaker)).
+    pub fn unavailable(mut self) -> Self {
+        self.unavailable = true;
+        self
+    }
+
+    /// Whether the store was unreachable, rather than refusing a command.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 }
 

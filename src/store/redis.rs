@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, Expiration, KeysInterface, Pool, ReconnectPolicy, SetOptions,
-    TcpConfig, Value,
+    Builder, ClientLike, Config, ErrorKind, Expiration, KeysInterface, Pool, ReconnectPolicy,
+    SetOptions, TcpConfig, Value,
 };
 
 use super::{fresh_version, Lookup, Store, StoreError, TagVersion};
@@ -163,7 +163,23 @@ impl RedisStoreBuilder {
 }
 
 fn redis_error(context: &'static str) -> impl FnOnce(fred::error::Error) -> StoreError {
-    move |e| StoreError::from_source(context, e)
+    move |e| {
+        // Redis not answering, as opposed to Redis refusing the command (OOM, READONLY, ...).
+        let unreachable = matches!(
+            e.kind(),
+            ErrorKind::IO
+                | ErrorKind::Timeout
+                | ErrorKind::Canceled
+                | ErrorKind::Backpressure
+                | ErrorKind::Cluster
+        );
+        let error = StoreError::from_source(context, e);
+        if unreachable {
+            error.unavailable()
+        } else {
+            error
+        }
+    }
 }
 
 /// Reads a tag version written by this store; anything else (foreign or corrupt) is `None`.

@@ -697,6 +697,104 @@ async fn a_broken_store_never_fails_a_request() {
     }
 }
 
+/// The test store, made to stop answering (a stalled Redis) at will; counts the calls it gets.
+struct StallingStore {
+    inner: std::sync::Arc<dyn Store>,
+    stalled: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl StallingStore {
+    async fn answer<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        call.await
+    }
+}
+
+#[async_trait]
+impl Store for StallingStore {
+    async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
+        self.answer(self.inner.lookup(key, tags)).await
+    }
+    async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
+        self.answer(self.inner.ensure_tag_versions(tags)).await
+    }
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        self.answer(self.inner.put(key, value, ttl)).await
+    }
+    async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
+        self.answer(self.inner.evict_tags(tags)).await
+    }
+    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.answer(self.inner.acquire_lease(key, ttl)).await
+    }
+    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
+        self.answer(self.inner.release_lease(key)).await
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_store_is_skipped_once_the_breaker_opens_and_probed_until_it_is_back() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = std::sync::Arc::new(StallingStore {
+        inner: test_store().await,
+        stalled: true.into(),
+        calls: 0.into(),
+    });
+    let timeout = Duration::from_millis(100);
+    let layer = users_rules(CacheLayer::builder(store.clone()))
+        .store_timeout(timeout)
+        .circuit_breaker(3, Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(h.get("/users", "from the handler").await.body, "from the handler");
+        assert!(started.elapsed() >= timeout, "each waited for the store");
+    }
+    assert_eq!((h.cache.stats().breaker_opened, store.calls.load(SeqCst)), (1, 3));
+
+    // Open: the store is not called, so it adds nothing to the requests.
+    for _ in 0..20 {
+        assert_eq!(h.get("/users", "from the handler").await.body, "from the handler");
+    }
+    assert_eq!(store.calls.load(SeqCst), 3, "no store calls while open");
+    assert_eq!(h.cache.stats().store_skipped, 20);
+
+    // Still stalled when the first probe goes: it fails, and the breaker opens again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.get("/users", "from the handler").await;
+    assert_eq!(store.calls.load(SeqCst), 4, "one probe");
+    h.get("/users", "from the handler").await;
+    assert_eq!(store.calls.load(SeqCst), 4, "open again after the failed probe");
+
+    // Back: the next probe closes it, and the cache works again.
+    store.stalled.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.get("/users", "stored").await.x_cache(), "MISS");
+    let hit = h.get("/users", "unused").await;
+    assert_eq!((hit.x_cache(), &hit.body[..]), ("HIT", &b"stored"[..]));
+    assert_eq!(h.cache.stats().breaker_opened, 1);
+}
+
+#[tokio::test]
+async fn commands_the_store_refuses_do_not_open_the_breaker() {
+    let layer = users_rules(CacheLayer::builder(BrokenStore::Failing))
+        .circuit_breaker(2, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    for _ in 0..5 {
+        h.get("/users", "x").await;
+    }
+    let stats = h.cache.stats();
+    assert_eq!((stats.breaker_opened, stats.store_skipped, stats.store_errors), (0, 0, 5));
+}
+
 #[tokio::test]
 async fn while_an_eviction_is_pending_its_entries_are_bypassed() {
     let layer = users_rules(CacheLayer::builder(BrokenStore::Failing)).build().unwrap();
