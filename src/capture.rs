@@ -34,25 +34,31 @@ struct PendingEntry {
     tags: Vec<(String, TagVersion)>,
 }
 
-/// A bounded copy of a body in flight. Dropping it (client gone, body error, over the limit)
+/// A bounded copy of a body in flight. Dropping it (client gone, body error, over a limit)
 /// stores nothing.
 pub(crate) struct Capture {
     buf: BytesMut,
     limit: usize,
+    /// The bytes of the layer's `max_capture_bytes` this copy holds.
+    reservation: Reservation,
     trailers: Option<HeaderMap>,
     pending: PendingEntry,
 }
 
 impl Capture {
-    fn new(pending: PendingEntry, limit: usize, expected_len: u64) -> Self {
+    /// A capture, if the layer's budget for copies in flight has room for `expected_len`.
+    fn new(pending: PendingEntry, limit: usize, expected_len: u64) -> Option<Self> {
         let capacity = usize::try_from(expected_len).unwrap_or(limit).min(limit);
-        Self { buf: BytesMut::with_capacity(capacity), limit, trailers: None, pending }
+        let reservation = Reservation::new(&pending.shared, capacity)?;
+        let buf = BytesMut::with_capacity(capacity);
+        Some(Self { buf, limit, reservation, trailers: None, pending })
     }
 
-    /// Copies a frame; `false` once the copy would exceed the limit.
+    /// Copies a frame; `false` once the copy would exceed the body limit or the layer's budget.
     pub(crate) fn record(&mut self, frame: &Frame<Bytes>) -> bool {
         if let Some(data) = frame.data_ref() {
-            if self.buf.len() + data.len() > self.limit {
+            let len = self.buf.len() + data.len();
+            if len > self.limit || !self.reservation.grow_to(len) {
                 return false;
             }
             self.buf.extend_from_slice(data);
@@ -89,18 +95,51 @@ impl Capture {
             identity_len: None,
             body,
         };
-        store_entry(shared, key, entry, freshness.keep_for(), flight);
+        store_entry(shared, key, entry, freshness.keep_for(), flight, Some(self.reservation));
+    }
+}
+
+/// Bytes counted against the layer's `max_capture_bytes` until dropped.
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Reservation {
+    fn new(shared: &Arc<Shared>, bytes: usize) -> Option<Self> {
+        shared.reserve_capture(bytes).then(|| Self { shared: Arc::clone(shared), bytes })
+    }
+
+    /// Holds `bytes` in all, if the budget has room.
+    fn grow_to(&mut self, bytes: usize) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        if more == 0 {
+            return true;
+        }
+        if !self.shared.reserve_capture(more) {
+            return false;
+        }
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shared.release_capture(self.bytes);
     }
 }
 
 /// Writes `entry` in the background, so that the client's response is not held back by the
-/// store, then ends the miss lock `flight` (the waiting requests now find the entry).
+/// store, then ends the miss lock `flight` (the waiting requests now find the entry) and gives
+/// back the `reservation` its body was counted under.
 pub(crate) fn store_entry(
     shared: Arc<Shared>,
     key: String,
     entry: Entry,
     keep_for: Duration,
     flight: Option<FlightGuard>,
+    reservation: Option<Reservation>,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::debug!("no Tokio runtime to write the entry on; not stored");
@@ -112,7 +151,7 @@ pub(crate) fn store_entry(
             compress(&mut entry, threshold);
         }
         shared.put(&key, entry.encode(), keep_for).await;
-        drop(flight);
+        drop((flight, reservation));
     });
 }
 
@@ -167,6 +206,10 @@ pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
         tags: plan.tags.iter().cloned().zip(versions).collect(),
         key,
     };
-    let capture = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower());
+    let Some(capture) = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower())
+    else {
+        tracing::debug!(route = &*plan.rule.pattern, "max_capture_bytes reached; not stored");
+        return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
+    };
     (Response::from_parts(parts, CacheBody::capturing(body, capture)), Some(freshness.remaining()))
 }

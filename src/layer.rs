@@ -38,6 +38,7 @@ impl CacheLayer {
             key_prefix: "trc".to_owned(),
             store_timeout: Duration::from_millis(100),
             max_body_bytes: 1024 * 1024,
+            max_capture_bytes: 64 * 1024 * 1024,
             ttl_jitter: 0,
             invalidate_unsafe: true,
             miss_lock_timeout: Some(Duration::from_secs(5)),
@@ -90,6 +91,7 @@ pub struct CacheLayerBuilder {
     key_prefix: String,
     store_timeout: Duration,
     max_body_bytes: usize,
+    max_capture_bytes: usize,
     ttl_jitter: u8,
     invalidate_unsafe: bool,
     miss_lock_timeout: Option<Duration>,
@@ -183,6 +185,14 @@ impl CacheLayerBuilder {
     /// and no more than this is ever held in memory for one response.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// The most memory all copies of response bodies being captured may hold together (default
+    /// 64 MiB), so that many large responses at once cannot exhaust memory. Responses that
+    /// would go over it stream through to their clients uncaptured, and are not stored.
+    pub fn max_capture_bytes(mut self, max: usize) -> Self {
+        self.max_capture_bytes = max;
         self
     }
 
@@ -359,6 +369,12 @@ impl CacheLayerBuilder {
         if self.max_body_bytes == 0 {
             return Err(BuildError::option("max_body_bytes", "must be more than zero"));
         }
+        if self.max_capture_bytes < self.max_body_bytes {
+            return Err(BuildError::option(
+                "max_capture_bytes",
+                "must be at least max_body_bytes, or no body that size could ever be stored",
+            ));
+        }
         if self.cache_statuses.is_empty() {
             return Err(BuildError::option("cache_statuses", "must name at least one status"));
         }
@@ -372,6 +388,7 @@ impl CacheLayerBuilder {
             key_prefix: self.key_prefix,
             store_timeout: self.store_timeout,
             max_body_bytes: self.max_body_bytes,
+            max_capture_bytes: self.max_capture_bytes,
             ttl_jitter: self.ttl_jitter,
             invalidate_unsafe: self.invalidate_unsafe,
             miss_lock_timeout: self.miss_lock_timeout,

@@ -76,6 +76,7 @@ pub(crate) fn revalidated<B>(
             entry.clone(),
             freshness.keep_for(),
             flight,
+            None,
         );
     }
     respond_from_entry(shared, plan, entry, now, Outcome::Revalidated { ttl })

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +25,8 @@ pub(crate) struct Settings {
     pub(crate) key_prefix: String,
     pub(crate) store_timeout: Duration,
     pub(crate) max_body_bytes: usize,
+    /// The most bytes all copies of bodies in flight may hold together.
+    pub(crate) max_capture_bytes: usize,
     /// Up to how many percent each entry's freshness is shortened at random.
     pub(crate) ttl_jitter: u8,
     /// How long requests that miss on a key another request is filling wait for it; `None`
@@ -52,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) flights: Flights,
     breaker: Breaker,
+    /// The bytes all copies of bodies in flight hold (see [`crate::capture`]).
+    capture_bytes: AtomicUsize,
     /// Request headers learned from responses' `Vary`, by base key (see [`crate::vary`]).
     pub(crate) learned_vary: moka::sync::Cache<String, Arc<Vec<http::HeaderName>>>,
     /// Cache groups learned from responses, by entry key (see [`crate::groups`]).
@@ -94,6 +98,7 @@ impl Shared {
     ) -> Self {
         Self {
             breaker: Breaker::new(breaker),
+            capture_bytes: AtomicUsize::new(0),
             store,
             routes,
             settings,
@@ -124,6 +129,21 @@ impl Shared {
     ) -> http::Response<B> {
         self.settings.status.apply(response.headers_mut(), outcome, key);
         response
+    }
+
+    /// Counts `bytes` more against `max_capture_bytes`; `false` (and nothing counted) when
+    /// they do not fit.
+    pub(crate) fn reserve_capture(&self, bytes: usize) -> bool {
+        let max = self.settings.max_capture_bytes;
+        self.capture_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= max)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn release_capture(&self, bytes: usize) {
+        self.capture_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     pub(crate) fn tag_keys(&self, tags: &[String]) -> Vec<String> {

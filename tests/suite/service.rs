@@ -504,6 +504,60 @@ async fn bodies_over_the_limit_stream_through_unstored() {
     assert_eq!(h.get("/users/2", "unused").await.x_cache(), "HIT");
 }
 
+/// A body the test feeds frame by frame.
+fn fed() -> (tokio::sync::mpsc::Sender<&'static str>, Body) {
+    let (feed, frames) = tokio::sync::mpsc::channel(4);
+    let frames = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(frames),
+        |text: &'static str| Ok(http_body::Frame::data(Bytes::from_static(text.as_bytes()))),
+    );
+    (feed, StreamBody::new(frames).boxed_unsync())
+}
+
+#[tokio::test]
+async fn copies_in_flight_share_one_memory_budget_and_past_it_bodies_stream_uncaptured() {
+    let layer = users_rules(builder_for(test_store().await))
+        .max_body_bytes(100)
+        .max_capture_bytes(150)
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let mut start = |path: &str| {
+        assert_ready_ok!(h.svc.poll_ready());
+        tokio::spawn(h.svc.call(get(path)))
+    };
+    let (first, second) = (start("/users/1"), start("/users/2"));
+    let (mut feeds, mut bodies) = (Vec::new(), Vec::new());
+    for call in [first, second] {
+        let (_, reply) = h.inner.next_request().await.unwrap();
+        let (feed, body) = fed();
+        reply.send_response(Response::new(body));
+        feeds.push(feed);
+        bodies.push(call.await.unwrap().unwrap().into_body());
+    }
+    // 80 bytes each, streamed side by side: the second copy would take the total past 150.
+    for _ in 0..2 {
+        for (feed, body) in feeds.iter().zip(&mut bodies) {
+            feed.send("0123456789012345678901234567890123456789").await.unwrap();
+            body.frame().await.unwrap().unwrap();
+        }
+    }
+    drop(feeds);
+    for body in bodies {
+        assert!(body.collect().await.unwrap().to_bytes().is_empty(), "all read already");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(h.get("/users/1", "unused").await.x_cache(), "HIT");
+    assert_eq!(h.get("/users/2", "again").await.x_cache(), "MISS", "streamed through uncaptured");
+    assert_eq!(h.get("/users/2", "unused").await.x_cache(), "HIT", "the budget was given back");
+    let err = CacheLayer::builder(MemoryStore::default())
+        .max_capture_bytes(10)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("option `max_capture_bytes`: must be at least max_body_bytes"), "{err}");
+}
+
 #[tokio::test]
 async fn empty_bodies_are_stored_too() {
     let mut h = Harness::users().await;
