@@ -40,12 +40,17 @@ pub(crate) struct KeyBase {
 
 impl KeyBase {
     pub(crate) fn new(request: &Parts, user: Option<&UserId>) -> Self {
+        Self::with_query(request, request.uri.query().unwrap_or(""), user)
+    }
+
+    /// The same, for the request with `query` in place of its own.
+    pub(crate) fn with_query(request: &Parts, query: &str, user: Option<&UserId>) -> Self {
         let mut hasher = blake3::Hasher::new_derive_key("tower-redis-cache 2026 request");
         let method = if request.method == Method::HEAD { &Method::GET } else { &request.method };
         field(&mut hasher, method.as_str().as_bytes());
         field(&mut hasher, authority(request).as_bytes());
         field(&mut hasher, normalize_path(request.uri.path()).as_bytes());
-        field(&mut hasher, sorted_query(request.uri.query().unwrap_or("")).as_bytes());
+        field(&mut hasher, sorted_query(query).as_bytes());
         match user {
             None => field(&mut hasher, b"shared"),
             Some(user) => {
@@ -184,6 +189,16 @@ fn normalize_path(path: &str) -> Cow<'_, str> {
     }
     // Only ASCII letters changed case, so the bytes are still valid UTF-8.
     Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| path.to_owned()))
+}
+
+/// The parameters of `query` whose names, percent-decoded, are in `keep`.
+pub(crate) fn kept_params(query: &str, keep: &[String]) -> String {
+    let kept = query.split('&').filter(|param| {
+        let name = param.split('=').next().unwrap_or("");
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        keep.iter().any(|k| *k == name)
+    });
+    kept.collect::<Vec<_>>().join("&")
 }
 
 /// The query's parameters sorted by name, stably, so `b=2&a=1` and `a=1&b=2` share a key while

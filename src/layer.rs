@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use crate::breaker::BreakerSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::error::BuildError;
+use crate::guard;
 use crate::handle::CacheHandle;
 use crate::rules::{RouteTable, Rule, RuleDefaults};
 use crate::service::CacheService;
@@ -46,6 +47,8 @@ impl CacheLayer {
             stale_if_error_timeout: None,
             compress_above: Some(1024),
             surrogate_keys: false,
+            key_headers: guard::KEYED.map(HeaderName::from_static).to_vec(),
+            bypass_headers: guard::BYPASSED.map(HeaderName::from_static).to_vec(),
             clock: Arc::new(SystemClock),
             breaker: Some(BreakerSettings { failures: 5, open_for: Duration::from_secs(2) }),
             status: StatusHeaders {
@@ -99,6 +102,8 @@ pub struct CacheLayerBuilder {
     stale_if_error_timeout: Option<Duration>,
     compress_above: Option<usize>,
     surrogate_keys: bool,
+    key_headers: Vec<HeaderName>,
+    bypass_headers: Vec<HeaderName>,
     clock: Arc<dyn Clock>,
     breaker: Option<BreakerSettings>,
     status: StatusHeaders,
@@ -242,6 +247,30 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Request headers whose values are part of every cached route's key, besides each rule's
+    /// [`vary`](Rule::vary) (default: `Forwarded` and the `X-Forwarded-Host`/`-Proto`/`-Port`/
+    /// `-Prefix`/`-Scheme`/`-Server`, `X-Host` and `X-Original-Host` headers).
+    ///
+    /// Handlers often build links from these headers. Were they not in the key, one request
+    /// with `X-Forwarded-Host: evil.example` could store links to `evil.example` for everyone
+    /// (web cache poisoning); keyed, it gets an entry of its own. A proxy in front sets them to
+    /// the same few values on every request, so entries are still shared. Replaces the default
+    /// list; `key_headers([] as [HeaderName; 0])` keys on none.
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.key_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Request headers whose presence keeps the cache out of a read (default:
+    /// `X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method-Override`, `X-HTTP-Method`,
+    /// `X-Method-Override`), because they make some frameworks serve another URL or method
+    /// than the one in the key. Rules add their own with [`Rule::bypass_header`]; a rule that
+    /// keys on one of these with [`Rule::vary`] caches such requests. Replaces the default list.
+    pub fn bypass_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.bypass_headers = names.into_iter().collect();
+        self
+    }
+
     /// Whether `Surrogate-Key` response headers (space-separated, as Fastly reads them) count
     /// as cache groups, like `Cache-Groups` does (default off).
     pub fn surrogate_keys(mut self, read: bool) -> Self {
@@ -382,6 +411,8 @@ impl CacheLayerBuilder {
             ttl: self.default_ttl,
             statuses: self.cache_statuses,
             identify: self.identify,
+            key_headers: self.key_headers,
+            bypass_headers: self.bypass_headers,
         };
         let routes = RouteTable::build(self.routes, self.bypass, &defaults)?;
         let settings = Settings {

@@ -110,6 +110,7 @@ mod flight;
 mod freshness;
 mod future;
 mod groups;
+mod guard;
 mod handle;
 mod invalidate;
 mod key;

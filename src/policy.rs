@@ -14,7 +14,8 @@ use http::Method;
 use crate::compression::accepts_zstd;
 use crate::conditional::Conditions;
 use crate::freshness::{freshness, Freshness};
-use crate::key::{authority, tag_key, uri_tag, vary_union, KeyBase};
+use crate::guard;
+use crate::key::{authority, kept_params, tag_key, uri_tag, vary_union, KeyBase};
 use crate::rules::{Matched, ReadRule, Scope};
 use crate::state::Shared;
 
@@ -70,10 +71,13 @@ impl Plan {
 pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
     let path = request.uri.path();
     let invalidate_unsafe = shared.settings.invalidate_unsafe;
-    let (rule, mut tags) = match shared.routes.classify(&request.method, path) {
+    // A `GET` that asks for a `DELETE` through a method-override header invalidates like one.
+    let overridden = guard::overridden_method(&request.method, &request.headers);
+    let method = overridden.as_ref().unwrap_or(&request.method);
+    let (rule, mut tags) = match shared.routes.classify(method, path) {
         // An unsafe request anywhere may still invalidate: by `Location` (RFC 9111 section
         // 4.4) or `Cache-Group-Invalidation` (RFC 9875) in its response.
-        Matched::Unmatched if invalidate_unsafe && !request.method.is_safe() => {
+        Matched::Unmatched if invalidate_unsafe && !method.is_safe() => {
             return Decision::Mutation {
                 evicts: Vec::new(),
                 uri: None,
@@ -90,6 +94,13 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         }
         Matched::Read { rule, tags } => (rule, tags),
     };
+    // Paths other servers could read differently (cache deception), and headers that change
+    // the answer without being in the key (cache poisoning): see `crate::guard`.
+    if guard::ambiguous_path(path)
+        || rule.bypass_headers.iter().any(|h| request.headers.contains_key(h))
+    {
+        return Decision::Bypass;
+    }
     if invalidate_unsafe {
         tags.push(uri_tag(path));
     }
@@ -104,7 +115,13 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         Scope::Default | Scope::Shared => None,
     };
 
-    let key_base = KeyBase::new(request, user.as_ref());
+    let key_base = match &rule.query_params {
+        None => KeyBase::new(request, user.as_ref()),
+        Some(keep) => {
+            let query = request.uri.query().unwrap_or("");
+            KeyBase::with_query(request, &kept_params(query, keep), user.as_ref())
+        }
+    };
     let prefix = &shared.settings.key_prefix;
     let base_key = key_base.key(prefix, &request.headers, &rule.vary);
     let (key, vary) = match shared.learned_vary.get(&base_key) {

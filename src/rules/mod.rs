@@ -53,6 +53,8 @@ pub struct Rule {
     pub(crate) scope: ScopeSetting,
     pub(crate) share_anonymous: bool,
     pub(crate) vary: Vec<String>,
+    pub(crate) bypass_headers: Vec<String>,
+    pub(crate) query_params: Option<Vec<String>>,
     pub(crate) statuses: Option<Vec<StatusCode>>,
 }
 
@@ -129,6 +131,8 @@ impl Rule {
             scope: ScopeSetting::Default,
             share_anonymous: false,
             vary: Vec::new(),
+            bypass_headers: Vec::new(),
+            query_params: None,
             statuses: None,
         }
     }
@@ -242,6 +246,27 @@ impl Rule {
     /// anyway, once the layer has seen the response; naming them here saves that lesson.
     pub fn vary<T: Into<String>>(mut self, headers: impl IntoIterator<Item = T>) -> Self {
         self.vary.extend(headers.into_iter().map(Into::into));
+        self
+    }
+
+    /// Request headers whose presence keeps the cache out of this route's requests, in addition
+    /// to the layer's [`bypass_headers`](crate::CacheLayerBuilder::bypass_headers): for headers
+    /// the handler reads but that should not multiply entries (`x-debug`, say). To share
+    /// entries between requests that differ in such a header, key on it with
+    /// [`vary`](Self::vary) instead.
+    pub fn bypass_header(mut self, name: impl Into<String>) -> Self {
+        self.bypass_headers.push(name.into());
+        self
+    }
+
+    /// Only these query parameters are part of the key; the others (tracking parameters such
+    /// as `utm_source`, or random ones a cache-busting flood adds) are left out of it, so that
+    /// they neither split nor multiply entries (default: every parameter counts).
+    ///
+    /// The handler must ignore the others too: a request is answered with the entry of the
+    /// same request without them.
+    pub fn key_query_params<T: Into<String>>(mut self, names: impl IntoIterator<Item = T>) -> Self {
+        self.query_params.get_or_insert_with(Vec::new).extend(names.into_iter().map(Into::into));
         self
     }
 

@@ -15,6 +15,10 @@ pub(crate) struct RuleDefaults {
     pub(crate) ttl: Duration,
     pub(crate) statuses: Vec<StatusCode>,
     pub(crate) identify: Arc<dyn IdentifyUser>,
+    /// Request headers in every read rule's key.
+    pub(crate) key_headers: Vec<HeaderName>,
+    /// Request headers whose presence bypasses every read rule.
+    pub(crate) bypass_headers: Vec<HeaderName>,
 }
 
 /// A compiled read rule.
@@ -28,6 +32,10 @@ pub(crate) struct ReadRule {
     pub(crate) tags: Vec<TagTemplate>,
     pub(crate) scope: Scope,
     pub(crate) vary: Vec<HeaderName>,
+    /// Requests carrying any of these headers bypass the cache.
+    pub(crate) bypass_headers: Vec<HeaderName>,
+    /// The query parameters that are part of the key; `None` for all of them.
+    pub(crate) query_params: Option<Vec<String>>,
     pub(crate) statuses: Vec<StatusCode>,
 }
 
@@ -224,14 +232,30 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         if rule.share_anonymous && !matches!(scope, Scope::PerUser { .. }) {
             return Err(err("`share_anonymous()` applies to `per_user()` rules".into()));
         }
-        let mut vary = Vec::with_capacity(rule.vary.len());
-        for name in &rule.vary {
-            let header = HeaderName::try_from(name.as_str())
-                .map_err(|_| err(format!("`vary` names `{name}`, which is not a header name")))?;
-            vary.push(header);
-        }
+        let header_names =
+            |option: &str, names: &[String]| -> Result<Vec<HeaderName>, BuildError> {
+                names
+                    .iter()
+                    .map(|name| {
+                        HeaderName::try_from(name.as_str()).map_err(|_| {
+                            err(format!("`{option}` names `{name}`, which is not a header name"))
+                        })
+                    })
+                    .collect()
+            };
+        let own_vary = header_names("vary", &rule.vary)?;
+        let mut bypass_headers = header_names("bypass_header", &rule.bypass_headers)?;
+        bypass_headers.extend(defaults.bypass_headers.iter().cloned());
+        // A rule that keys on a header the layer bypasses wants those requests cached.
+        bypass_headers.retain(|name| !own_vary.contains(name));
+        bypass_headers.dedup();
+        let mut vary = own_vary;
+        vary.extend(defaults.key_headers.iter().cloned());
         vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         vary.dedup();
+        if rule.query_params.as_ref().is_some_and(|names| names.iter().any(String::is_empty)) {
+            return Err(err("`key_query_params` names an empty parameter".into()));
+        }
         let statuses = rule.statuses.unwrap_or_else(|| defaults.statuses.clone());
         if statuses.is_empty() {
             return Err(err("`cache_statuses` must name at least one status".into()));
@@ -246,6 +270,8 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
             tags: templates(&rule.tags)?,
             scope,
             vary,
+            bypass_headers,
+            query_params: rule.query_params,
             statuses,
         }));
     }
@@ -262,6 +288,8 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         (!rule.tags.is_empty(), "tag"),
         (!matches!(rule.scope, ScopeSetting::Default), "per_user/shared"),
         (!rule.vary.is_empty(), "vary"),
+        (!rule.bypass_headers.is_empty(), "bypass_header"),
+        (rule.query_params.is_some(), "key_query_params"),
         (rule.statuses.is_some(), "cache_statuses"),
     ];
     if let Some((_, name)) = read_only_setting.iter().find(|(set, _)| *set) {
@@ -283,6 +311,8 @@ mod tests {
             ttl: Duration::from_secs(60),
             statuses: vec![StatusCode::OK],
             identify: Arc::new(UserFromHeader::authorization()),
+            key_headers: Vec::new(),
+            bypass_headers: Vec::new(),
         }
     }
 
