@@ -1,8 +1,8 @@
 //! The stored form of a response.
 //!
 //! An entry is `TRC` plus a format version byte, the length of the metadata (`u32`, little
-//! endian), the metadata (postcard: status, headers, trailers, timestamps, tag versions) and the
-//! body as it was sent. Keeping the body outside the metadata lets a hit serve it as a slice of
+//! endian), the metadata (postcard: status, headers, trailers, timestamps, tag versions, the
+//! body's length) and the body as it was sent. Keeping the body outside the metadata lets a hit serve it as a slice of
 //! the bytes the store returned, without a copy. Anything that does not decode (another
 //! program's value, a truncated write, an older format) is a miss, never an error.
 
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::TagVersion;
 
-const MAGIC: &[u8; 4] = b"TRC\x02";
+const MAGIC: &[u8; 4] = b"TRC\x03";
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
 /// A response as stored.
@@ -54,6 +54,8 @@ struct Meta {
     revalidate_for_ms: u64,
     tags: Vec<(String, TagVersion)>,
     identity_len: Option<u64>,
+    /// So that a body cut short (a truncated write, a damaged value) is a miss, not served.
+    body_len: u64,
 }
 
 impl Entry {
@@ -86,6 +88,7 @@ impl Entry {
             revalidate_for_ms: self.revalidate_for.as_millis() as u64,
             tags: self.tags.clone(),
             identity_len: self.identity_len,
+            body_len: self.body.len() as u64,
         };
         let meta =
             postcard::to_allocvec(&meta).expect("serializing owned data into a Vec cannot fail");
@@ -105,6 +108,9 @@ impl Entry {
         let meta_len = u32::from_le_bytes(bytes[MAGIC.len()..HEADER_LEN].try_into().ok()?) as usize;
         let body_start = HEADER_LEN.checked_add(meta_len)?;
         let meta: Meta = postcard::from_bytes(bytes.get(HEADER_LEN..body_start)?).ok()?;
+        if (bytes.len() - body_start) as u64 != meta.body_len {
+            return None;
+        }
         Some(Self {
             status: StatusCode::from_u16(meta.status).ok()?,
             headers: header_map(meta.headers)?,
@@ -185,7 +191,8 @@ mod tests {
     #[test]
     fn malformed_bytes_are_rejected_without_panicking() {
         let encoded = sample().encode();
-        for len in 0..encoded.len() - sample().body.len() {
+        // Cut anywhere, in the metadata or in the body.
+        for len in 0..encoded.len() {
             assert_eq!(Entry::decode(encoded.slice(..len)), None, "truncated to {len}");
         }
         assert_eq!(Entry::decode(Bytes::from_static(b"{\"json\":\"from another program\"}")), None);

@@ -245,15 +245,15 @@ async fn every_request_is_answered_while_redis_is_killed_and_restarted() {
     }
     settle().await;
 
-    let total = 1_200;
-    let concurrency = 16;
+    let total = 2_016;
+    let concurrency = 32;
     let mut answered = 0;
     let mut restarted_at = None;
     for wave in 0..total / concurrency {
-        if wave == 25 {
+        if wave == 20 {
             server.kill();
         }
-        if wave == 50 {
+        if wave == 40 {
             server.restart();
             restarted_at = Some(Instant::now());
         }
@@ -272,7 +272,9 @@ async fn every_request_is_answered_while_redis_is_killed_and_restarted() {
         }
     }
     assert_eq!(answered, total);
-    assert!(handle.stats().store_errors > 0, "the outage must have been seen");
+    let stats = handle.stats();
+    assert!(stats.store_errors > 0, "the outage must have been seen");
+    assert!(stats.breaker_opened > 0 && stats.store_skipped > 0, "the breaker spared the rest");
 
     // Hits come back once Redis does (the restarted server is empty: one miss refills it).
     let restarted_at = restarted_at.unwrap();
@@ -352,6 +354,145 @@ async fn a_write_whose_eviction_redis_refuses_never_lets_the_old_entry_back() {
     assert!(handle.stats().store_errors > 0);
 }
 
+/// Requests `/users/{0..20}` in waves of 8 while `stall` keeps Redis from answering; each must
+/// be answered correctly and wait at most about the store timeout (50 ms) for the cache, not
+/// for the stall. Returns how long the slowest took.
+async fn requests_during_a_stall(router: &Router, stall: Duration) -> Duration {
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < stall - Duration::from_millis(500) {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let router = router.clone();
+                tokio::spawn(async move {
+                    let id = fastrand::usize(..20);
+                    let sent = Instant::now();
+                    let reply = get_path(&router, &format!("/users/{id}")).await;
+                    assert_eq!((reply.status, reply.body), (StatusCode::OK, format!("user {id}")));
+                    sent.elapsed()
+                })
+            })
+            .collect();
+        for task in tasks {
+            slowest = slowest.max(task.await.unwrap());
+        }
+    }
+    slowest
+}
+
+/// A stalled Redis (`CLIENT PAUSE`, then `DEBUG SLEEP`): no request waits for it longer than
+/// the store timeout, the breaker then stops asking it, and hits resume once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_costs_each_request_at_most_the_store_timeout_and_the_breaker_skips_it() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let db = Shared::default();
+    for id in 0..20 {
+        db.rows.lock().unwrap().insert(id.to_string(), format!("user {id}"));
+    }
+    let (router, handle) = app(&server.url(), db).await;
+    for id in 0..20 {
+        get_path(&router, &format!("/users/{id}")).await;
+    }
+    settle().await;
+    let stall = Duration::from_secs(3);
+    for how in [&["CLIENT", "PAUSE", "3000", "ALL"][..], &["DEBUG", "SLEEP", "3"]] {
+        let before = handle.stats();
+        let command: Vec<String> = how.iter().map(|s| s.to_string()).collect();
+        let port = server.port();
+        // DEBUG SLEEP blocks the connection that sends it: send it from a thread of its own.
+        let stalling = std::thread::spawn(move || {
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            support::redis::command_on(port, &args)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await; // the stall has begun
+        let slowest = requests_during_a_stall(&router, stall).await;
+        let stats = handle.stats();
+        println!(
+            "{}: slowest request {slowest:?}; store calls failed {}, skipped {}",
+            how.join(" "),
+            stats.store_errors - before.store_errors,
+            stats.store_skipped - before.store_skipped
+        );
+        // Far below the 3 s stall: the store timeout is 50 ms, the rest is scheduling.
+        assert!(slowest < Duration::from_millis(750), "{}: {slowest:?}", how.join(" "));
+        assert!(stats.breaker_opened > before.breaker_opened, "{}", how.join(" "));
+        assert!(stats.store_skipped > before.store_skipped, "{}", how.join(" "));
+        stalling.join().unwrap();
+
+        // Answering again: the breaker's next probe finds it, and the entries are hits again.
+        let back = Instant::now();
+        while get_path(&router, "/users/3").await.x_cache != "HIT" {
+            assert!(back.elapsed() < Duration::from_secs(10), "hits did not resume");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("{}: hits resumed {:?} after the stall", how.join(" "), back.elapsed());
+    }
+}
+
+/// Redis full (`maxmemory` with `noeviction`): writes fail, reads still hit, nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_writes_and_every_request_is_still_served() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let db = Shared::default();
+    for id in 0..10 {
+        db.rows.lock().unwrap().insert(id.to_string(), format!("user {id}"));
+    }
+    let (router, handle) = app(&server.url(), db.clone()).await;
+    for id in 0..5 {
+        get_path(&router, &format!("/users/{id}")).await;
+    }
+    settle().await;
+    server.command(&["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+    for round in 0..3 {
+        for id in 0..10 {
+            let reply = get_path(&router, &format!("/users/{id}")).await;
+            assert_eq!((reply.status, reply.body), (StatusCode::OK, format!("user {id}")));
+            let expected = if id < 5 { "HIT" } else { "MISS" };
+            assert_eq!(reply.x_cache, expected, "round {round}, user {id}");
+        }
+        settle().await;
+    }
+    let stats = handle.stats();
+    assert!(stats.store_errors >= 15, "refused writes are counted: {stats:?}");
+    assert_eq!(stats.breaker_opened, 0, "a full Redis still answers: no reason to stop reading");
+}
+
+/// A read-only replica: entries written through the primary are hits, its own writes are
+/// refused, and a write's eviction it refuses keeps the old entry from being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_replica_serves_hits_and_refuses_writes_without_failing_a_request() {
+    let primary = RedisServer::start();
+    let port = primary.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let db = Shared::default();
+    for id in 0..3 {
+        db.rows.lock().unwrap().insert(id.to_string(), format!("user {id}"));
+    }
+    let (through_primary, _) = app(&primary.url(), db.clone()).await;
+    let (through_replica, handle) = app(&replica.url(), db.clone()).await;
+    get_path(&through_primary, "/users/1").await;
+    settle().await;
+    let replicated = Instant::now();
+    while get_path(&through_replica, "/users/1").await.x_cache != "HIT" {
+        assert!(replicated.elapsed() < Duration::from_secs(10), "the entry never replicated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for _ in 0..3 {
+        let reply = get_path(&through_replica, "/users/2").await;
+        assert_eq!((reply.status, reply.x_cache.as_str()), (StatusCode::OK, "MISS"));
+        assert_eq!(reply.body, "user 2");
+        settle().await;
+    }
+    let write = send(&through_replica, Method::PUT, "/users/1", None, "new").await;
+    assert_eq!(write.status, StatusCode::OK);
+    let after = get_path(&through_replica, "/users/1").await;
+    assert_eq!((after.x_cache.as_str(), after.body.as_str()), ("BYPASS", "new"));
+    let stats = handle.stats();
+    assert!(stats.store_errors >= 3, "READONLY replies are counted: {stats:?}");
+    assert_eq!(stats.breaker_opened, 0, "a replica that answers is not down");
+}
+
 #[tokio::test]
 async fn corrupt_or_foreign_values_under_the_cache_keys_are_misses_and_get_replaced() {
     let server = RedisServer::start();
@@ -364,19 +505,39 @@ async fn corrupt_or_foreign_values_under_the_cache_keys_are_misses_and_get_repla
     let entry_key =
         keys.lines().find(|l| l.starts_with("trc:v1:e:")).expect("an entry key").to_owned();
 
-    for garbage in ["", "not an entry", "TRC\u{1}\u{ff}\u{ff}\u{ff}\u{ff}", "{\"json\":true}"] {
-        server.command(&["SET", &entry_key, garbage]).unwrap();
+    // Foreign values, and the crate's own entry damaged: cut short, or in an older format.
+    let foreign = ["", "not an entry", "TRC\u{1}\u{ff}\u{ff}\u{ff}\u{ff}", "{\"json\":true}"];
+    let damaged = [
+        "string.sub(v, 1, #v - 1)",
+        "string.sub(v, 1, 12)",
+        "'TRC\\1' .. string.sub(v, 5)",
+        "string.sub(v, 1, 6) .. '\\255\\255\\255\\255' .. string.sub(v, 11)",
+    ];
+    let cases = foreign.iter().map(|value| ("SET", *value)).chain(damaged.map(|lua| ("EVAL", lua)));
+    for (how, what) in cases {
+        match how {
+            "SET" => server.command(&["SET", &entry_key, what]).unwrap(),
+            _ => {
+                let script = format!(
+                    "local v = redis.call('GET', KEYS[1]); return redis.call('SET', KEYS[1], {what})"
+                );
+                let reply = server.command(&["EVAL", &script, "1", &entry_key]).unwrap();
+                assert!(reply.starts_with("+OK"), "{what}: {reply}");
+                reply
+            }
+        };
         let reply = get_path(&router, "/users/1").await;
         assert_eq!(
             (reply.status, reply.x_cache.as_str(), reply.body.as_str()),
-            (StatusCode::OK, "MISS", "one")
+            (StatusCode::OK, "MISS", "one"),
+            "{what}"
         );
         settle().await;
         let reply = get_path(&router, "/users/1").await;
         assert_eq!(
             (reply.x_cache.as_str(), reply.body.as_str()),
             ("HIT", "one"),
-            "overwritten by a good entry"
+            "overwritten by a good entry after {what}"
         );
     }
     // A foreign type under the key (a list) is an error from Redis: still served.

@@ -133,22 +133,28 @@ impl RedisServer {
 
     /// Sends one command with a fresh connection and returns the raw RESP reply.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut reply = vec![0; 64 * 1024];
-        let n = stream.read(&mut reply).ok()?;
-        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+        command_on(self.port, args)
     }
 
     /// Every key in the server (`KEYS *`), raw RESP.
     pub fn keys(&self) -> String {
         self.command(&["KEYS", "*"]).unwrap_or_default()
     }
+}
+
+/// Sends one command to the server on `port` with a fresh connection and returns the raw RESP
+/// reply (`None` if none came within 2 s).
+pub fn command_on(port: u16, args: &[&str]) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut reply = vec![0; 64 * 1024];
+    let n = stream.read(&mut reply).ok()?;
+    Some(String::from_utf8_lossy(&reply[..n]).into_owned())
 }
 
 impl Drop for RedisServer {
