@@ -404,6 +404,18 @@ mod tests {
             "route `/a`: a mutation rule must name the tags it `evicts`"
         );
         assert_eq!(
+            problem(vec![("/a", Rule::get().bypass_header("bad header"))], vec![]),
+            "route `/a`: `bypass_header` names `bad header`, which is not a header name"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::get().key_query_params(["page", ""]))], vec![]),
+            "route `/a`: `key_query_params` names an empty parameter"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::put().key_query_params(["page"]).evicts(["x"]))], vec![]),
+            "route `/a`: `key_query_params` applies to GET rules, not to mutation rules"
+        );
+        assert_eq!(
             problem(vec![("/a", Rule::methods([Method::GET, Method::POST]))], vec![]),
             "route `/a`: a rule cannot both cache GET and evict on writes"
         );
