@@ -57,12 +57,18 @@ pub(crate) fn ambiguous_path(path: &str) -> bool {
         b'%' => encoded(i, &[b"2f", b"5c", b"2e", b"00", b"25"]),
         _ => false,
     });
-    odd_byte
-        || path.split('/').skip(1).enumerate().any(|(i, segment)| {
-            // An empty last segment is a trailing slash, which routers tell apart.
-            let last = i + 1 == path.split('/').skip(1).count();
-            segment == "." || segment == ".." || (segment.is_empty() && !last)
-        })
+    if odd_byte {
+        return true;
+    }
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        // An empty last segment is a trailing slash, which routers tell apart.
+        let last = segments.peek().is_none();
+        if segment == "." || segment == ".." || (segment.is_empty() && !last) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The unsafe method a safe request asks for through a method-override header, if any.
