@@ -4,8 +4,8 @@
 //! each length-prefixed so that no two different inputs run together:
 //!
 //! - the method (`HEAD` counts as `GET`: it is answered from the `GET` entry);
-//! - the authority (`Host`), lower-cased;
-//! - the path, with percent-escapes upper-cased;
+//! - the authority (`Host`), lower-cased; a `Host` that is not readable text by its bytes;
+//! - the path, with percent-escapes upper-cased (`%zz` is no escape, and stays as it is);
 //! - the query, with its parameters sorted by name (the order of repeated names is kept);
 //! - the scope: shared, or the [`UserId`] digest for per-user routes;
 //! - the values of the headers the response varies on (the rule's `vary`, and those learned from
@@ -92,7 +92,10 @@ fn vary_value<'a>(name: &HeaderName, value: &'a [u8]) -> Cow<'a, [u8]> {
     const CODINGS: [&str; 4] = ["br", "deflate", "gzip", "zstd"];
     let value = value.trim_ascii();
     if *name == header::ACCEPT_ENCODING {
-        let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+        // A value that is not UTF-8 is a list of codings to no stack (tower-http ignores it):
+        // key on it as it is, which never equals a reduced, ASCII value.
+        let Ok(text) = std::str::from_utf8(value) else { return Cow::Borrowed(value) };
+        let text = text.to_ascii_lowercase();
         let accepted: Vec<&str> = CODINGS
             .into_iter()
             .filter(|coding| {
@@ -146,20 +149,59 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
 /// The tag every entry of a path carries, so that an unsafe request to that path (or naming it
 /// in `Location` / `Content-Location`) invalidates it (RFC 9111 section 4.4). It covers every
 /// query of the path: invalidating more than the exact URI is never stale.
+///
+/// Escapes of unreserved characters are decoded first (`/items/%31` is `/items/1`, RFC 3986
+/// section 6.2.2.2), since a router may send both spellings to one handler: the tag may then
+/// cover paths the handler tells apart, which costs a miss, never a stale read.
 pub(crate) fn uri_tag(path: &str) -> String {
-    let digest =
-        blake3::derive_key("tower-redis-cache 2026 uri tag", normalize_path(path).as_bytes());
+    let path = normalize_path(path);
+    let digest = blake3::derive_key("tower-redis-cache 2026 uri tag", &decode_unreserved(&path));
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("#uri:{hex}")
 }
 
 /// The authority the request was sent to: the URI's (HTTP/2, absolute-form) or `Host`.
 pub(crate) fn authority(request: &Parts) -> String {
-    let raw = match request.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => request.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+    if let Some(authority) = request.uri.authority() {
+        return authority.as_str().to_ascii_lowercase();
+    }
+    match request.headers.get(http::header::HOST) {
+        None => String::new(),
+        Some(host) => match host.to_str() {
+            Ok(host) => host.to_ascii_lowercase(),
+            // Not a host name, but still not any other request's: keep its bytes apart, in a
+            // form no readable `Host` has.
+            Err(_) => host.as_bytes().iter().map(|b| format!("%{b:02X}")).collect(),
+        },
+    }
+}
+
+/// `path` with the escapes of unreserved characters (letters, digits, `-._~`) decoded.
+fn decode_unreserved(path: &str) -> Cow<'_, [u8]> {
+    let bytes = path.as_bytes();
+    let unreserved_at = |i: usize| {
+        let hex = bytes.get(i + 1..i + 3)?;
+        let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        (byte.is_ascii_alphanumeric() || b"-._~".contains(&byte)).then_some(byte)
     };
-    raw.to_ascii_lowercase()
+    if !bytes.iter().enumerate().any(|(i, &b)| b == b'%' && unreserved_at(i).is_some()) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], unreserved_at(i)) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Upper-cases percent-escapes (`%2f` and `%2F` are the same octet, RFC 3986 section 6.2.2.1),
@@ -168,16 +210,18 @@ pub(crate) fn authority(request: &Parts) -> String {
 /// key.
 fn normalize_path(path: &str) -> Cow<'_, str> {
     let bytes = path.as_bytes();
+    // Only escapes: `%zz` is not one, and `%zz` and `%ZZ` may mean different things.
+    let is_escape = |w: &[u8]| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit();
     let needs_change = bytes
         .windows(3)
-        .any(|w| w[0] == b'%' && (w[1].is_ascii_lowercase() || w[2].is_ascii_lowercase()));
+        .any(|w| is_escape(w) && (w[1].is_ascii_lowercase() || w[2].is_ascii_lowercase()));
     if !needs_change {
         return Cow::Borrowed(if path.is_empty() { "/" } else { path });
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
+        if i + 2 < bytes.len() && is_escape(&bytes[i..i + 3]) {
             out.push(b'%');
             out.push(bytes[i + 1].to_ascii_uppercase());
             out.push(bytes[i + 2].to_ascii_uppercase());
@@ -237,6 +281,28 @@ mod tests {
         assert!(k.starts_with("c:v1:e:"));
         assert_eq!(k.len(), "c:v1:e:".len() + 64);
         assert!(!key("/secret-path").contains("secret"));
+    }
+
+    #[test]
+    fn spellings_that_may_differ_keep_their_keys_apart() {
+        assert_eq!(key("/a%2fb"), key("/a%2Fb"), "escape case is no difference");
+        assert_ne!(key("/files/a%zz"), key("/files/a%ZZ"), "`%zz` is no escape");
+        let with_host = |host: &[u8]| {
+            let mut request = parts("/x", &[]);
+            request.headers.insert("host", http::HeaderValue::from_bytes(host).unwrap());
+            entry_key("c", &request, None, &[])
+        };
+        assert_ne!(with_host(b"a.example\xff"), with_host(b"b.example\xff"));
+        assert_ne!(with_host(b"a.example\xff"), key("/x"));
+        assert_eq!(with_host(b"A.example"), with_host(b"a.example"));
+    }
+
+    #[test]
+    fn uri_tags_cover_every_spelling_of_a_path() {
+        assert_eq!(uri_tag("/items/%31"), uri_tag("/items/1"));
+        assert_eq!(uri_tag("/%7Euser/a%2db"), uri_tag("/~user/a-b"));
+        assert_ne!(uri_tag("/a%2Fb"), uri_tag("/a/b"), "an encoded slash is another path");
+        assert_ne!(uri_tag("/items/1"), uri_tag("/items/2"));
     }
 
     #[test]
@@ -310,5 +376,457 @@ mod tests {
         let long = tag_key("c", &"x".repeat(1000));
         assert!(long.starts_with("c:v1:t:#") && long.len() < 100);
         assert_ne!(tag_key("c", &"x".repeat(1000)), tag_key("c", &"x".repeat(1001)));
+    }
+
+    // Property: two requests share an entry key only when they are the same request up to the
+    // normalisations this module makes on purpose. Requests are drawn from small alphabets so
+    // that equivalent spellings meet often; a small normaliser, written apart from the code
+    // above, says which requests are the same.
+
+    use proptest::prelude::*;
+
+    /// One request, as the key sees it.
+    #[derive(Debug, Clone)]
+    struct Case {
+        method: Method,
+        /// `Some(host)`: sent as the URI's authority (absolute form) when `absolute`, else as
+        /// `Host`. An absolute-form request also carries a `Host` that must not count.
+        host: Option<String>,
+        absolute: bool,
+        path: String,
+        query: Option<String>,
+        user: Option<u8>,
+        /// The headers the entry varies on: a sorted, deduplicated subset of [`VARY_NAMES`].
+        vary: Vec<HeaderName>,
+        /// Request headers: values of the [`VARY_NAMES`], in order.
+        headers: Vec<(HeaderName, Vec<u8>)>,
+    }
+
+    const VARY_NAMES: [&str; 5] =
+        ["accept", "accept-charset", "accept-encoding", "accept-language", "x-tenant"];
+
+    impl Case {
+        fn parts(&self) -> Parts {
+            let query = self.query.as_ref().map_or(String::new(), |q| format!("?{q}"));
+            let uri = match (&self.host, self.absolute) {
+                (Some(host), true) => format!("http://{host}{}{query}", self.path),
+                _ => format!("{}{query}", self.path),
+            };
+            let mut builder = http::Request::builder().method(self.method.clone()).uri(uri);
+            match (&self.host, self.absolute) {
+                (Some(_), true) => builder = builder.header("host", "ignored.example"),
+                (Some(host), false) => builder = builder.header("host", host.as_str()),
+                (None, _) => {}
+            }
+            for (name, value) in &self.headers {
+                let value = http::HeaderValue::from_bytes(value).expect("a valid header value");
+                builder = builder.header(name, value);
+            }
+            builder.body(()).expect("a valid request").into_parts().0
+        }
+
+        fn key(&self) -> String {
+            let user = self.user.map(|n| UserId::digest(format!("user {n}")));
+            KeyBase::new(&self.parts(), user.as_ref()).key("c", &self.parts().headers, &self.vary)
+        }
+
+        /// What the key is meant to distinguish, spelt one way.
+        fn normalised(&self) -> Normalised {
+            let method = match self.method.as_str() {
+                "HEAD" => "GET".to_owned(),
+                other => other.to_owned(),
+            };
+            let vary = self
+                .vary
+                .iter()
+                .map(|name| {
+                    let values = self.headers.iter().filter(|(n, _)| n == name);
+                    (name.as_str().to_owned(), values.map(|(_, v)| norm_value(name, v)).collect())
+                })
+                .collect();
+            Normalised {
+                method,
+                authority: self.host.as_deref().unwrap_or("").to_ascii_lowercase(),
+                path: norm_path(&self.path),
+                query: norm_query(self.query.as_deref().unwrap_or("")),
+                user: self.user,
+                vary,
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Normalised {
+        method: String,
+        authority: String,
+        path: String,
+        query: String,
+        user: Option<u8>,
+        vary: Vec<(String, Vec<Vec<u8>>)>,
+    }
+
+    /// Upper-cases the hex digits of well-formed escapes (`%2f` is `%2F`); nothing else.
+    fn norm_path(path: &str) -> String {
+        let mut out = String::new();
+        let mut chars = path.chars();
+        while let Some(c) = chars.next() {
+            out.push(c);
+            if c != '%' {
+                continue;
+            }
+            let mut ahead = chars.clone();
+            if let (Some(a), Some(b)) = (ahead.next(), ahead.next()) {
+                if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() {
+                    out.push(a.to_ascii_uppercase());
+                    out.push(b.to_ascii_uppercase());
+                    chars.next();
+                    chars.next();
+                }
+            }
+        }
+        out
+    }
+
+    /// Parameters grouped by name (the part before the first `=`), names in byte order, each
+    /// name's parameters in their order; empty parameters dropped.
+    fn norm_query(query: &str) -> String {
+        let mut by_name: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for param in query.split('&').filter(|p| !p.is_empty()) {
+            let name = param.split_once('=').map_or(param, |(name, _)| name);
+            by_name.entry(name).or_default().push(param);
+        }
+        by_name.into_values().flatten().collect::<Vec<_>>().join("&")
+    }
+
+    /// A varying header's value as it counts: trimmed; `Accept`, `Accept-Charset` and
+    /// `Accept-Language` without whitespace and in lower case; `Accept-Encoding` as the set of
+    /// the codings a stack produces that it accepts with a non-zero `q`.
+    fn norm_value(name: &HeaderName, value: &[u8]) -> Vec<u8> {
+        let is_space = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = value.iter().position(|b| !is_space(b)).unwrap_or(value.len());
+        let end = value.iter().rposition(|b| !is_space(b)).map_or(start, |i| i + 1);
+        let value = &value[start..end];
+        match name.as_str() {
+            "accept" | "accept-charset" | "accept-language" => {
+                value.iter().filter(|b| !is_space(b)).map(u8::to_ascii_lowercase).collect()
+            }
+            "accept-encoding" => {
+                let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+                let mut accepted = std::collections::BTreeSet::new();
+                for item in text.split(',') {
+                    let mut pieces = item.split(';').map(str::trim);
+                    let coding = pieces.next().unwrap_or("");
+                    let zero = pieces.any(|p| match p.strip_prefix("q=") {
+                        Some(q) => !q.parse::<f32>().is_ok_and(|q| q > 0.0),
+                        None => false,
+                    });
+                    if ["br", "deflate", "gzip", "zstd"].contains(&coding) && !zero {
+                        accepted.insert(coding.to_owned());
+                    }
+                }
+                accepted.into_iter().collect::<Vec<_>>().join(",").into_bytes()
+            }
+            _ => value.to_vec(),
+        }
+    }
+
+    fn joined(
+        parts: impl Strategy<Value = &'static str>,
+        len: std::ops::Range<usize>,
+    ) -> impl Strategy<Value = String> {
+        prop::collection::vec(parts, len).prop_map(|parts| parts.concat())
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        let method =
+            prop::sample::select(vec![Method::GET, Method::HEAD, Method::POST, Method::DELETE]);
+        let host = prop::option::of(prop::sample::select(vec![
+            "a.example",
+            "A.Example",
+            "A.EXAMPLE",
+            "b.example",
+            "a.example:8080",
+        ]));
+        // Path segments: letters in both cases, well-formed escapes in both cases (`%41` is
+        // `A` escaped, which stays distinct from `A`), a non-ASCII letter, and empty
+        // segments (`//`). Only well-formed escapes: `normalize_path` also upper-cases the two
+        // characters after a `%` that starts no escape (`/a%zz` and `/a%ZZ` share a key), which
+        // this property would report. Hosts are readable ASCII: a `Host` that is not counts as
+        // no authority at all.
+        let segment = joined(
+            prop::sample::select(vec![
+                "a", "A", "b", "~", "%2f", "%2F", "%41", "%61", "%c3%a9", "%C3%A9", "é",
+            ]),
+            0..4,
+        );
+        let path = prop::collection::vec(segment, 1..4).prop_map(|s| format!("/{}", s.join("/")));
+        let param = prop::sample::select(vec![
+            "a=1", "a=2", "a", "a=", "b=1", "b=%2f", "b=%2F", "B=1", "a=1=2", "",
+        ]);
+        let query = prop::option::of(prop::collection::vec(param, 0..4).prop_map(|p| p.join("&")));
+        let user = prop::option::of(0u8..3);
+        let vary = prop::sample::subsequence(VARY_NAMES.to_vec(), 0..=VARY_NAMES.len())
+            .prop_map(|names| names.into_iter().map(HeaderName::from_static).collect());
+        let value = joined(
+            prop::sample::select(vec![
+                " ",
+                "\t",
+                "gzip",
+                "GZIP",
+                "br",
+                "zstd",
+                "x-custom",
+                "*",
+                ";q=0",
+                ";q=0.5",
+                ";q=1",
+                ";q=abc",
+                ", ",
+                ",",
+                "en",
+                "EN",
+                "-us",
+                "fr",
+                "text/html",
+                "a",
+                "A",
+                "utf-8",
+                "UTF-8",
+            ]),
+            0..5,
+        );
+        let header = (prop::sample::select(VARY_NAMES.to_vec()), value)
+            .prop_map(|(name, value)| (HeaderName::from_static(name), value.into_bytes()));
+        let headers = prop::collection::vec(header, 0..4);
+        (method, host, any::<bool>(), path, query, user, vary, headers).prop_map(
+            |(method, host, absolute, path, query, user, vary, headers)| Case {
+                method,
+                host: host.map(str::to_owned),
+                absolute,
+                path,
+                query,
+                user,
+                vary,
+                headers,
+            },
+        )
+    }
+
+    /// A small change to a request: some give the same request spelt another way, others a
+    /// different request; the normaliser tells which.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Method(Method),
+        /// Flips the case of the host's letters chosen by the bits.
+        HostCase(u32),
+        Absolute(bool),
+        /// Flips the case of the `n`-th ASCII letter of the path (in an escape or not).
+        PathCase(prop::sample::Index),
+        /// Swaps two neighbouring query parameters.
+        SwapParams(prop::sample::Index),
+        /// Adds an empty parameter (`&&`, or a leading or trailing `&`).
+        EmptyParam(prop::sample::Index),
+        /// `?` with nothing after it, or no `?`.
+        EmptyQuery,
+        User(Option<u8>),
+        ToggleVary(prop::sample::Index),
+        /// Spaces or a tab around a header value.
+        Pad(prop::sample::Index, &'static str),
+        /// Flips the case of a header value's letters.
+        ValueCase(prop::sample::Index),
+        /// Rotates the comma-separated items of a header value.
+        RotateItems(prop::sample::Index),
+        SwapHeaders(prop::sample::Index),
+        AddHeader(&'static str, &'static str),
+        RemoveHeader(prop::sample::Index),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        use prop::sample::{select, Index};
+        prop_oneof![
+            select(vec![Method::GET, Method::HEAD, Method::POST]).prop_map(Edit::Method),
+            any::<u32>().prop_map(Edit::HostCase),
+            any::<bool>().prop_map(Edit::Absolute),
+            any::<Index>().prop_map(Edit::PathCase),
+            any::<Index>().prop_map(Edit::SwapParams),
+            any::<Index>().prop_map(Edit::EmptyParam),
+            Just(Edit::EmptyQuery),
+            prop::option::of(0u8..3).prop_map(Edit::User),
+            any::<Index>().prop_map(Edit::ToggleVary),
+            (any::<Index>(), select(vec![" ", "\t", "  "])).prop_map(|(i, p)| Edit::Pad(i, p)),
+            any::<Index>().prop_map(Edit::ValueCase),
+            any::<Index>().prop_map(Edit::RotateItems),
+            any::<Index>().prop_map(Edit::SwapHeaders),
+            (select(VARY_NAMES.to_vec()), select(vec!["gzip", "en", "a", ""]))
+                .prop_map(|(n, v)| Edit::AddHeader(n, v)),
+            any::<Index>().prop_map(Edit::RemoveHeader),
+        ]
+    }
+
+    fn flip_case(c: u8) -> u8 {
+        if c.is_ascii_lowercase() {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        }
+    }
+
+    impl Case {
+        fn edited(&self, edits: &[Edit]) -> Case {
+            let mut case = self.clone();
+            for edit in edits {
+                match edit {
+                    Edit::Method(method) => case.method = method.clone(),
+                    Edit::HostCase(bits) => {
+                        if let Some(host) = &mut case.host {
+                            let flipped =
+                                host.bytes().enumerate().map(|(i, c)| match bits >> (i % 32) & 1 {
+                                    1 => flip_case(c),
+                                    _ => c,
+                                });
+                            *host = String::from_utf8(flipped.collect()).unwrap();
+                        }
+                    }
+                    Edit::Absolute(absolute) => case.absolute = *absolute,
+                    Edit::PathCase(i) => {
+                        let letters: Vec<usize> = case
+                            .path
+                            .bytes()
+                            .enumerate()
+                            .filter(|(_, c)| c.is_ascii_alphabetic())
+                            .map(|(i, _)| i)
+                            .collect();
+                        if !letters.is_empty() {
+                            let at = letters[i.index(letters.len())];
+                            let mut bytes = case.path.clone().into_bytes();
+                            bytes[at] = flip_case(bytes[at]);
+                            case.path = String::from_utf8(bytes).unwrap();
+                        }
+                    }
+                    Edit::SwapParams(i) => {
+                        if let Some(query) = &mut case.query {
+                            let mut params: Vec<&str> = query.split('&').collect();
+                            if params.len() > 1 {
+                                let at = i.index(params.len() - 1);
+                                params.swap(at, at + 1);
+                                *query = params.join("&");
+                            }
+                        }
+                    }
+                    Edit::EmptyParam(i) => {
+                        let query = case.query.get_or_insert_with(String::new);
+                        let mut params: Vec<&str> = query.split('&').collect();
+                        params.insert(i.index(params.len() + 1), "");
+                        *query = params.join("&");
+                    }
+                    Edit::EmptyQuery => {
+                        case.query = match case.query.as_deref() {
+                            None => Some(String::new()),
+                            Some("") => None,
+                            Some(other) => Some(other.to_owned()),
+                        }
+                    }
+                    Edit::User(user) => case.user = *user,
+                    Edit::ToggleVary(i) => {
+                        let name = HeaderName::from_static(VARY_NAMES[i.index(VARY_NAMES.len())]);
+                        match case.vary.iter().position(|n| *n == name) {
+                            Some(at) => {
+                                case.vary.remove(at);
+                            }
+                            None => {
+                                case.vary.push(name);
+                                case.vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                            }
+                        }
+                    }
+                    Edit::Pad(i, pad) if !case.headers.is_empty() => {
+                        let at = i.index(case.headers.len());
+                        let value = &mut case.headers[at].1;
+                        *value = [pad.as_bytes(), value, pad.as_bytes()].concat();
+                    }
+                    Edit::ValueCase(i) if !case.headers.is_empty() => {
+                        let at = i.index(case.headers.len());
+                        let value = &mut case.headers[at].1;
+                        value.iter_mut().for_each(|c| *c = flip_case(*c));
+                    }
+                    Edit::RotateItems(i) if !case.headers.is_empty() => {
+                        let at = i.index(case.headers.len());
+                        let value = String::from_utf8(case.headers[at].1.clone()).unwrap();
+                        let mut items: Vec<&str> = value.split(',').collect();
+                        items.rotate_left(1);
+                        case.headers[at].1 = items.join(",").into_bytes();
+                    }
+                    Edit::SwapHeaders(i) if case.headers.len() > 1 => {
+                        let at = i.index(case.headers.len() - 1);
+                        case.headers.swap(at, at + 1);
+                    }
+                    Edit::AddHeader(name, value) => case
+                        .headers
+                        .push((HeaderName::from_static(name), value.as_bytes().to_vec())),
+                    Edit::RemoveHeader(i) if !case.headers.is_empty() => {
+                        case.headers.remove(i.index(case.headers.len()));
+                    }
+                    Edit::Pad(..)
+                    | Edit::ValueCase(_)
+                    | Edit::RotateItems(_)
+                    | Edit::SwapHeaders(_)
+                    | Edit::RemoveHeader(_) => {}
+                }
+            }
+            case
+        }
+    }
+
+    /// Checks every pair of `cases`: equal keys exactly when the normalised requests are equal.
+    fn check_pairs(cases: &[Case]) -> Result<(), TestCaseError> {
+        let keyed: Vec<(String, Normalised)> =
+            cases.iter().map(|c| (c.key(), c.normalised())).collect();
+        for (i, (key_a, norm_a)) in keyed.iter().enumerate() {
+            prop_assert!(key_a.starts_with("c:v1:e:") && key_a.len() == "c:v1:e:".len() + 64);
+            for (j, (key_b, norm_b)) in keyed.iter().enumerate().skip(i + 1) {
+                if key_a == key_b {
+                    prop_assert_eq!(
+                        norm_a,
+                        norm_b,
+                        "two requests share a key: {:?} and {:?}",
+                        &cases[i],
+                        &cases[j]
+                    );
+                } else {
+                    prop_assert_ne!(
+                        norm_a,
+                        norm_b,
+                        "one request, spelt two ways, got two keys: {:?} and {:?}",
+                        &cases[i],
+                        &cases[j]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Unrelated requests from small alphabets.
+        #[test]
+        fn keys_are_equal_exactly_when_normalised_requests_are(
+            cases in prop::collection::vec(case(), 2..12),
+        ) {
+            check_pairs(&cases)?;
+        }
+
+        /// A request and variants of it a few edits away, most of them the same request spelt
+        /// another way.
+        #[test]
+        fn respelt_requests_share_keys_and_others_do_not(
+            base in case(),
+            edits in prop::collection::vec(prop::collection::vec(edit(), 0..4), 1..8),
+        ) {
+            let mut cases = vec![base.clone()];
+            cases.extend(edits.iter().map(|e| base.edited(e)));
+            check_pairs(&cases)?;
+        }
     }
 }

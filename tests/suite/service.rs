@@ -960,6 +960,17 @@ async fn unsafe_requests_invalidate_their_target_uri_without_any_mutation_rule()
 }
 
 #[tokio::test]
+async fn an_unsafe_request_invalidates_every_spelling_of_its_path() {
+    let mut h = proxy_like().await;
+    h.get("/items/%31", "one").await; // the same resource to a router that decodes `%31`
+    h.get("/items/1", "one").await;
+    h.send(request(Method::DELETE, "/items/%31"), |_| ok("")).await;
+    assert_eq!(h.get("/items/1", "gone").await.x_cache(), "MISS");
+    h.send(request(Method::DELETE, "/items/1"), |_| ok("")).await;
+    assert_eq!(h.get("/items/%31", "gone").await.x_cache(), "MISS");
+}
+
+#[tokio::test]
 async fn error_responses_to_unsafe_requests_invalidate_nothing() {
     let mut h = proxy_like().await;
     h.get("/items/1", "one").await;
