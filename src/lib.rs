@@ -137,6 +137,8 @@ pub use self::rules::{escape_tag_param, Rule};
 pub use self::service::CacheService;
 pub use self::stats::Stats;
 #[doc(inline)]
-pub use self::store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreError};
+pub use self::store::{
+    MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreError, TieredStore, TieredStoreBuilder,
+};
 #[doc(inline)]
 pub use self::user::{user_fn, IdentifyUser, UserFromExtension, UserFromHeader, UserId};

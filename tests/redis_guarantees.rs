@@ -19,7 +19,7 @@ use support::redis::RedisServer;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_redis_cache::clock::ManualClock;
-use tower_redis_cache::{CacheHandle, CacheLayer, RedisStore, Rule};
+use tower_redis_cache::{CacheHandle, CacheLayer, RedisStore, Rule, Store, TieredStore};
 
 /// A stand-in for a database, with a way to hold a read after it has read its row.
 #[derive(Default)]
@@ -74,6 +74,25 @@ async fn app(redis_url: &str, db: Shared) -> (Router, CacheHandle) {
         .build()
         .await
         .unwrap();
+    app_on(store, db)
+}
+
+/// The test app over an L1 in front of Redis.
+async fn tiered_app(redis_url: &str, db: Shared) -> (Router, CacheHandle, TieredStore) {
+    let store = TieredStore::builder(redis_url)
+        .redis(|redis| {
+            redis
+                .command_timeout(Duration::from_millis(200))
+                .connection_timeout(Duration::from_millis(500))
+        })
+        .build()
+        .await
+        .unwrap();
+    let (router, handle) = app_on(store.clone(), db);
+    (router, handle, store)
+}
+
+fn app_on(store: impl Store, db: Shared) -> (Router, CacheHandle) {
     let cache = CacheLayer::builder(store)
         .store_timeout(Duration::from_millis(50))
         .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
@@ -230,6 +249,100 @@ async fn two_instances_share_entries_and_evictions(url: &str) {
 async fn instances_sharing_redis_share_entries_and_evictions() {
     let server = RedisServer::start();
     two_instances_share_entries_and_evictions(&server.url()).await;
+}
+
+/// Calls of `command` Redis has served (`INFO commandstats`).
+fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let stats = server.command(&["INFO", "commandstats"]).unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// Two instances with an L1 each, in front of one Redis, with their own clients: hits come
+/// from the L1 at no Redis cost, and a write through either is out of the other's L1 before
+/// its response leaves (the other confirms the announcement), round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_instances_drop_what_the_other_changes_from_their_l1() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "v0".into());
+    let (a, a_handle, a_store) = tiered_app(&server.url(), db.clone()).await;
+    let (b, b_handle, _) = tiered_app(&server.url(), db.clone()).await;
+    assert!(a_store.l1_in_use());
+    get_path(&a, "/users/1").await;
+    settle().await;
+    assert_eq!(get_path(&b, "/users/1").await.x_cache, "HIT", "from Redis, into b's L1");
+
+    let gets = command_calls(&server, "get");
+    for instance in [&a, &b].repeat(50) {
+        let hit = get_path(instance, "/users/1").await;
+        assert_eq!((hit.x_cache.as_str(), hit.body.as_str()), ("HIT", "v0"));
+    }
+    assert_eq!(command_calls(&server, "get"), gets, "100 hits from the L1s, none from Redis");
+
+    for round in 1..=40 {
+        let (writer, reader) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let value = format!("v{round}");
+        // Both L1s hold the current entry.
+        for instance in [writer, reader] {
+            while get_path(instance, "/users/1").await.x_cache != "HIT" {
+                settle().await;
+            }
+        }
+        assert_eq!(
+            send(writer, Method::PUT, "/users/1", None, &value).await.status,
+            StatusCode::OK
+        );
+        // The eviction returned once the reader confirmed it dropped the tags: no window.
+        for instance in [reader, writer] {
+            let seen = get_path(instance, "/users/1").await;
+            assert_eq!(seen.body, value, "round {round}: stale after the write");
+        }
+    }
+    assert_eq!(a_handle.stats().store_errors + b_handle.stats().store_errors, 0);
+}
+
+/// A lost subscription (Redis restarted) takes the L1 out of use until it is back, so
+/// announcements missed meanwhile cannot leave stale entries in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_store_stops_using_its_l1_while_it_cannot_hear_the_others() {
+    let mut server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "v1".into());
+    let (a, _, a_store) = tiered_app(&server.url(), db.clone()).await;
+    get_path(&a, "/users/1").await;
+    settle().await;
+    assert_eq!(get_path(&a, "/users/1").await.x_cache, "HIT");
+
+    server.kill();
+    let killed = Instant::now();
+    while a_store.l1_in_use() {
+        assert!(killed.elapsed() < Duration::from_secs(5), "the L1 was still trusted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = get_path(&a, "/users/1").await;
+    assert_eq!((during.x_cache.as_str(), during.body.as_str()), ("MISS", "v1"), "not from the L1");
+
+    server.restart();
+    let restarted = Instant::now();
+    while !a_store.l1_in_use() {
+        assert!(restarted.elapsed() < Duration::from_secs(10), "the subscription never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.rows.lock().unwrap().insert("1".into(), "v2".into()); // the restarted Redis is empty
+    let after = Instant::now();
+    loop {
+        let reply = get_path(&a, "/users/1").await;
+        assert_eq!(reply.body, "v2", "nothing from before the restart");
+        if reply.x_cache == "HIT" {
+            break;
+        }
+        assert!(after.elapsed() < Duration::from_secs(10), "hits did not resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

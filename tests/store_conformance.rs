@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use support::cluster::RedisCluster;
 use support::redis::RedisServer;
-use tower_redis_cache::{MemoryStore, RedisStore, Store};
+use tower_redis_cache::{MemoryStore, RedisStore, Store, TieredStore};
 
 fn tags(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| format!("test:v1:t:{n}")).collect()
@@ -149,6 +149,13 @@ async fn redis_store_with_one_connection_conforms() {
     conformance(Arc::new(store)).await;
 }
 
+#[tokio::test]
+async fn tiered_store_conforms() {
+    let server = RedisServer::start();
+    let store = TieredStore::builder(server.url()).build().await.unwrap();
+    conformance(Arc::new(store)).await;
+}
+
 /// No command names two keys, so entries and tag versions may live on any node.
 #[tokio::test]
 async fn redis_store_on_a_cluster_conforms() {
@@ -157,6 +164,8 @@ async fn redis_store_on_a_cluster_conforms() {
     conformance(Arc::new(store)).await;
     let spread = cluster.keys_per_node();
     assert!(spread.iter().filter(|&&n| n > 0).count() >= 2, "keys on one node only: {spread:?}");
+    let tiered = TieredStore::builder(cluster.url()).channel("test:changed").build().await.unwrap();
+    conformance(Arc::new(tiered)).await;
 }
 
 #[tokio::test]

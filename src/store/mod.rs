@@ -20,6 +20,7 @@
 
 mod memory;
 mod redis;
+mod tiered;
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use bytes::Bytes;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::tiered::{TieredStore, TieredStoreBuilder};
 
 /// A tag's version: an opaque number that changes every time the tag is evicted.
 pub type TagVersion = u64;

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use fred::clients::Pipeline;
 use fred::prelude::{
-    Builder, ClientLike, Config, ErrorKind, Expiration, KeysInterface, Pool, ReconnectPolicy,
-    SetOptions, TcpConfig, Value,
+    Builder, Client, ClientLike, Config, ErrorKind, Expiration, KeysInterface, Pool,
+    ReconnectPolicy, SetOptions, TcpConfig, Value,
 };
 
 use super::{fresh_version, Lookup, Store, StoreError, TagVersion};
@@ -90,6 +91,60 @@ impl RedisStore {
         &self.pool
     }
 
+    /// A lookup, in one round trip; with `read_ttl`, also how long the entry has left.
+    pub(super) async fn lookup_reading_ttl(
+        &self,
+        key: &str,
+        tags: &[String],
+        read_ttl: bool,
+    ) -> Result<(Lookup, Option<Duration>), StoreError> {
+        let pipeline = self.pool.next().pipeline();
+        let queue = redis_error("cannot queue a Redis command");
+        let _: () = pipeline.get(key).await.map_err(queue)?;
+        if read_ttl {
+            let _: () = pipeline.pttl(key).await.map_err(redis_error("cannot queue PTTL"))?;
+        }
+        for tag in tags {
+            let _: () =
+                pipeline.get(tag.as_str()).await.map_err(redis_error("cannot queue GET"))?;
+        }
+        let mut values: Vec<Value> =
+            pipeline.all().await.map_err(redis_error("Redis lookup failed"))?;
+        let first_tag = if read_ttl { 2 } else { 1 };
+        if values.len() != tags.len() + first_tag {
+            return Err(StoreError::msg("Redis lookup returned an unexpected number of replies"));
+        }
+        let versions = values.split_off(first_tag).into_iter().map(parse_version).collect();
+        // PTTL is negative for a key without expiry (-1) or without a value (-2).
+        let ttl = match read_ttl {
+            true => values.pop().and_then(|v| v.as_i64()).and_then(|ms| u64::try_from(ms).ok()),
+            false => None,
+        };
+        let entry = values.pop().and_then(Value::into_bytes);
+        Ok((Lookup { entry, versions }, ttl.map(Duration::from_millis)))
+    }
+
+    /// Queues on `pipeline` a fresh version for each of `tags`.
+    pub(super) async fn queue_evictions(
+        &self,
+        pipeline: &Pipeline<Client>,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        for tag in tags {
+            let _: () = pipeline
+                .set(
+                    tag.as_str(),
+                    fresh_version().to_string(),
+                    self.tag_version_expiry(),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(redis_error("cannot queue SET"))?;
+        }
+        Ok(())
+    }
+
     fn tag_version_expiry(&self) -> Option<Expiration> {
         let secs = i64::try_from(self.tag_version_ttl.as_secs()).unwrap_or(i64::MAX).max(1);
         Some(Expiration::EX(secs))
@@ -162,7 +217,7 @@ impl RedisStoreBuilder {
     }
 }
 
-fn redis_error(context: &'static str) -> impl FnOnce(fred::error::Error) -> StoreError {
+pub(super) fn redis_error(context: &'static str) -> impl FnOnce(fred::error::Error) -> StoreError {
     move |e| {
         // Redis not answering, as opposed to Redis refusing the command (OOM, READONLY, ...).
         let unreachable = matches!(
@@ -182,6 +237,11 @@ fn redis_error(context: &'static str) -> impl FnOnce(fred::error::Error) -> Stor
     }
 }
 
+/// A `PX` expiry of `ttl`, at least a millisecond.
+pub(super) fn px(ttl: Duration) -> Expiration {
+    Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
+}
+
 /// Reads a tag version written by this store; anything else (foreign or corrupt) is `None`.
 fn parse_version(value: Value) -> Option<TagVersion> {
     let bytes = value.into_bytes()?;
@@ -191,21 +251,7 @@ fn parse_version(value: Value) -> Option<TagVersion> {
 #[async_trait]
 impl Store for RedisStore {
     async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
-        let pipeline = self.pool.next().pipeline();
-        let queue = redis_error("cannot queue a Redis command");
-        let _: () = pipeline.get(key).await.map_err(queue)?;
-        for tag in tags {
-            let _: () =
-                pipeline.get(tag.as_str()).await.map_err(redis_error("cannot queue GET"))?;
-        }
-        let mut values: Vec<Value> =
-            pipeline.all().await.map_err(redis_error("Redis lookup failed"))?;
-        if values.len() != tags.len() + 1 {
-            return Err(StoreError::msg("Redis lookup returned an unexpected number of replies"));
-        }
-        let versions = values.split_off(1).into_iter().map(parse_version).collect();
-        let entry = values.pop().and_then(Value::into_bytes);
-        Ok(Lookup { entry, versions })
+        Ok(self.lookup_reading_ttl(key, tags, false).await?.0)
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
@@ -256,18 +302,16 @@ impl Store for RedisStore {
     }
 
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
-        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         self.pool
-            .set::<(), _, _>(key, value, Some(Expiration::PX(millis)), None, false)
+            .set::<(), _, _>(key, value, Some(px(ttl)), None, false)
             .await
             .map_err(redis_error("Redis SET failed"))
     }
 
     async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let set: Option<String> = self
             .pool
-            .set(key, "1", Some(Expiration::PX(millis)), Some(SetOptions::NX), false)
+            .set(key, "1", Some(px(ttl)), Some(SetOptions::NX), false)
             .await
             .map_err(redis_error("Redis lease SET NX failed"))?;
         Ok(set.is_some())
@@ -282,18 +326,7 @@ impl Store for RedisStore {
             return Ok(());
         }
         let pipeline = self.pool.next().pipeline();
-        for tag in tags {
-            let _: () = pipeline
-                .set(
-                    tag.as_str(),
-                    fresh_version().to_string(),
-                    self.tag_version_expiry(),
-                    None,
-                    false,
-                )
-                .await
-                .map_err(redis_error("cannot queue SET"))?;
-        }
+        self.queue_evictions(&pipeline, tags).await?;
         let _: Vec<Value> = pipeline.all().await.map_err(redis_error("Redis eviction failed"))?;
         Ok(())
     }
