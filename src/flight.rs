@@ -6,7 +6,7 @@
 //! lease taken polls the store for the entry instead of calling the inner service. Every wait
 //! is bounded by the lock timeout, after which a request calls the inner service itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -25,6 +25,11 @@ use crate::status::Forwarded;
 #[derive(Default)]
 pub(crate) struct Flights {
     in_progress: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// Leases this process gave back and whose release has not reached the store yet. The next
+    /// leader of the key in this process takes them over rather than wait for the store to
+    /// see them released (that wait is a poll interval: 20 ms on every miss of a key whose
+    /// responses are not stored).
+    releasing: Mutex<HashSet<String>>,
 }
 
 /// What one missing request does.
@@ -36,6 +41,15 @@ pub(crate) enum Role {
 }
 
 impl Flights {
+    fn releasing(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.releasing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this process let go of `lease` and the store may not have seen it yet.
+    fn took_back(&self, lease: &str) -> bool {
+        self.releasing().remove(lease)
+    }
+
     /// Joins the flight for `key`, or starts it.
     pub(crate) fn join(shared: &Arc<Shared>, key: &str) -> Role {
         let mut in_progress = shared.flights.in_progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,7 +94,11 @@ impl Drop for FlightGuard {
             (self.lease.take(), tokio::runtime::Handle::try_current())
         {
             let shared = Arc::clone(&self.shared);
-            runtime.spawn(async move { shared.release_lease(&lease).await });
+            shared.flights.releasing().insert(lease.clone());
+            runtime.spawn(async move {
+                shared.release_lease(&lease).await;
+                shared.flights.releasing().remove(&lease);
+            });
         }
     }
 }
@@ -122,6 +140,8 @@ pub(crate) async fn take_turn<B>(
             let lease = format!("{}:lease", plan.key);
             match shared.acquire_lease(&lease, timeout).await {
                 Some(true) => leader.hold_lease(lease),
+                // Ours, on its way back to the store: keep it instead.
+                Some(false) if shared.flights.took_back(&lease) => leader.hold_lease(lease),
                 Some(false) => {
                     match wait_for_other_instance(shared, plan, &lease, timeout, fwd).await {
                         Waited::Hit(hit) => return Turn::Hit(hit),
