@@ -35,7 +35,7 @@ impl Freshness {
     /// How long the store must keep it: while fresh, then while it may still be served stale.
     pub(crate) fn keep_for(&self) -> Duration {
         let stale = self.stale_while_revalidate.max(self.stale_if_error).max(self.revalidate_for);
-        (self.lifetime + stale).saturating_sub(self.age)
+        self.lifetime.saturating_add(stale).saturating_sub(self.age)
     }
 
     /// Shortens the lifetime by up to `percent`, at random, so that entries stored together do
@@ -83,7 +83,21 @@ pub(crate) fn freshness(
     }
     let has_validator = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
     let revalidate_for = if has_validator { lifetime } else { Duration::ZERO };
-    Freshness { lifetime, age, stale_while_revalidate, stale_if_error, revalidate_for }
+    Freshness {
+        lifetime: delta(lifetime),
+        age: delta(age),
+        stale_while_revalidate: delta(stale_while_revalidate),
+        stale_if_error: delta(stale_if_error),
+        revalidate_for: delta(revalidate_for),
+    }
+}
+
+/// The longest delta a cache need count (RFC 9111 section 1.2.2: 2^31 seconds, some 68
+/// years), so that sums of them and their milliseconds never overflow.
+const MAX_DELTA: Duration = Duration::from_secs(1 << 31);
+
+fn delta(duration: Duration) -> Duration {
+    duration.min(MAX_DELTA)
 }
 
 /// A `Cache-Control` directive the `headers` crate drops because it does not know it: the
@@ -127,6 +141,26 @@ fn upstream_lifetime(
 mod tests {
     use super::*;
     use crate::test_util::header_map as map;
+
+    #[test]
+    fn huge_deltas_are_capped_and_never_overflow() {
+        let headers = map(&[
+            ("cache-control", "max-age=18446744073709551615, stale-if-error=18446744073709551615"),
+            ("age", "18446744073709551615"),
+            ("etag", "\"x\""),
+        ]);
+        let cc = headers::HeaderMapExt::typed_get::<CacheControl>(&headers);
+        let rule = crate::rules::ReadRule::for_tests(Duration::MAX);
+        let fresh = freshness(&headers, cc.as_ref(), &rule, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            (fresh.lifetime, fresh.age, fresh.stale_if_error),
+            (MAX_DELTA, MAX_DELTA, MAX_DELTA)
+        );
+        assert_eq!(fresh.remaining(), Duration::ZERO, "as old as it may live");
+        assert_eq!(fresh.keep_for(), MAX_DELTA, "its stale-if-error window, no overflow");
+        let fresh = freshness(&map(&[]), None, &rule, SystemTime::UNIX_EPOCH);
+        assert_eq!((fresh.lifetime, fresh.keep_for()), (MAX_DELTA, MAX_DELTA));
+    }
 
     #[test]
     fn rfc_5861_directives_are_read_from_cache_control() {

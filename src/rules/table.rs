@@ -39,6 +39,27 @@ pub(crate) struct ReadRule {
     pub(crate) statuses: Vec<StatusCode>,
 }
 
+#[cfg(test)]
+impl ReadRule {
+    /// A default-scope rule with `ttl`, reading the response's headers.
+    pub(crate) fn for_tests(ttl: Duration) -> Self {
+        Self {
+            pattern: "/test".into(),
+            ttl,
+            max_ttl: None,
+            upstream_cache_control: true,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            tags: Vec::new(),
+            scope: Scope::Default,
+            vary: Vec::new(),
+            bypass_headers: Vec::new(),
+            query_params: None,
+            statuses: vec![StatusCode::OK],
+        }
+    }
+}
+
 /// Whose entry a response goes into.
 pub(crate) enum Scope {
     /// Anonymous requests share entries; credentialed requests bypass.
