@@ -16,7 +16,9 @@ pub(crate) struct Conditions {
 impl Conditions {
     /// The request's conditions, if it has any worth checking.
     pub(crate) fn from_request(headers: &HeaderMap) -> Option<Self> {
-        let if_none_match = headers.typed_get::<IfNoneMatch>();
+        let if_none_match = tags_readable(headers, header::IF_NONE_MATCH)
+            .then(|| headers.typed_get::<IfNoneMatch>())
+            .flatten();
         let if_modified_since = headers.typed_get::<IfModifiedSince>();
         (if_none_match.is_some() || if_modified_since.is_some())
             .then_some(Self { if_none_match, if_modified_since })
@@ -26,9 +28,10 @@ impl Conditions {
     /// when present, decides alone (RFC 9110 section 13.2.2).
     pub(crate) fn not_modified(&self, headers: &HeaderMap) -> bool {
         if let Some(if_none_match) = &self.if_none_match {
-            return headers
-                .typed_get::<ETag>()
-                .is_some_and(|etag| !if_none_match.precondition_passes(&etag));
+            return tags_readable(headers, header::ETAG)
+                && headers
+                    .typed_get::<ETag>()
+                    .is_some_and(|etag| !if_none_match.precondition_passes(&etag));
         }
         match (&self.if_modified_since, headers.typed_get::<LastModified>()) {
             (Some(since), Some(last_modified)) => {
@@ -37,6 +40,22 @@ impl Conditions {
             _ => false,
         }
     }
+}
+
+/// Whether the entity-tags in `name` hold only the characters RFC 9110 section 8.8.3 allows
+/// between their quotes. `HeaderValue` also allows spaces and tabs there, which the `headers`
+/// crate's entity-tag parser asserts against in debug builds (a panic any client could cause);
+/// such a header is treated as absent, as an invalid one is.
+fn tags_readable(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    headers.get_all(name).iter().all(|value| {
+        let mut quoted = false;
+        value.as_bytes().iter().all(|&b| {
+            if b == b'"' {
+                quoted = !quoted;
+            }
+            !quoted || b == b'"' || (b >= 0x21 && b != 0x7f)
+        })
+    })
 }
 
 /// How the layer's own `ETag`s start, so that they are never sent to the inner service, which
@@ -94,6 +113,19 @@ pub(crate) fn not_modified_headers(headers: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entity_tags_with_spaces_or_controls_are_ignored_not_a_panic() {
+        let request = crate::test_util::header_map(&[("if-none-match", "\"a b\", W/\"v0*, \"v\"")]);
+        let conditions = Conditions::from_request(&request);
+        assert!(conditions.is_none(), "an unreadable If-None-Match is no condition");
+        let request = crate::test_util::header_map(&[("if-none-match", "\"a\", \"b\"")]);
+        let conditions = Conditions::from_request(&request).unwrap();
+        let stored = crate::test_util::header_map(&[("etag", "\"a\tb\"")]);
+        assert!(!conditions.not_modified(&stored));
+        let stored = crate::test_util::header_map(&[("etag", "\"b\"")]);
+        assert!(conditions.not_modified(&stored));
+    }
     use crate::test_util::header_map as map;
 
     fn not_modified(

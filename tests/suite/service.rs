@@ -1519,6 +1519,25 @@ async fn stale_entries_with_validators_are_revalidated_with_a_conditional_reques
 }
 
 #[tokio::test]
+async fn a_304_that_says_vary_star_does_not_store_the_entry_again() {
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
+    h.send(get("/news"), |_| with_header(ok("v1"), "etag", "\"v1\"")).await;
+    clock.advance(STALE);
+    let revalidated = h
+        .send(get("/news"), |_| {
+            let mut response = with_status(Response::new(full("")), StatusCode::NOT_MODIFIED);
+            response.headers_mut().append("vary", HeaderValue::from_static("*"));
+            // Not visible ASCII: the `headers` crate would see no `*` in the field.
+            response.headers_mut().append("vary", HeaderValue::from_bytes(b"\xe9").unwrap());
+            response
+        })
+        .await;
+    assert_eq!((revalidated.status, &revalidated.body[..]), (StatusCode::OK, &b"v1"[..]));
+    let again = h.send(get("/news"), |_| ok("v2")).await;
+    assert!(again.reached_inner.is_some(), "Vary: * never matches a later request");
+}
+
+#[tokio::test]
 async fn revalidation_uses_last_modified_and_never_the_layers_own_etag() {
     let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
     let modified = "Wed, 21 Oct 2015 07:28:00 GMT";
