@@ -61,13 +61,13 @@ struct Meta {
 impl Entry {
     /// How long past its freshness the entry is at `now_ms`; `None` while it is fresh.
     pub(crate) fn staleness(&self, now_ms: u64) -> Option<Duration> {
-        let expires = self.stored_at_ms.saturating_add(self.ttl.as_millis() as u64);
+        let expires = self.stored_at_ms.saturating_add(millis(self.ttl));
         (now_ms >= expires).then(|| Duration::from_millis(now_ms - expires))
     }
 
     /// How long the entry stays fresh after `now_ms`.
     pub(crate) fn remaining(&self, now_ms: u64) -> Duration {
-        let expires = self.stored_at_ms.saturating_add(self.ttl.as_millis() as u64);
+        let expires = self.stored_at_ms.saturating_add(millis(self.ttl));
         Duration::from_millis(expires.saturating_sub(now_ms))
     }
 
@@ -82,10 +82,10 @@ impl Entry {
             headers: header_pairs(&self.headers),
             trailers: self.trailers.as_ref().map(header_pairs),
             stored_at_ms: self.stored_at_ms,
-            ttl_ms: self.ttl.as_millis() as u64,
-            stale_while_revalidate_ms: self.stale_while_revalidate.as_millis() as u64,
-            stale_if_error_ms: self.stale_if_error.as_millis() as u64,
-            revalidate_for_ms: self.revalidate_for.as_millis() as u64,
+            ttl_ms: millis(self.ttl),
+            stale_while_revalidate_ms: millis(self.stale_while_revalidate),
+            stale_if_error_ms: millis(self.stale_if_error),
+            revalidate_for_ms: millis(self.revalidate_for),
             tags: self.tags.clone(),
             identity_len: self.identity_len,
             body_len: self.body.len() as u64,
@@ -128,6 +128,11 @@ impl Entry {
             body: bytes.slice(body_start..),
         })
     }
+}
+
+/// `duration` in whole milliseconds, saturating rather than wrapping past `u64::MAX`.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
