@@ -65,6 +65,12 @@ impl CacheLayer {
     pub fn handle(&self) -> CacheHandle {
         CacheHandle::new(Arc::clone(&self.shared))
     }
+
+    /// The state the benchmarks of the request path's steps run against.
+    #[cfg(feature = "internals")]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
 }
 
 impl std::fmt::Debug for CacheLayer {

@@ -98,6 +98,9 @@
 #![deny(unreachable_pub, missing_docs)]
 
 mod answer;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod bench_internals;
 mod body;
 mod breaker;
 mod capture;
@@ -109,6 +112,9 @@ mod error;
 mod flight;
 mod freshness;
 mod future;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod groups;
 mod guard;
 mod handle;
