@@ -12,8 +12,20 @@
 //! | `UPSTREAM_URL`   | required                | `http://host:port`, optionally with a base path         |
 //! | `BIND`           | `127.0.0.1:3001`        | address to listen on (`127.0.0.1:0` picks a free port)  |
 //! | `CACHE_TTL_SECS` | `60`                    | how long `GET` responses stay cached                    |
+//! | `CACHE_STORE`    | see below               | `none`, `memory`, `redis` or `tiered`                   |
 //! | `REDIS_URL`      | unset: in-process store | cache in Redis, e.g. `redis://127.0.0.1:6379`           |
+//! | `CACHE_L1_BYTES` | `67108864` (64 MiB)     | `tiered` only: the in-process cache in front of Redis   |
 //! | `RUST_LOG`       | `info`                  | log filter (`tracing_subscriber` env-filter syntax)     |
+//!
+//! `CACHE_STORE` picks where responses are cached:
+//!
+//! | `CACHE_STORE` | Store                                                                       |
+//! |---------------|-----------------------------------------------------------------------------|
+//! | unset         | `redis` when `REDIS_URL` is set, `memory` otherwise                         |
+//! | `none`        | no cache layer at all: a plain proxy (no `X-Cache`), the baseline of benchmarks |
+//! | `memory`      | `MemoryStore`, in this process (`REDIS_URL` is ignored)                     |
+//! | `redis`       | `RedisStore` at `REDIS_URL` (required)                                      |
+//! | `tiered`      | `TieredStore`: an in-process L1 of `CACHE_L1_BYTES` in front of Redis at `REDIS_URL` (required) |
 //!
 //! The method, path, query, headers and body of each request are forwarded, but for the
 //! hop-by-hop headers and `Host` (the upstream's is used; the original goes in
@@ -22,8 +34,8 @@
 //! default safety rules (no `Set-Cookie`, no `Cache-Control: no-store`/`private`...); other
 //! methods pass straight through. The upstream must be plain `http://`: this example has no TLS.
 //!
-//! Every response carries `X-Cache: HIT`, `MISS` or `BYPASS`; an unreachable upstream is a
-//! `502`, a silent one a `504`.
+//! Every response carries `X-Cache: HIT`, `MISS` or `BYPASS` (but with `CACHE_STORE=none`); an
+//! unreachable upstream is a `502`, a silent one a `504`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,7 +51,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_redis_cache::{
-    BuildError, CacheLayer, MemoryStore, RedisStore, Rule, Store, UserFromHeader,
+    BuildError, CacheLayer, MemoryStore, RedisStore, Rule, Store, TieredStore, UserFromHeader,
 };
 
 /// The longest the upstream may take to start answering.
@@ -63,21 +75,13 @@ async fn main() -> anyhow::Result<()> {
         None => Duration::from_secs(60),
     };
 
-    let cache = match env_var("REDIS_URL") {
-        Some(url) => {
-            let store = RedisStore::from_url(url.as_str())
-                .await
-                .with_context(|| format!("cannot connect to Redis at {url}"))?;
-            tracing::info!(%url, "caching in Redis");
-            cache_layer(store, ttl)?
-        }
-        None => {
-            tracing::info!("caching in process (set REDIS_URL to use Redis)");
-            cache_layer(MemoryStore::default(), ttl)?
-        }
-    };
+    let cache = cache_from_env(ttl).await?;
     tracing::info!(upstream = %upstream.base, ttl_secs = ttl.as_secs(), "proxying");
-    let app = Router::new().fallback(forward).with_state(upstream).layer(cache);
+    let app = Router::new().fallback(forward).with_state(upstream);
+    let app = match cache {
+        Some(cache) => app.layer(cache),
+        None => app,
+    };
 
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
@@ -90,6 +94,59 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// The cache layer over the store that `CACHE_STORE` (or, unset, `REDIS_URL`) names; `None` for
+/// `CACHE_STORE=none`.
+async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
+    let choice = env_var("CACHE_STORE").map(|choice| choice.trim().to_ascii_lowercase());
+    let choice = choice.as_deref().unwrap_or(match env_var("REDIS_URL") {
+        Some(_) => "redis",
+        None => "memory",
+    });
+    let redis_url = || {
+        env_var("REDIS_URL").with_context(|| {
+            format!("CACHE_STORE={choice} needs REDIS_URL, e.g. REDIS_URL=redis://127.0.0.1:6379")
+        })
+    };
+    let cache = match choice {
+        "none" => {
+            tracing::info!("no cache (CACHE_STORE=none): every request goes to the upstream");
+            return Ok(None);
+        }
+        "memory" => {
+            tracing::info!("caching in process");
+            cache_layer(MemoryStore::default(), ttl)?
+        }
+        "redis" => {
+            let url = redis_url()?;
+            let store = RedisStore::from_url(url.as_str())
+                .await
+                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            tracing::info!(%url, "caching in Redis");
+            cache_layer(store, ttl)?
+        }
+        "tiered" => {
+            let url = redis_url()?;
+            let l1_max_bytes: u64 = match env_var("CACHE_L1_BYTES") {
+                Some(bytes) => {
+                    bytes.trim().parse().ok().filter(|&bytes| bytes > 0).with_context(|| {
+                        format!("CACHE_L1_BYTES must be a positive number of bytes, not `{bytes}`")
+                    })?
+                }
+                None => 64 * 1024 * 1024,
+            };
+            let store = TieredStore::builder(url.as_str())
+                .l1_max_bytes(l1_max_bytes)
+                .build()
+                .await
+                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+            tracing::info!(%url, l1_max_bytes, "caching in process, in front of Redis");
+            cache_layer(store, ttl)?
+        }
+        other => bail!("CACHE_STORE must be none, memory, redis or tiered, not `{other}`"),
+    };
+    Ok(Some(cache))
 }
 
 /// Caches every `GET` (`/` and everything under it) for `ttl`.

@@ -28,8 +28,18 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// How long a response may take to reach the store after it was served.
 const STORE_WAIT: Duration = Duration::from_secs(3);
 /// The environment the examples read; cleared so that the caller's shell cannot leak in.
-const EXAMPLE_ENV: [&str; 6] =
-    ["BIND", "REDIS_URL", "DATABASE_URL", "UPSTREAM_URL", "CACHE_TTL_SECS", "RUST_LOG"];
+const EXAMPLE_ENV: [&str; 10] = [
+    "BIND",
+    "REDIS_URL",
+    "DATABASE_URL",
+    "UPSTREAM_URL",
+    "CACHE_TTL_SECS",
+    "CACHE_STORE",
+    "CACHE_L1_BYTES",
+    "DELAY_MS",
+    "USERS",
+    "RUST_LOG",
+];
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -404,6 +414,29 @@ async fn proxy_redis_store_caches_gets_and_isolates_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn proxy_tiered_store_caches_gets_and_isolates_credentials() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let proxy = Example::start(
+        "proxy",
+        &[
+            ("UPSTREAM_URL", upstream.url()),
+            ("CACHE_TTL_SECS", "30".to_owned()),
+            ("CACHE_STORE", "tiered".to_owned()),
+            ("CACHE_L1_BYTES", (8 * 1024 * 1024).to_string()),
+            ("REDIS_URL", redis.url()),
+        ],
+    )
+    .await;
+    proxy_flow(&proxy, &upstream).await;
+
+    // The entries are in Redis too, behind the in-process level.
+    let keys = redis.keys();
+    assert!(keys.contains("trc:v1:e:"), "no entry keys in Redis: {keys}");
+    assert!(!keys.contains("alice"), "a raw token ended up in a key: {keys}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn proxy_answers_502_when_the_upstream_is_down() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     let proxy = Example::start("proxy", &[("UPSTREAM_URL", closed)]).await;
@@ -420,6 +453,72 @@ async fn proxy_without_upstream_url_exits_with_a_clear_error() {
     let (status, log) = run_to_exit("proxy", &[]).await;
     assert!(!status.success(), "the proxy started without UPSTREAM_URL:\n{log}");
     assert!(log.contains("UPSTREAM_URL"), "the error does not name UPSTREAM_URL:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_cache_store_none_is_a_plain_proxy() {
+    let upstream = Upstream::start().await;
+    let proxy = Example::start(
+        "proxy",
+        &[
+            ("UPSTREAM_URL", upstream.url()),
+            ("CACHE_STORE", "none".to_owned()),
+            // Ignored: `none` wins over the default choice that REDIS_URL makes.
+            ("REDIS_URL", format!("redis://127.0.0.1:{}", free_port())),
+        ],
+    )
+    .await;
+    let client = http_client();
+    for round in 1..=3 {
+        let reply = client.get(format!("http://{}/items/7", proxy.addr())).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert!(reply.headers().get("x-cache").is_none(), "CACHE_STORE=none still has a cache");
+        assert_eq!(reply.headers()["x-upstream"], "yes");
+        assert_eq!(upstream.hits("GET /items/7"), round);
+    }
+    assert!(proxy.log().contains("CACHE_STORE=none"), "{}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_cache_store_memory_ignores_redis_url() {
+    let upstream = Upstream::start().await;
+    let unreachable = format!("redis://127.0.0.1:{}", free_port());
+    let proxy = Example::start(
+        "proxy",
+        &[
+            ("UPSTREAM_URL", upstream.url()),
+            ("CACHE_STORE", "memory".to_owned()),
+            ("REDIS_URL", unreachable),
+        ],
+    )
+    .await;
+    let api = proxy.api();
+    assert_eq!(api.get("/items/8", None).await.cache, "MISS");
+    api.wait_stored("/items/8", None).await;
+    assert_eq!(api.get("/items/8", None).await.cache, "HIT");
+    assert_eq!(upstream.hits("GET /items/8"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_cache_store_mistakes_exit_with_a_clear_error() {
+    let upstream = format!("http://127.0.0.1:{}", free_port());
+    let (status, log) = run_to_exit(
+        "proxy",
+        &[("UPSTREAM_URL", upstream.clone()), ("CACHE_STORE", "disk".to_owned())],
+    )
+    .await;
+    assert!(!status.success(), "the proxy started with CACHE_STORE=disk:\n{log}");
+    assert!(log.contains("CACHE_STORE must be"), "the error does not name CACHE_STORE:\n{log}");
+
+    for store in ["redis", "tiered"] {
+        let (status, log) = run_to_exit(
+            "proxy",
+            &[("UPSTREAM_URL", upstream.clone()), ("CACHE_STORE", store.to_owned())],
+        )
+        .await;
+        assert!(!status.success(), "CACHE_STORE={store} started without REDIS_URL:\n{log}");
+        assert!(log.contains("needs REDIS_URL"), "CACHE_STORE={store}: {log}");
+    }
 }
 
 async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
@@ -605,6 +704,41 @@ async fn upstream_handler(
         "hit": hit,
     });
     (status, [("x-upstream", "yes")], axum::Json(seen)).into_response()
+}
+
+// =============================================================================================
+// slow_upstream
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_answers_after_its_delay_and_counts_requests() {
+    let upstream = Example::start(
+        "slow_upstream",
+        &[("DELAY_MS", "60".to_owned()), ("USERS", "3".to_owned())],
+    )
+    .await;
+    let client = http_client();
+    let base = format!("http://{}", upstream.addr());
+    let count = || async {
+        let text =
+            client.get(format!("{base}/__count")).send().await.unwrap().text().await.unwrap();
+        text.trim().parse::<u64>().unwrap_or_else(|_| panic!("/__count said {text:?}"))
+    };
+    // The start-up probe (`GET /health`) was one request already.
+    let before = count().await;
+    let mut bodies = Vec::new();
+    for path in ["/users", "/users?page=2"] {
+        let started = Instant::now();
+        let reply = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        assert_eq!(reply.headers()["content-type"], "application/json");
+        bodies.push(reply.text().await.unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(60), "{path} did not wait");
+    }
+    assert_eq!(bodies[0], bodies[1], "the body must not depend on the path");
+    let users: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(users.as_array().map(Vec::len), Some(3), "{users}");
+    assert_eq!(users[0]["id"], 1);
+    assert_eq!(count().await, before + 2, "/__count must count answers, not itself");
 }
 
 // =============================================================================================
