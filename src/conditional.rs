@@ -46,15 +46,19 @@ impl Conditions {
 /// between their quotes. `HeaderValue` also allows spaces and tabs there, which the `headers`
 /// crate's entity-tag parser asserts against in debug builds (a panic any client could cause);
 /// such a header is treated as absent, as an invalid one is.
+///
+/// The lines of the header are read as the `headers` crate reads them, joined by `", "`: a
+/// quote left open at the end of a line would take that space into a tag.
 fn tags_readable(headers: &HeaderMap, name: header::HeaderName) -> bool {
+    let mut quoted = false;
     headers.get_all(name).iter().all(|value| {
-        let mut quoted = false;
-        value.as_bytes().iter().all(|&b| {
+        let line_ok = value.as_bytes().iter().all(|&b| {
             if b == b'"' {
                 quoted = !quoted;
             }
             !quoted || b == b'"' || (b >= 0x21 && b != 0x7f)
-        })
+        });
+        line_ok && !quoted
     })
 }
 
@@ -119,6 +123,8 @@ mod tests {
         let request = crate::test_util::header_map(&[("if-none-match", "\"a b\", W/\"v0*, \"v\"")]);
         let conditions = Conditions::from_request(&request);
         assert!(conditions.is_none(), "an unreadable If-None-Match is no condition");
+        let split = [("if-none-match", "\"a"), ("if-none-match", "b\"")];
+        assert!(Conditions::from_request(&crate::test_util::header_map(&split)).is_none());
         let request = crate::test_util::header_map(&[("if-none-match", "\"a\", \"b\"")]);
         let conditions = Conditions::from_request(&request).unwrap();
         let stored = crate::test_util::header_map(&[("etag", "\"a\tb\"")]);

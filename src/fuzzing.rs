@@ -916,10 +916,12 @@ fn check_conditions(request: &HeaderMap, conditions: Option<&Conditions>, stored
     }
     // A client revalidating with the stored ETag itself is answered 304. Only for visible
     // ASCII: `headers` reads If-None-Match as text, so an ETag with obs-text bytes (which RFC
-    // 9110 allows) never matches; that costs a 200 where a 304 would do, nothing worse.
+    // 9110 allows) never matches; that costs a 200 where a 304 would do, nothing worse. And
+    // without spaces or tabs, which the layer ignores in entity-tags (the `headers` crate's
+    // parser asserts against them in debug builds, so this check parses none either).
     if let Some(etag) = stored.get(header::ETAG) {
-        let parses = headers::HeaderMapExt::typed_get::<headers::ETag>(stored).is_some();
-        if parses && etag.to_str().is_ok() {
+        let plain = etag.to_str().is_ok_and(|tag| !tag.contains([' ', '\t']));
+        if plain && headers::HeaderMapExt::typed_get::<headers::ETag>(stored).is_some() {
             let mut asking = HeaderMap::new();
             asking.insert(header::IF_NONE_MATCH, etag.clone());
             let conditions = Conditions::from_request(&asking).expect("If-None-Match was sent");

@@ -193,9 +193,20 @@ impl RouteTable {
     }
 }
 
+/// The most parameters a pattern may have: `matchit` renames them `{a}` to `{z}` inside, and
+/// panics past that.
+const MAX_PARAMS: usize = 25;
+
 fn check_pattern(pattern: &str) -> Result<(), BuildError> {
     if !pattern.starts_with('/') {
         return Err(BuildError::route(pattern, "a pattern must start with `/`"));
+    }
+    let params = pattern_params(pattern).len();
+    if params > MAX_PARAMS {
+        return Err(BuildError::route(
+            pattern,
+            format!("has {params} parameters; a pattern may have at most {MAX_PARAMS}"),
+        ));
     }
     Ok(())
 }
@@ -424,6 +435,13 @@ mod tests {
             problem(vec![("/a", Rule::post())], vec![]),
             "route `/a`: a mutation rule must name the tags it `evicts`"
         );
+        let many: String = (0..26).map(|i| format!("/{{p{i}}}")).collect();
+        let message = problem(vec![(many.as_str(), Rule::get())], vec![]);
+        assert!(message.ends_with("has 26 parameters; a pattern may have at most 25"), "{message}");
+        let bypassed = problem(vec![], vec![many.as_str()]);
+        assert!(bypassed.ends_with("at most 25"), "{bypassed}");
+        let enough: String = (0..25).map(|i| format!("/{{p{i}}}")).collect();
+        assert!(build(vec![(enough.as_str(), Rule::get())], vec![]).is_ok());
         assert_eq!(
             problem(vec![("/a", Rule::get().bypass_header("bad header"))], vec![]),
             "route `/a`: `bypass_header` names `bad header`, which is not a header name"
