@@ -9,6 +9,8 @@
 //! and, for a client without `zstd`, `decompress`). A miss adds `tee` on the way to the client,
 //! then `compress` and `encode` in the background before the store write.
 
+mod support;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -19,19 +21,6 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
 use tower_redis_cache::bench_internals::{entry_key, Harness, StoredEntry};
 use tower_redis_cache::Rule;
-
-/// The same 2 KB of JSON as `benches/paths.rs`.
-fn json_body() -> Bytes {
-    let users: Vec<String> = (1..=24)
-        .map(|id| {
-            format!(
-                r#"{{"id":{id},"name":"User number {id:02}","email":"user{id:02}@example.com","age":{},"active":true}}"#,
-                20 + id
-            )
-        })
-        .collect();
-    Bytes::from(format!("[{}]", users.join(",")))
-}
 
 fn request(accepts_zstd: bool) -> http::request::Parts {
     let mut request = Request::get("/users").header(HOST, "api.example.com");
@@ -49,7 +38,7 @@ fn response(body: &Bytes) -> Response<Full<Bytes>> {
 
 fn internals(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let body = json_body();
+    let body = support::json_body();
     let harness = Harness::new("/users", Rule::get());
     let parts = request(false);
     let planned = harness.decide(&parts).expect("GET /users is looked up");

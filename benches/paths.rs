@@ -21,6 +21,8 @@
 //!   within the iteration.
 //! - `bypass`: `GET /health`, a path without a rule: the layer's floor cost.
 
+mod support;
+
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -34,19 +36,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
-
-/// About 2 KB of JSON: a page of users.
-fn json_body() -> Bytes {
-    let users: Vec<String> = (1..=24)
-        .map(|id| {
-            format!(
-                r#"{{"id":{id},"name":"User number {id:02}","email":"user{id:02}@example.com","age":{},"active":true}}"#,
-                20 + id
-            )
-        })
-        .collect();
-    Bytes::from(format!("[{}]", users.join(",")))
-}
 
 /// The inner service: a fixed JSON body, answered at once.
 fn inner(
@@ -125,7 +114,7 @@ where
 
 fn paths(c: &mut Criterion) {
     let rt = runtime();
-    let body = json_body();
+    let body = support::json_body();
     assert!((1900..2300).contains(&body.len()), "body is {} bytes", body.len());
     let layer = |compress: bool, miss_lock: bool| {
         let mut builder = CacheLayer::builder(MemoryStore::default()).route("/users", Rule::get());

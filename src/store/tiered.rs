@@ -469,24 +469,27 @@ impl L1 {
     /// and the value read would then outlive it. Filling first and checking after (while
     /// announcements count first and remove after) leaves no order in which a stale value
     /// stays.
+    ///
+    /// `entry` is the key, bytes and remaining time to live of an entry read, if any.
     fn fill(
         &self,
         snapshot: &Snapshot,
-        key: &str,
+        entry: Option<(&str, &Bytes, Duration)>,
         tags: &[String],
-        found: &Lookup,
-        entry_ttl: Option<Duration>,
+        versions: &[Option<TagVersion>],
     ) {
-        if let (Some(bytes), Some(ttl)) = (&found.entry, entry_ttl) {
+        if let Some((key, bytes, ttl)) = entry {
             self.keep(key, bytes.clone(), ttl);
         }
-        for (tag, version) in tags.iter().zip(&found.versions) {
+        for (tag, version) in tags.iter().zip(versions) {
             if let Some(version) = version {
                 self.versions.insert(tag.clone(), *version);
             }
         }
         if !self.unchanged_since(snapshot) {
-            self.entries.invalidate(key);
+            if let Some((key, _, _)) = entry {
+                self.entries.invalidate(key);
+            }
             for tag in tags {
                 self.versions.invalidate(tag);
             }
@@ -528,15 +531,16 @@ impl Store for TieredStore {
         let snapshot =
             self.l1.snapshot(std::iter::once(key).chain(tags.iter().map(String::as_str)));
         let (found, ttl) = self.l2.lookup_reading_ttl(key, tags, true).await?;
-        self.l1.fill(&snapshot, key, tags, &found, ttl);
+        let entry = found.entry.as_ref().zip(ttl).map(|(bytes, ttl)| (key, bytes, ttl));
+        self.l1.fill(&snapshot, entry, tags, &found.versions);
         Ok(found)
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
         let snapshot = self.l1.snapshot(tags.iter().map(String::as_str));
         let versions = self.l2.ensure_tag_versions(tags).await?;
-        let found = Lookup { entry: None, versions: versions.iter().copied().map(Some).collect() };
-        self.l1.fill(&snapshot, "", tags, &found, None);
+        let known: Vec<_> = versions.iter().copied().map(Some).collect();
+        self.l1.fill(&snapshot, None, tags, &known);
         Ok(versions)
     }
 
