@@ -20,6 +20,8 @@
 //!   once, so that the background write (compression, encoding, store) runs, and is counted,
 //!   within the iteration.
 //! - `bypass`: `GET /health`, a path without a rule: the layer's floor cost.
+//! - `hit_prometheus`: `hit` with a Prometheus recorder (`metrics-exporter-prometheus`) taking
+//!   the layer's metrics, against `hit` with none: what the metrics cost.
 
 mod support;
 
@@ -132,6 +134,9 @@ fn paths(c: &mut Criterion) {
     let cached = cached_layer.layer(inner(body.clone()));
     let uncompressed = uncompressed_layer.layer(inner(body.clone()));
     let no_lock = no_lock_layer.layer(inner(body.clone()));
+    let metered_layer = layer(true, true);
+    let metered = metered_layer.layer(inner(body.clone()));
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
 
     // Warm the entries, and check that every path does what its name says.
     rt.block_on(async {
@@ -154,6 +159,13 @@ fn paths(c: &mut Criterion) {
         }
         let (got, x_cache) = send(&mut cached.clone(), request("/health", false)).await;
         assert_eq!((got, x_cache.as_deref()), (body.clone(), Some("BYPASS")));
+        // The layer registers its metrics with the recorder of its first request; this one is
+        // for this thread only, so the other benchmarks report to none.
+        let _local = metrics::set_default_local_recorder(&prometheus);
+        send(&mut metered.clone(), request("/users", false)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, x_cache) = send(&mut metered.clone(), request("/users", false)).await;
+        assert_eq!(x_cache.as_deref(), Some("HIT"));
     });
 
     let mut group = c.benchmark_group("paths");
@@ -164,6 +176,10 @@ fn paths(c: &mut Criterion) {
     group.bench_function("hit", |b| {
         b.to_async(&rt)
             .iter_custom(|iters| timed(cached.clone(), iters, |_| request("/users", false), false))
+    });
+    group.bench_function("hit_prometheus", |b| {
+        b.to_async(&rt)
+            .iter_custom(|iters| timed(metered.clone(), iters, |_| request("/users", false), false))
     });
     group.bench_function("hit_accepts_zstd", |b| {
         b.to_async(&rt)
@@ -191,6 +207,13 @@ fn paths(c: &mut Criterion) {
             .iter_custom(|iters| timed(cached.clone(), iters, |_| request("/health", false), false))
     });
     group.finish();
+    let rendered = prometheus.handle().render();
+    let hits = rendered.lines().find(|line| {
+        line.starts_with("tower_redis_cache_requests_total")
+            && line.contains(r#"route="/users""#)
+            && line.contains(r#"outcome="hit""#)
+    });
+    eprintln!("prometheus: {}", hits.unwrap_or("no hit counter"));
 
     // What each layer did over the whole run: misses stored, no store errors.
     for (name, layer) in [

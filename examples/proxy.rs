@@ -15,6 +15,7 @@
 //! | `CACHE_STORE`    | see below               | `none`, `memory`, `redis` or `tiered`                   |
 //! | `REDIS_URL`      | unset: in-process store | cache in Redis, e.g. `redis://127.0.0.1:6379`           |
 //! | `CACHE_L1_BYTES` | `67108864` (64 MiB)     | `tiered` only: the in-process cache in front of Redis   |
+//! | `REDIS_POOL_SIZE`| `4`                     | `redis` and `tiered`: connections to Redis              |
 //! | `RUST_LOG`       | `info`                  | log filter (`tracing_subscriber` env-filter syntax)     |
 //!
 //! `CACHE_STORE` picks where responses are cached:
@@ -120,7 +121,9 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
         }
         "redis" => {
             let url = redis_url()?;
-            let store = RedisStore::from_url(url.as_str())
+            let store = RedisStore::builder(url.as_str())
+                .pool_size(redis_pool_size()?)
+                .build()
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             tracing::info!(%url, "caching in Redis");
@@ -136,8 +139,10 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
                 }
                 None => 64 * 1024 * 1024,
             };
+            let pool_size = redis_pool_size()?;
             let store = TieredStore::builder(url.as_str())
                 .l1_max_bytes(l1_max_bytes)
+                .redis(|redis| redis.pool_size(pool_size))
                 .build()
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
@@ -165,6 +170,16 @@ fn cache_layer(store: impl Store, ttl: Duration) -> Result<CacheLayer, BuildErro
             .vary(["accept", "accept-encoding", "accept-language"])
     };
     CacheLayer::builder(store).default_ttl(ttl).route("/", rule()).route("/{*path}", rule()).build()
+}
+
+/// `REDIS_POOL_SIZE`: how many connections to Redis (default 4, the store's own default).
+fn redis_pool_size() -> anyhow::Result<usize> {
+    match env_var("REDIS_POOL_SIZE") {
+        Some(size) => size.trim().parse().ok().filter(|&size| size > 0).with_context(|| {
+            format!("REDIS_POOL_SIZE must be a positive number of connections, not `{size}`")
+        }),
+        None => Ok(4),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,8 +27,11 @@
 //! | `GET /me`           | one entry per `Authorization` header, tag `users`       |
 //! | `POST /auth/login`  | bypassed (`/auth/{*rest}`)                               |
 //! | `GET /health`       | no rule: never cached                                   |
+//! | `GET /metrics`      | outside the layer: Prometheus text format               |
+//! | `GET /cache`        | outside the layer: a live page of the cache's figures   |
+//! | `GET /cache/stats`  | outside the layer: `CacheHandle::stats()` as JSON       |
 //!
-//! Every response carries `X-Cache: HIT`, `MISS` or `BYPASS`. Try:
+//! Every response of the API carries `X-Cache: HIT`, `MISS` or `BYPASS`. Try:
 //!
 //! ```text
 //! curl -i localhost:3000/users                    # X-Cache: MISS, then HIT
@@ -40,22 +43,35 @@
 //!
 //! `/me` identifies the caller by `Authorization: Bearer <user id>` (a stand-in for real
 //! authentication). Errors are JSON: `{"error": "..."}`.
+//!
+//! Observability: `/metrics` renders the layer's metrics (see `tower_redis_cache::telemetry`)
+//! for Prometheus, with histogram buckets for the two duration metrics so that
+//! `histogram_quantile` works on them (`contrib/grafana/tower-redis-cache.json` is a dashboard
+//! for them). `/cache` is one page, with no build step and nothing fetched from elsewhere, that
+//! shows the hit ratio, the requests by outcome and the p50/p95 latency of hits and misses over
+//! the last minute, refreshed from `/cache/stats` every 2 s (`/cache?every=500` for every
+//! 500 ms). The three routes are mounted outside the cache layer, so scrapes and the page's
+//! polling never count in the figures they show.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
-use tower_redis_cache::{BuildError, CacheLayer, MemoryStore, RedisStore, Rule, Store};
+use tower_redis_cache::telemetry::LatencySummary;
+use tower_redis_cache::{
+    BuildError, CacheHandle, CacheLayer, MemoryStore, RedisStore, Rule, Stats, Store,
+};
 
 /// The embedded database: in memory, shared by every connection of this process.
 const SQLITE_URL: &str = "sqlite:file:users_api?mode=memory&cache=shared";
@@ -63,10 +79,25 @@ const SQLITE_URL: &str = "sqlite:file:users_api?mode=memory&cache=shared";
 const TTL: Duration = Duration::from_secs(60);
 /// How many times `POST /users` without an id retries when another insert took the same id.
 const INSERT_ATTEMPTS: u32 = 8;
+/// Upper bounds of the request duration buckets, in seconds: hits take tens of microseconds to
+/// a millisecond, misses as long as the database takes.
+const REQUEST_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Upper bounds of the store call buckets, in seconds: microseconds in process, a fraction of a
+/// millisecond to Redis on the same host, up to the store's timeouts.
+const STORE_BUCKETS: [f64; 13] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// How often the Prometheus recorder drains its histograms when nobody scrapes `/metrics`.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// The page of `GET /cache`, with `{{name}}` placeholders for the figures at page load.
+const CACHE_PAGE: &str = include_str!("dashboard/cache.html");
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    // Before the layer serves: it registers its metrics with the recorder installed at its
+    // first request, and with none, its metrics would go nowhere.
+    let prometheus = install_prometheus()?;
     let bind = env_var("BIND").unwrap_or_else(|| "127.0.0.1:3000".to_owned());
 
     // `_keeper` holds the in-memory SQLite database open for the life of the process.
@@ -84,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
             cache_layer(MemoryStore::default())?
         }
     };
-    let app = router(db).layer(cache);
+    let observed = Observed { prometheus, cache: cache.handle() };
+    // The observability routes outside the cache; everything else goes to the API through it,
+    // paths it does not know included. (`merge` would not do: it keeps the fallback of the
+    // router merged in, which the layer does not cover.)
+    let app = observability(observed).fallback_service(router(db).layer(cache));
 
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
@@ -203,6 +238,175 @@ async fn login(JsonBody(input): JsonBody<LoginRequest>) -> Json<serde_json::Valu
 
 async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observability: /metrics, /cache and /cache/stats
+
+/// What the observability routes read: the Prometheus recorder and the cache's counters.
+#[derive(Clone)]
+struct Observed {
+    prometheus: PrometheusHandle,
+    cache: CacheHandle,
+}
+
+/// `/metrics`, `/cache` and `/cache/stats`: mounted in front of the cache layer, not behind it.
+fn observability(observed: Observed) -> Router {
+    Router::new()
+        .route("/metrics", get(prometheus_metrics))
+        .route("/cache", get(cache_page))
+        .route("/cache/stats", get(cache_stats))
+        .with_state(observed)
+}
+
+/// Installs the Prometheus recorder the layer reports to. Histograms get buckets: without them
+/// the exporter renders summaries (`quantile` labels, per process), which `histogram_quantile`
+/// cannot aggregate across instances or over a time range.
+fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("tower_redis_cache_request_duration_seconds".to_owned()),
+            &REQUEST_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("tower_redis_cache_store_duration_seconds".to_owned()),
+            &STORE_BUCKETS,
+        )?
+        .install_recorder()
+        .context("cannot install the Prometheus recorder")?;
+    // `install_recorder` leaves upkeep to the caller; without it, histogram samples pile up
+    // between scrapes.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            interval.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// The Prometheus text exposition format, version 0.0.4 (what Prometheus scrapes by default).
+async fn prometheus_metrics(State(observed): State<Observed>) -> impl IntoResponse {
+    let content_type = [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")];
+    (content_type, observed.prometheus.render())
+}
+
+/// The counters and latencies of now, for the page's script (and `curl`).
+async fn cache_stats(State(observed): State<Observed>) -> Json<serde_json::Value> {
+    Json(stats_json(&observed.cache.stats(), SystemTime::now()))
+}
+
+/// The page with the figures of now in place, so that it says something without JavaScript.
+/// Every value is a number or formatted from one, so nothing needs HTML escaping.
+async fn cache_page(State(observed): State<Observed>) -> Html<String> {
+    let stats = observed.cache.stats();
+    let now = SystemTime::now();
+    let latency = |summary: &LatencySummary, quantile: Duration| {
+        if summary.count == 0 {
+            "–".to_owned()
+        } else {
+            format_millis(millis(quantile))
+        }
+    };
+    let (hit, miss) = (&stats.recent_hit_latency, &stats.recent_miss_latency);
+    let figures = [
+        ("server_time_ms", unix_millis(now).to_string()),
+        ("updated_at", utc_time_of_day(now)),
+        ("hit_ratio", format_ratio(stats.hit_ratio())),
+        ("hits", stats.hits.to_string()),
+        ("misses", stats.misses.to_string()),
+        ("stale", stats.stale.to_string()),
+        ("bypasses", stats.bypasses.to_string()),
+        ("stores", stats.stores.to_string()),
+        ("evictions", stats.evictions.to_string()),
+        ("store_errors", stats.store_errors.to_string()),
+        ("store_skipped", stats.store_skipped.to_string()),
+        ("breaker_opened", stats.breaker_opened.to_string()),
+        ("hit_p50", latency(hit, hit.p50)),
+        ("hit_p95", latency(hit, hit.p95)),
+        ("hit_count", hit.count.to_string()),
+        ("miss_p50", latency(miss, miss.p50)),
+        ("miss_p95", latency(miss, miss.p95)),
+        ("miss_count", miss.count.to_string()),
+    ];
+    let page = figures.iter().fold(CACHE_PAGE.to_owned(), |page, (name, value)| {
+        page.replace(&format!("{{{{{name}}}}}"), value)
+    });
+    Html(page)
+}
+
+/// [`Stats`] as JSON, latencies in milliseconds, with the server's time for the page's rates.
+fn stats_json(stats: &Stats, now: SystemTime) -> serde_json::Value {
+    let latency = |summary: &LatencySummary| {
+        json!({
+            "count": summary.count,
+            "p50": millis(summary.p50),
+            "p95": millis(summary.p95),
+            "p99": millis(summary.p99),
+            "max": millis(summary.max),
+        })
+    };
+    json!({
+        "server_time_ms": unix_millis(now),
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "stale": stats.stale,
+        "bypasses": stats.bypasses,
+        "stores": stats.stores,
+        "evictions": stats.evictions,
+        "store_errors": stats.store_errors,
+        "store_skipped": stats.store_skipped,
+        "breaker_opened": stats.breaker_opened,
+        "hit_ratio": stats.hit_ratio(),
+        "hit_latency_ms": latency(&stats.hit_latency),
+        "miss_latency_ms": latency(&stats.miss_latency),
+        "recent_hit_latency_ms": latency(&stats.recent_hit_latency),
+        "recent_miss_latency_ms": latency(&stats.recent_miss_latency),
+    })
+}
+
+/// Milliseconds, from whole microseconds (the precision of the latencies), so that the JSON
+/// says `0.329`, not `0.32899999999999996`.
+fn millis(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1000.0
+}
+
+/// Milliseconds since the Unix epoch, as JavaScript's `Date` takes them.
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `HH:MM:SS UTC`, as the page's script writes it.
+fn utc_time_of_day(at: SystemTime) -> String {
+    let seconds = unix_millis(at) / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
+// The page's script formats the same figures the same way (`percent`, `millis` in
+// dashboard/cache.html): rounding half up first keeps the two from differing on ties, where
+// Rust's formatting rounds to even and JavaScript's `toFixed` rounds up.
+
+/// `83.3 %`.
+fn format_ratio(ratio: f64) -> String {
+    format!("{} %", round(ratio * 100.0, 1))
+}
+
+/// `0.12 ms`, `12.3 ms`, `123 ms`: three significant digits or so.
+fn format_millis(ms: f64) -> String {
+    let digits = match ms {
+        ms if ms >= 100.0 => 0,
+        ms if ms >= 10.0 => 1,
+        _ => 2,
+    };
+    format!("{} ms", round(ms, digits))
+}
+
+/// `value` with `digits` decimals, ties rounded up (away from zero), as the page's `round`.
+fn round(value: f64, digits: i32) -> String {
+    let scale = 10f64.powi(digits);
+    format!("{:.*}", digits as usize, (value * scale).round() / scale)
 }
 
 // ---------------------------------------------------------------------------------------------

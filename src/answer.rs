@@ -8,7 +8,6 @@ use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
 use http::{Response, StatusCode};
 
 use crate::body::CacheBody;
-use crate::compression::for_client;
 use crate::conditional::not_modified_headers;
 use crate::entry::Entry;
 use crate::policy::Plan;
@@ -41,7 +40,14 @@ pub(crate) fn examine(
     found: Lookup,
     now: u64,
 ) -> Result<(Usable, Vec<TagVersion>), Miss> {
-    let fwd = if found.entry.is_some() { Forwarded::Miss } else { Forwarded::UriMiss };
+    // Headers learned from responses' `Vary` are in the key: the URI has entries, just not
+    // for this request's values of them.
+    let varies = plan.vary.len() > plan.rule.vary.len();
+    let fwd = match (found.entry.is_some(), varies) {
+        (true, _) => Forwarded::Miss,
+        (false, true) => Forwarded::VaryMiss,
+        (false, false) => Forwarded::UriMiss,
+    };
     let versions: Option<Vec<TagVersion>> = found.versions.into_iter().collect();
     let Some(versions) = versions else {
         return Err(Miss { versions: None, fwd });
@@ -49,9 +55,9 @@ pub(crate) fn examine(
     let max_len = shared.settings.max_body_bytes;
     let entry = found
         .entry
-        .and_then(Entry::decode)
-        .filter(|e| tags_match(e, &plan.tags, &versions))
-        .and_then(|e| for_client(e, plan.accepts_zstd, max_len));
+        .and_then(|raw| shared.decoded.decode(&plan.key, raw))
+        .filter(|decoded| tags_match(&decoded.entry, &plan.tags, &versions))
+        .and_then(|decoded| decoded.for_client(plan.accepts_zstd, max_len));
     let Some(entry) = entry else {
         return Err(Miss { versions: Some(versions), fwd });
     };
@@ -88,9 +94,10 @@ pub(crate) fn respond_from_entry<B>(
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         *response.headers_mut() = not_modified_headers(&entry.headers);
         response.headers_mut().insert(AGE, age);
-        return shared.mark(response, outcome, Some(&plan.key));
+        return shared.mark(response, outcome, plan, None);
     }
     let length = HeaderValue::from(entry.body.len());
+    let served = (!plan.head).then_some(entry.body.len());
     let body = if plan.head {
         CacheBody::cached(Bytes::new(), None)
     } else {
@@ -101,7 +108,7 @@ pub(crate) fn respond_from_entry<B>(
     *response.headers_mut() = entry.headers;
     response.headers_mut().insert(CONTENT_LENGTH, length);
     response.headers_mut().insert(AGE, age);
-    shared.mark(response, outcome, Some(&plan.key))
+    shared.mark(response, outcome, plan, served)
 }
 
 /// Serves a fresh entry, counted as a hit; `collapsed` says why the request had missed when

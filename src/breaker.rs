@@ -60,7 +60,7 @@ pub(crate) enum Health {
 }
 
 /// What a report changed, for logs and counters.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
     None,
     Opened,

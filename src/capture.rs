@@ -25,6 +25,8 @@ use crate::store::TagVersion;
 /// What will be stored once the body is complete: everything but the body and trailers.
 struct PendingEntry {
     shared: Arc<Shared>,
+    /// The rule's pattern, for the metrics.
+    route: Arc<str>,
     key: String,
     status: StatusCode,
     headers: HeaderMap,
@@ -71,7 +73,7 @@ impl Capture {
     /// The body is complete: write the entry in the background, so that the client's last
     /// frame is not held back by the store.
     pub(crate) fn finish(self) {
-        let PendingEntry { shared, key, status, mut headers, freshness, tags, flight } =
+        let PendingEntry { shared, route, key, status, mut headers, freshness, tags, flight } =
             self.pending;
         let body = self.buf.freeze();
         // A validator for conditional requests on hits, when the inner service gave none.
@@ -95,7 +97,8 @@ impl Capture {
             identity_len: None,
             body,
         };
-        store_entry(shared, key, entry, freshness.keep_for(), flight, Some(self.reservation));
+        let keep_for = freshness.keep_for();
+        store_entry(shared, route, key, entry, keep_for, flight, Some(self.reservation));
     }
 }
 
@@ -133,8 +136,10 @@ impl Drop for Reservation {
 /// Writes `entry` in the background, so that the client's response is not held back by the
 /// store, then ends the miss lock `flight` (the waiting requests now find the entry) and gives
 /// back the `reservation` its body was counted under.
+#[allow(clippy::too_many_arguments)] // one call from each of the two paths that store
 pub(crate) fn store_entry(
     shared: Arc<Shared>,
+    route: Arc<str>,
     key: String,
     entry: Entry,
     keep_for: Duration,
@@ -150,7 +155,11 @@ pub(crate) fn store_entry(
         if let Some(threshold) = shared.settings.compress_above {
             compress(&mut entry, threshold);
         }
-        shared.put(&key, entry.encode(), keep_for).await;
+        let value = entry.encode();
+        let bytes = value.len();
+        if shared.put(&key, value, keep_for).await {
+            shared.telemetry.stored(&route, bytes);
+        }
         drop((flight, reservation));
     });
 }
@@ -199,6 +208,7 @@ pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
     };
     let pending = PendingEntry {
         shared: Arc::clone(shared),
+        route: Arc::clone(&plan.rule.pattern),
         headers: stored_headers(&parts.headers, settings.status.x_cache.as_ref()),
         status: parts.status,
         freshness,

@@ -20,6 +20,7 @@ use crate::policy::Plan;
 
 use crate::state::Shared;
 use crate::status::Forwarded;
+use crate::store::Lookup;
 
 /// The flights in progress in this process, by entry key.
 #[derive(Default)]
@@ -137,23 +138,33 @@ pub(crate) async fn take_turn<B>(
             Turn::Call(None)
         }
         Role::Leader(mut leader) => {
+            // Take the store lease, and look once more when it is taken, in one round trip: a
+            // flight that ended between this request's lookup and its turn (or an instance
+            // that let go of its lease) may have stored the entry already.
             let lease = format!("{}:lease", plan.key);
-            match shared.acquire_lease(&lease, timeout).await {
-                Some(true) => leader.hold_lease(lease),
-                // Ours, on its way back to the store: keep it instead.
-                Some(false) if shared.flights.took_back(&lease) => leader.hold_lease(lease),
-                Some(false) => {
-                    match wait_for_other_instance(shared, plan, &lease, timeout, fwd).await {
-                        Waited::Hit(hit) => return Turn::Hit(hit),
-                        Waited::Lease => leader.hold_lease(lease),
-                        Waited::TimedOut => {}
-                    }
-                }
+            let Some((leased, found)) =
+                shared.acquire_lease_then_lookup(&lease, timeout, &plan.key, &plan.tag_keys).await
+            else {
                 // The store failed: go on without a lease.
-                None => {}
+                return Turn::Call(Some(leader));
+            };
+            // Ours, or ours on its way back to the store: keep it instead.
+            let ours = leased || shared.flights.took_back(&lease);
+            if ours {
+                leader.hold_lease(lease.clone());
             }
-            // A flight that ended between this request's lookup and its turn (or an instance
-            // that let go of its lease) may have stored the entry already: look once more.
+            // Dropping the guard gives the lease back.
+            if let Some(hit) = fresh_hit(shared, plan, found, fwd) {
+                return Turn::Hit(hit);
+            }
+            if ours {
+                return Turn::Call(Some(leader));
+            }
+            match wait_for_other_instance(shared, plan, &lease, timeout, fwd).await {
+                Waited::Hit(hit) => return Turn::Hit(hit),
+                Waited::Lease => leader.hold_lease(lease),
+                Waited::TimedOut => {}
+            }
             if let Some(hit) = lookup_hit(shared, plan, fwd).await {
                 return Turn::Hit(hit);
             }
@@ -170,6 +181,16 @@ async fn lookup_hit<B>(
     fwd: Forwarded,
 ) -> Option<Response<CacheBody<B>>> {
     let found = shared.lookup(&plan.key, &plan.tag_keys).await?;
+    fresh_hit(shared, plan, found, fwd)
+}
+
+/// The response for what a lookup found, if it is a fresh entry.
+fn fresh_hit<B>(
+    shared: &Shared,
+    plan: &Plan,
+    found: Lookup,
+    fwd: Forwarded,
+) -> Option<Response<CacheBody<B>>> {
     let now = shared.now_ms();
     match examine(shared, plan, found, now) {
         Ok((Usable::Fresh(entry), _)) => Some(serve_fresh(shared, plan, entry, now, Some(fwd))),

@@ -4,15 +4,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::body::CacheBody;
 use crate::state::Shared;
-use crate::status::Outcome;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a bypassed request's response reports when it is ready.
+struct BypassReport {
+    shared: Arc<Shared>,
+    route: Option<Arc<str>>,
+    started: Instant,
+}
 
 pin_project! {
     /// The response future of [`CacheService`](crate::CacheService).
@@ -29,14 +36,25 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Bypass { #[pin] future: F, shared: Option<Arc<Shared>> },
+        Bypass {
+            #[pin]
+            future: F,
+            // Taken when the response is ready.
+            report: Option<BypassReport>,
+        },
         Cache { future: BoxFuture<Result<Response<CacheBody<B>>, E>> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn bypass(future: F, shared: Arc<Shared>) -> Self {
-        Self { kind: Kind::Bypass { future, shared: Some(shared) } }
+    pub(crate) fn bypass(
+        future: F,
+        shared: Arc<Shared>,
+        route: Option<Arc<str>>,
+        started: Instant,
+    ) -> Self {
+        let report = Some(BypassReport { shared, route, started });
+        Self { kind: Kind::Bypass { future, report } }
     }
 
     pub(crate) fn boxed(
@@ -60,11 +78,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Bypass { future, shared } => {
-                let mut response = ready!(future.poll(cx))?;
-                if let Some(shared) = shared.take() {
-                    shared.settings.status.apply(response.headers_mut(), Outcome::Bypass, None);
-                }
+            KindProj::Bypass { future, report } => {
+                let response = ready!(future.poll(cx))?;
+                let response = match report.take() {
+                    Some(BypassReport { shared, route, started }) => {
+                        shared.mark_bypass(response, route.as_deref(), started)
+                    }
+                    None => response,
+                };
                 Poll::Ready(Ok(response.map(CacheBody::passthrough)))
             }
             KindProj::Cache { future } => future.as_mut().poll(cx),

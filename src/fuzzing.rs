@@ -581,15 +581,15 @@ fn check_templates(pattern: &str, templates: &[String], paths: &[&str]) {
         let found = router.at(path).ok();
         let read = match table.classify(&Method::GET, path) {
             Matched::Read { tags, .. } => Some(tags),
-            Matched::Unmatched => None,
+            Matched::Unmatched { .. } => None,
             _ => panic!("GET {path:?} is neither a read nor unmatched"),
         };
         let write = match table.classify(&Method::DELETE, path) {
-            Matched::Write { evicts, reads_cached } => {
+            Matched::Write { evicts, reads_cached, .. } => {
                 assert!(reads_cached, "the route has a read rule");
                 Some(evicts)
             }
-            Matched::Unmatched => None,
+            Matched::Unmatched { .. } => None,
             _ => panic!("DELETE {path:?} is neither a write nor unmatched"),
         };
         let Some(found) = found else {
@@ -753,6 +753,7 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
         head: case.head,
         refresh: false,
         accepts_zstd: accepts_zstd(&request.headers),
+        started: std::time::Instant::now(),
     };
 
     // Cache groups are read whether or not the response is stored (an unsafe request's

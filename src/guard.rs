@@ -12,7 +12,7 @@
 //! - **Method overrides**: a `GET` carrying `X-HTTP-Method-Override: DELETE` is a delete to
 //!   frameworks that honour it, so it invalidates like one.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 
 /// Request headers that are part of every cached route's key by default: a proxy in front
 /// sets them to a few values, so sharing is kept, and a client that sets its own gets entries
@@ -40,8 +40,11 @@ pub(crate) const BYPASSED: [&str; 5] = [
 ];
 
 /// The headers through which clients override a request's method.
-const METHOD_OVERRIDES: [&str; 3] =
-    ["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 
 /// Whether servers could disagree on which resource `path` names.
 pub(crate) fn ambiguous_path(path: &str) -> bool {
@@ -76,7 +79,7 @@ pub(crate) fn overridden_method(method: &Method, headers: &HeaderMap) -> Option<
     if !method.is_safe() {
         return None;
     }
-    METHOD_OVERRIDES.iter().filter_map(|name| headers.get(*name)).find_map(|value| {
+    METHOD_OVERRIDES.iter().filter_map(|name| headers.get(name)).find_map(|value| {
         // Frameworks that honour overrides upper-case them first.
         let method =
             Method::from_bytes(&value.as_bytes().trim_ascii().to_ascii_uppercase()).ok()?;

@@ -48,9 +48,17 @@ impl CacheHandle {
         self.shared.evict(&tags).await
     }
 
-    /// The counters so far.
+    /// The counters so far, with the latency percentiles of hits and misses, for code that
+    /// wants numbers without a metrics backend (see [`crate::telemetry`] for the metrics).
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot()
+        let (hits, misses) = self.shared.telemetry.latency();
+        Stats {
+            hit_latency: hits.total,
+            miss_latency: misses.total,
+            recent_hit_latency: hits.recent,
+            recent_miss_latency: misses.recent,
+            ..self.shared.counters.snapshot()
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! URIs its `Location` headers name) before its response goes back.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{HeaderValue, CONTENT_LOCATION, LOCATION};
 use http::{Request, Response};
@@ -11,10 +12,12 @@ use crate::body::CacheBody;
 use crate::groups;
 use crate::key::uri_tag;
 use crate::state::Shared;
-use crate::status::Outcome;
 
 /// What a write invalidates, as decided before the inner service runs.
 pub(crate) struct Invalidation {
+    /// The route's pattern, if one matched, and when the layer was called, for the metrics.
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) started: Instant,
     /// The mutation rule's tags, evicted when the write succeeds (2xx).
     pub(crate) evicts: Vec<String>,
     /// The target path's URI tag, when reads of it are cached.
@@ -57,7 +60,8 @@ where
     }
     // A failure is logged, counted and retried in the background; the write stands.
     let _ = shared.evict(&tags).await;
-    Ok(shared.mark(response.map(CacheBody::passthrough), Outcome::Bypass, None))
+    let response = response.map(CacheBody::passthrough);
+    Ok(shared.mark_bypass(response, invalidation.route.as_deref(), invalidation.started))
 }
 
 /// The path of a `Location`-style header value, if it names a path on `authority` (a

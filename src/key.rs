@@ -19,6 +19,7 @@
 //! [`MAX_PLAIN_TAG`] bytes.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use http::header::{self, HeaderMap};
 use http::request::Parts;
@@ -30,6 +31,17 @@ use crate::user::UserId;
 const KEY_VERSION: &str = "v1";
 /// Tags longer than this are digested in their key.
 pub(crate) const MAX_PLAIN_TAG: usize = 128;
+
+// BLAKE3 key-derivation hashers, one per context, made once: deriving a context's key costs as
+// much as hashing a short request, so each use clones the prepared hasher instead.
+static REQUEST_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key("tower-redis-cache 2026 request"));
+static ENTRY_KEY_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key("tower-redis-cache 2026 entry key"));
+static TAG_KEY_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key("tower-redis-cache 2026 tag key"));
+static URI_TAG_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key("tower-redis-cache 2026 uri tag"));
 
 /// A request's entry key, all but the request headers it varies on: a digest of the rest, from
 /// which the key for any set of varying headers follows without hashing the rest again.
@@ -45,43 +57,50 @@ impl KeyBase {
 
     /// The same, for the request with `query` in place of its own.
     pub(crate) fn with_query(request: &Parts, query: &str, user: Option<&UserId>) -> Self {
-        let mut hasher = blake3::Hasher::new_derive_key("tower-redis-cache 2026 request");
         let method = if request.method == Method::HEAD { &Method::GET } else { &request.method };
-        field(&mut hasher, method.as_str().as_bytes());
-        field(&mut hasher, authority(request).as_bytes());
-        field(&mut hasher, normalize_path(request.uri.path()).as_bytes());
-        field(&mut hasher, sorted_query(query).as_bytes());
+        let mut fields = Fields::default();
+        fields.push(method.as_str().as_bytes());
+        fields.push(authority_of(request).as_bytes());
+        fields.push(normalize_path(request.uri.path()).as_bytes());
+        fields.push(sorted_query(query).as_bytes());
         match user {
-            None => field(&mut hasher, b"shared"),
+            None => fields.push(b"shared"),
             Some(user) => {
-                field(&mut hasher, b"user");
-                field(&mut hasher, user.as_bytes());
+                fields.push(b"user");
+                fields.push(user.as_bytes());
             }
         }
-        Self { digest: *hasher.finalize().as_bytes() }
+        Self { digest: *REQUEST_HASHER.clone().update(&fields.0).finalize().as_bytes() }
     }
 
     /// The entry key when the response varies on the request headers `vary` (sorted), whose
     /// values are taken from `headers`, normalised as [`vary_value`] says.
     pub(crate) fn key(&self, prefix: &str, headers: &HeaderMap, vary: &[HeaderName]) -> String {
-        let mut hasher = blake3::Hasher::new_derive_key("tower-redis-cache 2026 entry key");
-        hasher.update(&self.digest);
+        let mut fields = Fields::default();
+        fields.0.extend_from_slice(&self.digest);
         for name in vary {
-            field(&mut hasher, name.as_str().as_bytes());
+            fields.push(name.as_str().as_bytes());
             let values = headers.get_all(name);
-            field(&mut hasher, &(values.iter().count() as u64).to_le_bytes());
+            fields.push(&(values.iter().count() as u64).to_le_bytes());
             for value in values {
-                field(&mut hasher, &vary_value(name, value.as_bytes()));
+                fields.push(&vary_value(name, value.as_bytes()));
             }
         }
-        format!("{prefix}:{KEY_VERSION}:e:{}", hasher.finalize().to_hex())
+        let digest = ENTRY_KEY_HASHER.clone().update(&fields.0).finalize();
+        format!("{prefix}:{KEY_VERSION}:e:{}", digest.to_hex())
     }
 }
 
-/// Length-prefixed, so that no two different inputs run together.
-fn field(hasher: &mut blake3::Hasher, bytes: &[u8]) {
-    hasher.update(&(bytes.len() as u64).to_le_bytes());
-    hasher.update(bytes);
+/// The inputs of a digest, each length-prefixed so that no two different inputs run together,
+/// gathered before hashing: at these sizes BLAKE3 costs more per call than per byte.
+#[derive(Default)]
+struct Fields(Vec<u8>);
+
+impl Fields {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+    }
 }
 
 /// A request header value as it counts in a key: trimmed; for the content negotiation
@@ -140,9 +159,8 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
     if tag.len() <= MAX_PLAIN_TAG {
         format!("{prefix}:{KEY_VERSION}:t:{tag}")
     } else {
-        let digest = blake3::derive_key("tower-redis-cache 2026 tag key", tag.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{prefix}:{KEY_VERSION}:t:#{hex}")
+        let digest = TAG_KEY_HASHER.clone().update(tag.as_bytes()).finalize();
+        format!("{prefix}:{KEY_VERSION}:t:#{}", digest.to_hex())
     }
 }
 
@@ -155,23 +173,33 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
 /// cover paths the handler tells apart, which costs a miss, never a stale read.
 pub(crate) fn uri_tag(path: &str) -> String {
     let path = normalize_path(path);
-    let digest = blake3::derive_key("tower-redis-cache 2026 uri tag", &decode_unreserved(&path));
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("#uri:{hex}")
+    let digest = URI_TAG_HASHER.clone().update(&decode_unreserved(&path)).finalize();
+    // Half the digest: a collision would only invalidate more than needed.
+    format!("#uri:{}", &digest.to_hex()[..32])
 }
 
 /// The authority the request was sent to: the URI's (HTTP/2, absolute-form) or `Host`.
 pub(crate) fn authority(request: &Parts) -> String {
+    authority_of(request).into_owned()
+}
+
+fn authority_of(request: &Parts) -> Cow<'_, str> {
+    fn lower(text: &str) -> Cow<'_, str> {
+        match text.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => Cow::Owned(text.to_ascii_lowercase()),
+            false => Cow::Borrowed(text),
+        }
+    }
     if let Some(authority) = request.uri.authority() {
-        return authority.as_str().to_ascii_lowercase();
+        return lower(authority.as_str());
     }
     match request.headers.get(http::header::HOST) {
-        None => String::new(),
+        None => Cow::Borrowed(""),
         Some(host) => match host.to_str() {
-            Ok(host) => host.to_ascii_lowercase(),
+            Ok(host) => lower(host),
             // Not a host name, but still not any other request's: keep its bytes apart, in a
             // form no readable `Host` has.
-            Err(_) => host.as_bytes().iter().map(|b| format!("%{b:02X}")).collect(),
+            Err(_) => Cow::Owned(host.as_bytes().iter().map(|b| format!("%{b:02X}")).collect()),
         },
     }
 }

@@ -46,6 +46,7 @@ impl CacheLayer {
             honor_request_no_cache: false,
             stale_if_error_timeout: None,
             compress_above: Some(1024),
+            decoded_cache_bytes: 16 * 1024 * 1024,
             surrogate_keys: false,
             key_headers: guard::KEYED.map(HeaderName::from_static).to_vec(),
             bypass_headers: guard::BYPASSED.map(HeaderName::from_static).to_vec(),
@@ -107,6 +108,7 @@ pub struct CacheLayerBuilder {
     honor_request_no_cache: bool,
     stale_if_error_timeout: Option<Duration>,
     compress_above: Option<usize>,
+    decoded_cache_bytes: u64,
     surrogate_keys: bool,
     key_headers: Vec<HeaderName>,
     bypass_headers: Vec<HeaderName>,
@@ -250,6 +252,19 @@ impl CacheLayerBuilder {
     /// Stores every body as the inner service sent it.
     pub fn without_compression(mut self) -> Self {
         self.compress_above = None;
+        self
+    }
+
+    /// How many bytes of decoded entries the layer keeps in memory (default 16 MiB; 0 keeps
+    /// none).
+    ///
+    /// A hit decodes the stored bytes and, for a client that does not accept `zstd`,
+    /// decompresses the body: more CPU than the rest of a hit from an in-process store. The
+    /// layer keeps the decoded form of hot entries next to the bytes it came from, and reuses
+    /// it whenever the store returns the very same bytes, so it never serves anything the store
+    /// does not hold. The budget counts the stored bytes and the decompressed body.
+    pub fn decoded_cache_bytes(mut self, bytes: u64) -> Self {
+        self.decoded_cache_bytes = bytes;
         self
     }
 
@@ -432,6 +447,7 @@ impl CacheLayerBuilder {
             honor_request_no_cache: self.honor_request_no_cache,
             stale_if_error_timeout: self.stale_if_error_timeout,
             compress_above: self.compress_above,
+            decoded_cache_bytes: self.decoded_cache_bytes,
             surrogate_keys: self.surrogate_keys,
             clock: self.clock,
             status: self.status,

@@ -107,6 +107,7 @@ mod capture;
 pub mod clock;
 mod compression;
 mod conditional;
+mod decoded;
 mod entry;
 mod error;
 mod flight;
@@ -129,6 +130,7 @@ mod state;
 mod stats;
 mod status;
 pub mod store;
+pub mod telemetry;
 #[cfg(test)]
 mod test_util;
 pub mod user;

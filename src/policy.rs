@@ -2,7 +2,7 @@
 //! responses may be stored.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use headers::{CacheControl, HeaderMapExt};
 
@@ -21,13 +21,67 @@ use crate::state::Shared;
 
 /// What the layer does with one request.
 pub(crate) enum Decision {
-    /// Stay out of the way.
-    Bypass,
+    /// Stay out of the way, for `reason`; `route` is the pattern that matched, if any.
+    Bypass { route: Option<Arc<str>>, reason: BypassReason },
     /// Call the inner service, then evict `evicts` if it succeeded (2xx), and invalidate the
     /// target URI's entries (`uri`, with `Location` and `Content-Location`) if it did not fail.
-    Mutation { evicts: Vec<String>, uri: Option<String>, authority: String },
+    Mutation {
+        route: Option<Arc<str>>,
+        evicts: Vec<String>,
+        uri: Option<String>,
+        authority: String,
+    },
     /// Look the request up, and on a miss call the inner service and store its response.
     Lookup(Plan),
+}
+
+/// Why the cache stayed out of a request's way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BypassReason {
+    /// No rule covers the method on the path.
+    NoRule,
+    /// A `bypass` pattern covers the path.
+    BypassRule,
+    /// An unsafe request: the cache only invalidates what it writes.
+    Mutation,
+    /// A credentialed request to a route whose entries are not per user.
+    Credentials,
+    /// A request to a per-user route whose user could not be identified.
+    UnidentifiedUser,
+    /// A path other servers could read differently (`crate::guard`).
+    AmbiguousPath,
+    /// A header that changes the response without being in the key (`crate::guard`).
+    BypassHeader,
+    /// An eviction of one of the entry's tags has not reached the store yet.
+    EvictionPending,
+}
+
+impl BypassReason {
+    /// Every reason, in the order of [`as_str`](Self::as_str)'s labels.
+    pub(crate) const ALL: [BypassReason; 8] = [
+        BypassReason::NoRule,
+        BypassReason::BypassRule,
+        BypassReason::Mutation,
+        BypassReason::Credentials,
+        BypassReason::UnidentifiedUser,
+        BypassReason::AmbiguousPath,
+        BypassReason::BypassHeader,
+        BypassReason::EvictionPending,
+    ];
+
+    /// The reason as a metrics label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BypassReason::NoRule => "no_rule",
+            BypassReason::BypassRule => "bypass_rule",
+            BypassReason::Mutation => "mutation",
+            BypassReason::Credentials => "credentials",
+            BypassReason::UnidentifiedUser => "unidentified_user",
+            BypassReason::AmbiguousPath => "ambiguous_path",
+            BypassReason::BypassHeader => "bypass_header",
+            BypassReason::EvictionPending => "eviction_pending",
+        }
+    }
 }
 
 /// Everything the request path needs to look up and store one cacheable request.
@@ -54,6 +108,8 @@ pub(crate) struct Plan {
     pub(crate) refresh: bool,
     /// The client accepts `zstd`: compressed entries are served as they are stored.
     pub(crate) accepts_zstd: bool,
+    /// When the layer was called with the request, for its latency.
+    pub(crate) started: Instant,
 }
 
 impl Plan {
@@ -68,7 +124,7 @@ impl Plan {
     }
 }
 
-pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
+pub(crate) fn decide(shared: &Shared, request: &request::Parts, started: Instant) -> Decision {
     let path = request.uri.path();
     let invalidate_unsafe = shared.settings.invalidate_unsafe;
     // A `GET` that asks for a `DELETE` through a method-override header invalidates like one.
@@ -77,29 +133,44 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
     let (rule, mut tags) = match shared.routes.classify(method, path) {
         // An unsafe request anywhere may still invalidate: by `Location` (RFC 9111 section
         // 4.4) or `Cache-Group-Invalidation` (RFC 9875) in its response.
-        Matched::Unmatched if invalidate_unsafe && !method.is_safe() => {
+        Matched::Unmatched { pattern } if invalidate_unsafe && !method.is_safe() => {
             return Decision::Mutation {
+                route: pattern,
                 evicts: Vec::new(),
                 uri: None,
                 authority: authority(request),
             };
         }
-        Matched::Bypass | Matched::Unmatched => return Decision::Bypass,
-        Matched::Write { evicts, reads_cached } => {
+        Matched::Unmatched { pattern } => {
+            let reason =
+                if method.is_safe() { BypassReason::NoRule } else { BypassReason::Mutation };
+            return Decision::Bypass { route: pattern, reason };
+        }
+        Matched::Bypass { pattern } => {
+            return Decision::Bypass { route: Some(pattern), reason: BypassReason::BypassRule };
+        }
+        Matched::Write { pattern, evicts, reads_cached } => {
             let uri = (invalidate_unsafe && reads_cached).then(|| uri_tag(path));
             if evicts.is_empty() && uri.is_none() && !invalidate_unsafe {
-                return Decision::Bypass;
+                return Decision::Bypass { route: Some(pattern), reason: BypassReason::Mutation };
             }
-            return Decision::Mutation { evicts, uri, authority: authority(request) };
+            return Decision::Mutation {
+                route: Some(pattern),
+                evicts,
+                uri,
+                authority: authority(request),
+            };
         }
         Matched::Read { rule, tags } => (rule, tags),
     };
+    let bypass = |reason| Decision::Bypass { route: Some(Arc::clone(&rule.pattern)), reason };
     // Paths other servers could read differently (cache deception), and headers that change
     // the answer without being in the key (cache poisoning): see `crate::guard`.
-    if guard::ambiguous_path(path)
-        || rule.bypass_headers.iter().any(|h| request.headers.contains_key(h))
-    {
-        return Decision::Bypass;
+    if guard::ambiguous_path(path) {
+        return bypass(BypassReason::AmbiguousPath);
+    }
+    if rule.bypass_headers.iter().any(|h| request.headers.contains_key(h)) {
+        return bypass(BypassReason::BypassHeader);
     }
     if invalidate_unsafe {
         tags.push(uri_tag(path));
@@ -108,10 +179,10 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         Scope::PerUser { identify, share_anonymous } => match identify.identify(request) {
             Some(user) => Some(user),
             None if *share_anonymous && !has_credentials(request) => None,
-            None => return Decision::Bypass,
+            None => return bypass(BypassReason::UnidentifiedUser),
         },
         // A credentialed request may get a response made for that user: RFC 9111 section 3.5.
-        Scope::Default if has_credentials(request) => return Decision::Bypass,
+        Scope::Default if has_credentials(request) => return bypass(BypassReason::Credentials),
         Scope::Default | Scope::Shared => None,
     };
 
@@ -135,7 +206,7 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         tags.extend(groups.iter().filter(|g| !tags.contains(g)).cloned().collect::<Vec<_>>());
     }
     if shared.eviction_pending(&tags) {
-        return Decision::Bypass;
+        return bypass(BypassReason::EvictionPending);
     }
     Decision::Lookup(Plan {
         key,
@@ -150,6 +221,7 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts) -> Decision {
         refresh: shared.settings.honor_request_no_cache && asks_for_origin(&request.headers),
         accepts_zstd: accepts_zstd(&request.headers),
         head: request.method == Method::HEAD,
+        started,
     })
 }
 

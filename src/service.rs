@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::answer::{examine, serve_fresh, serve_stale, Miss, Usable};
 use crate::body::CacheBody;
@@ -17,11 +19,12 @@ use crate::flight::{take_turn, Turn};
 use crate::future::ResponseFuture;
 use crate::groups;
 use crate::invalidate::{mutate, Invalidation};
-use crate::policy::{decide, Decision, Plan};
+use crate::policy::{decide, BypassReason, Decision, Plan};
 use crate::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
 use crate::state::Shared;
 use crate::stats::Counters;
 use crate::status::{Forwarded, Outcome};
+use crate::telemetry::UNMATCHED;
 use crate::vary;
 
 /// Caches the responses of the inner service `S` according to its layer's rules.
@@ -80,27 +83,40 @@ where
         // Keep the instance that was polled ready; the clone takes its place (tower#547).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let started = Instant::now();
         let shared = Arc::clone(&self.shared);
         let (parts, body) = request.into_parts();
-        match decide(&shared, &parts) {
-            Decision::Bypass => {
+        match decide(&shared, &parts, started) {
+            Decision::Bypass { route, reason } => {
                 Counters::add(&shared.counters.bypasses, 1);
-                ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), shared)
+                shared.telemetry.bypassed(route.as_deref(), reason);
+                let future = inner.call(Request::from_parts(parts, body));
+                ResponseFuture::bypass(future, shared, route, started)
             }
-            Decision::Mutation { evicts, uri, authority } => {
+            Decision::Mutation { route, evicts, uri, authority } => {
                 Counters::add(&shared.counters.bypasses, 1);
+                shared.telemetry.bypassed(route.as_deref(), BypassReason::Mutation);
+                let span = request_span(route.as_deref().unwrap_or(UNMATCHED), None);
                 let request = Request::from_parts(parts, body);
-                let invalidation = Invalidation { evicts, uri, authority };
-                ResponseFuture::boxed(mutate(shared, inner, request, invalidation))
+                let invalidation = Invalidation { route, started, evicts, uri, authority };
+                ResponseFuture::boxed(mutate(shared, inner, request, invalidation).instrument(span))
             }
-            Decision::Lookup(plan) => ResponseFuture::boxed(serve_cacheable(
-                shared,
-                inner,
-                Request::from_parts(parts, body),
-                plan,
-            )),
+            Decision::Lookup(plan) => {
+                let span = request_span(&plan.rule.pattern, Some(&plan.key));
+                let request = Request::from_parts(parts, body);
+                ResponseFuture::boxed(
+                    serve_cacheable(shared, inner, request, plan).instrument(span),
+                )
+            }
         }
     }
+}
+
+/// The span a cacheable request or a write runs in: its route pattern and the end of its entry
+/// key's digest, never anything of the request itself; `outcome` is recorded when known.
+fn request_span(route: &str, key: Option<&str>) -> tracing::Span {
+    let key = key.map(|key| &key[key.len().saturating_sub(16)..]);
+    tracing::debug_span!("cache", route, key, outcome = tracing::field::Empty)
 }
 
 /// A cacheable read: lookup → serve the hit, or call inner and capture its response.
@@ -214,5 +230,5 @@ where
         }
         None => (response.map(CacheBody::passthrough), None),
     };
-    Ok(shared.mark(response, Outcome::Miss { fwd, stored }, Some(&plan.key)))
+    Ok(shared.mark(response, Outcome::Miss { fwd, stored }, &plan, None))
 }

@@ -72,6 +72,7 @@ pub(crate) fn revalidated<B>(
     if let Ok(freshness) = freshness {
         store_entry(
             Arc::clone(shared),
+            Arc::clone(&plan.rule.pattern),
             plan.key.clone(),
             entry.clone(),
             freshness.keep_for(),
@@ -116,16 +117,20 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
     runtime.spawn(async move {
         let lease = format!("{}:lease", plan.key);
         let lease_time = shared.settings.miss_lock_timeout.unwrap_or(Duration::from_secs(5));
-        match shared.acquire_lease(&lease, lease_time).await {
-            Some(false) => return, // another instance refreshes it
-            Some(true) => flight.hold_lease(lease),
-            None => {}
-        }
-        // A refresh that ran between our lookup and our lease has done the work already.
-        if let Some(found) = shared.lookup(&plan.key, &plan.tag_keys).await {
-            if let Ok((Usable::Fresh(_), _)) = examine(&shared, &plan, found, shared.now_ms()) {
-                return;
+        // The lease, and a look at the entry once it is held, in one round trip.
+        let taken =
+            shared.acquire_lease_then_lookup(&lease, lease_time, &plan.key, &plan.tag_keys).await;
+        match taken {
+            Some((false, _)) => return, // another instance refreshes it
+            Some((true, found)) => {
+                flight.hold_lease(lease);
+                // A refresh that ran between our lookup and our lease has done the work already.
+                if let Ok((Usable::Fresh(_), _)) = examine(&shared, &plan, found, shared.now_ms()) {
+                    return;
+                }
             }
+            // The store failed: refresh without a lease.
+            None => {}
         }
         let request_headers = request.headers().clone();
         let Ok(response) = inner.call(request).await else { return };

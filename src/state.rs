@@ -7,18 +7,21 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
 use crate::breaker::{Breaker, BreakerSettings, Change, Health};
 use crate::clock::{unix_ms, Clock};
+use crate::decoded::DecodedEntries;
 use crate::flight::Flights;
 use crate::key::tag_key;
+use crate::policy::Plan;
 use crate::rules::RouteTable;
 use crate::stats::Counters;
 use crate::status::{Outcome, StatusHeaders};
 use crate::store::{Lookup, Store, StoreError, TagVersion};
+use crate::telemetry::{outcome_label, StoreCall, Telemetry};
 
 /// Layer-wide settings, fixed at build time.
 pub(crate) struct Settings {
@@ -45,6 +48,8 @@ pub(crate) struct Settings {
     /// Whether unsafe requests invalidate the entries of their target URI (RFC 9111 4.4).
     pub(crate) invalidate_unsafe: bool,
     pub(crate) status: StatusHeaders,
+    /// The most bytes of decoded entries kept for hits (see [`crate::decoded`]).
+    pub(crate) decoded_cache_bytes: u64,
 }
 
 pub(crate) struct Shared {
@@ -57,10 +62,38 @@ pub(crate) struct Shared {
     /// The bytes all copies of bodies in flight hold (see [`crate::capture`]).
     capture_bytes: AtomicUsize,
     /// Request headers learned from responses' `Vary`, by base key (see [`crate::vary`]).
-    pub(crate) learned_vary: moka::sync::Cache<String, Arc<Vec<http::HeaderName>>>,
+    pub(crate) learned_vary: Learned<Arc<Vec<http::HeaderName>>>,
     /// Cache groups learned from responses, by entry key (see [`crate::groups`]).
-    pub(crate) learned_groups: moka::sync::Cache<String, Arc<Vec<String>>>,
+    pub(crate) learned_groups: Learned<Arc<Vec<String>>>,
     failed_evictions: FailedEvictions,
+    /// Entries decoded before, for hits on the same stored bytes (see [`crate::decoded`]).
+    pub(crate) decoded: DecodedEntries,
+    pub(crate) telemetry: Telemetry,
+}
+
+/// What responses taught the layer, by key. Most applications never teach it anything, so
+/// until something is learned, reading skips hashing the key.
+pub(crate) struct Learned<V> {
+    cache: moka::sync::Cache<String, V>,
+    any: AtomicBool,
+}
+
+impl<V: Clone + Send + Sync + 'static> Learned<V> {
+    fn new(capacity: u64) -> Self {
+        Self { cache: moka::sync::Cache::new(capacity), any: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<V> {
+        match self.any.load(Ordering::Relaxed) {
+            true => self.cache.get(key),
+            false => None,
+        }
+    }
+
+    pub(crate) fn insert(&self, key: String, value: V) {
+        self.any.store(true, Ordering::Relaxed);
+        self.cache.insert(key, value);
+    }
 }
 
 /// Tags whose eviction failed (store down or slow) and is being retried. Until it succeeds,
@@ -97,16 +130,18 @@ impl Shared {
         breaker: Option<BreakerSettings>,
     ) -> Self {
         Self {
+            telemetry: Telemetry::new(routes.patterns()),
             breaker: Breaker::new(breaker),
             capture_bytes: AtomicUsize::new(0),
             store,
             routes,
-            settings,
             counters: Counters::default(),
             flights: Flights::default(),
-            learned_vary: moka::sync::Cache::new(LEARNED_VARY),
-            learned_groups: moka::sync::Cache::new(LEARNED_GROUPS),
+            learned_vary: Learned::new(LEARNED_VARY),
+            learned_groups: Learned::new(LEARNED_GROUPS),
             failed_evictions: FailedEvictions::default(),
+            decoded: DecodedEntries::new(settings.decoded_cache_bytes),
+            settings,
         }
     }
 
@@ -120,14 +155,32 @@ impl Shared {
         unix_ms(self.now())
     }
 
-    /// Adds the status headers (`X-Cache`, `Cache-Status`) for `outcome`.
+    /// Adds the status headers (`X-Cache`, `Cache-Status`) for `outcome` to the response to a
+    /// cacheable request, and reports it; `served_bytes` are the body bytes it serves from the
+    /// store.
     pub(crate) fn mark<B>(
         &self,
         mut response: http::Response<B>,
         outcome: Outcome,
-        key: Option<&str>,
+        plan: &Plan,
+        served_bytes: Option<usize>,
     ) -> http::Response<B> {
-        self.settings.status.apply(response.headers_mut(), outcome, key);
+        self.settings.status.apply(response.headers_mut(), outcome, Some(&plan.key));
+        self.telemetry.answered(Some(&plan.rule.pattern), &outcome, plan.started, served_bytes);
+        tracing::Span::current().record("outcome", outcome_label(&outcome));
+        response
+    }
+
+    /// The same for a request the cache stayed out of, on `route`, called at `started`.
+    pub(crate) fn mark_bypass<B>(
+        &self,
+        mut response: http::Response<B>,
+        route: Option<&str>,
+        started: Instant,
+    ) -> http::Response<B> {
+        self.settings.status.apply(response.headers_mut(), Outcome::Bypass, None);
+        self.telemetry.answered(route, &Outcome::Bypass, started, None);
+        tracing::Span::current().record("outcome", outcome_label(&Outcome::Bypass));
         response
     }
 
@@ -159,20 +212,28 @@ impl Shared {
     ) -> Option<T> {
         let Some(admission) = self.breaker.admit() else {
             Counters::add(&self.counters.store_skipped, 1);
+            self.telemetry.store_call(operation, StoreCall::Skipped, Duration::ZERO);
             return None;
         };
-        let (result, health) = match tokio::time::timeout(self.settings.store_timeout, call).await {
-            Ok(Ok(value)) => (Ok(value), Health::Answered),
+        let started = Instant::now();
+        let span = tracing::debug_span!("cache_store", operation);
+        let timed = tokio::time::timeout(self.settings.store_timeout, call);
+        let (result, health, call) = match tracing::Instrument::instrument(timed, span).await {
+            Ok(Ok(value)) => (Ok(value), Health::Answered, StoreCall::Answered),
             Ok(Err(error)) if error.is_unavailable() => {
-                (Err(error.to_string()), Health::Unavailable)
+                (Err(error.to_string()), Health::Unavailable, StoreCall::Failed)
             }
-            Ok(Err(error)) => (Err(error.to_string()), Health::Answered),
+            Ok(Err(error)) => (Err(error.to_string()), Health::Answered, StoreCall::Failed),
             Err(_) => (
                 Err(format!("timed out after {:?}", self.settings.store_timeout)),
                 Health::Unavailable,
+                StoreCall::TimedOut,
             ),
         };
-        match admission.finish(health) {
+        self.telemetry.store_call(operation, call, started.elapsed());
+        let change = admission.finish(health);
+        self.telemetry.breaker(change);
+        match change {
             Change::Opened => {
                 Counters::add(&self.counters.breaker_opened, 1);
                 tracing::error!(
@@ -186,7 +247,10 @@ impl Shared {
             Ok(value) => Some(value),
             Err(error) => {
                 Counters::add(&self.counters.store_errors, 1);
-                tracing::warn!(operation, %error, "cache store operation failed; carrying on without the cache");
+                // At most one a second: an outage must not flood the logs (metrics count all).
+                if let Some(suppressed) = self.telemetry.may_log_store_error() {
+                    tracing::warn!(operation, %error, suppressed, "cache store operation failed; carrying on without the cache");
+                }
                 None
             }
         }
@@ -202,15 +266,30 @@ impl Shared {
         (versions.len() == tag_keys.len()).then_some(versions)
     }
 
-    pub(crate) async fn put(&self, key: &str, value: Bytes, ttl: Duration) {
-        if self.run("put", self.store.put(key, value, ttl)).await.is_some() {
+    /// Stores `value` under `key`; `true` when the store took it.
+    pub(crate) async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> bool {
+        let stored = self.run("put", self.store.put(key, value, ttl)).await.is_some();
+        if stored {
             Counters::add(&self.counters.stores, 1);
         }
+        stored
     }
 
     /// Takes the store lease `key` (`None` when the store failed).
     pub(crate) async fn acquire_lease(&self, key: &str, ttl: Duration) -> Option<bool> {
         self.run("acquire_lease", self.store.acquire_lease(key, ttl)).await
+    }
+
+    /// Takes the store lease `lease`, then looks the entry up (`None` when the store failed).
+    pub(crate) async fn acquire_lease_then_lookup(
+        &self,
+        lease: &str,
+        ttl: Duration,
+        key: &str,
+        tag_keys: &[String],
+    ) -> Option<(bool, Lookup)> {
+        let call = self.store.acquire_lease_then_lookup(lease, ttl, key, tag_keys);
+        self.run("acquire_lease_then_lookup", call).await
     }
 
     pub(crate) async fn release_lease(&self, key: &str) {
@@ -225,6 +304,7 @@ impl Shared {
         }
         if self.run("evict_tags", self.store.evict_tags(&self.tag_keys(tags))).await.is_some() {
             Counters::add(&self.counters.evictions, tags.len() as u64);
+            self.telemetry.evicted(tags.len());
             return Ok(());
         }
         self.remember_failed_evictions(tags);
@@ -268,6 +348,7 @@ impl Shared {
                 .is_some()
             {
                 Counters::add(&self.counters.evictions, tags.len() as u64);
+                self.telemetry.evicted(tags.len());
                 let mut state =
                     self.failed_evictions.state.lock().unwrap_or_else(|e| e.into_inner());
                 for tag in &tags {

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::telemetry::LatencySummary;
+
 /// A snapshot of a layer's counters, from [`CacheHandle::stats`](crate::CacheHandle::stats).
 ///
 /// Every request that passes the layer counts once as a hit, a miss or a bypass.
@@ -27,6 +29,15 @@ pub struct Stats {
     pub store_skipped: u64,
     /// How many times the circuit breaker opened.
     pub breaker_opened: u64,
+    /// How long hits took, from the layer's call to the response head.
+    pub hit_latency: LatencySummary,
+    /// How long misses took, from the layer's call to the response head (the inner service's
+    /// time included).
+    pub miss_latency: LatencySummary,
+    /// [`hit_latency`](Self::hit_latency) over the last minute only.
+    pub recent_hit_latency: LatencySummary,
+    /// [`miss_latency`](Self::miss_latency) over the last minute only.
+    pub recent_miss_latency: LatencySummary,
 }
 
 impl Stats {
@@ -70,6 +81,10 @@ impl Counters {
             store_errors: self.store_errors.load(Relaxed),
             store_skipped: self.store_skipped.load(Relaxed),
             breaker_opened: self.breaker_opened.load(Relaxed),
+            hit_latency: LatencySummary::default(),
+            miss_latency: LatencySummary::default(),
+            recent_hit_latency: LatencySummary::default(),
+            recent_miss_latency: LatencySummary::default(),
         }
     }
 }

@@ -36,6 +36,9 @@ pub(crate) enum Outcome {
 pub(crate) enum Forwarded {
     /// Nothing was stored under the request's key.
     UriMiss,
+    /// Responses for the URI vary on request headers, and nothing was stored for this
+    /// request's values of them.
+    VaryMiss,
     /// Something was stored, but could not be used: expired, evicted, unreadable.
     Miss,
     /// The store could not be asked.
@@ -51,6 +54,7 @@ impl Forwarded {
     fn param(self) -> &'static str {
         match self {
             Forwarded::UriMiss => "; fwd=uri-miss",
+            Forwarded::VaryMiss => "; fwd=vary-miss",
             Forwarded::Miss => "; fwd=miss",
             Forwarded::Error => "; fwd=miss; detail=store-error",
             Forwarded::Request => "; fwd=request",

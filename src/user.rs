@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::LazyLock;
 
 use http::header::{HeaderName, AUTHORIZATION};
 use http::request::Parts;
@@ -25,7 +26,10 @@ pub struct UserId([u8; 32]);
 impl UserId {
     /// The identifier of whatever `bytes` stand for (a token, a session id, a user id).
     pub fn digest(bytes: impl AsRef<[u8]>) -> Self {
-        let mut hasher = blake3::Hasher::new_derive_key("tower-redis-cache 2026 user id");
+        // Made once: deriving the context's key costs as much as hashing a short value.
+        static HASHER: LazyLock<blake3::Hasher> =
+            LazyLock::new(|| blake3::Hasher::new_derive_key("tower-redis-cache 2026 user id"));
+        let mut hasher = HASHER.clone();
         hasher.update(bytes.as_ref());
         Self(*hasher.finalize().as_bytes())
     }

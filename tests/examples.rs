@@ -1,5 +1,5 @@
-//! End-to-end tests of the examples: the built `users_api` and `proxy` binaries run as child
-//! processes and are driven over HTTP.
+//! End-to-end tests of the examples: the built `users_api`, `proxy`, `slow_upstream` and `hyper`
+//! binaries run as child processes and are driven over HTTP.
 //!
 //! A plain `cargo test` builds the examples first; `cargo test --test examples` does not, so run
 //! `cargo build --examples` before it. A missing or out-of-date binary fails the test with a
@@ -8,6 +8,10 @@
 //! The Redis runs use a private `redis-server` on a free port (tests/support). The PostgreSQL run
 //! needs a server at `postgres://postgres@127.0.0.1:5432/test` (or `TEST_POSTGRES_URL`); without
 //! one it is skipped with a note, unless `CI` is set, where it fails.
+//!
+//! The `users_api` live page (`/cache`) is checked in Debian's headless Chromium (`chromium` on
+//! `PATH` or at `/usr/bin/chromium`); without it that test is skipped with a note, unless `CI`
+//! is set, where it fails (`.ci/run` installs it).
 
 mod support;
 
@@ -380,6 +384,265 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 // =============================================================================================
+// users_api: /metrics and the /cache page
+
+/// The counters the page shows, which nothing but the test's traffic may move.
+const PAGE_COUNTERS: [&str; 5] = ["hits", "misses", "stale", "bypasses", "stores"];
+/// How long headless Chromium may take to load the page and run its script.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_api_serves_prometheus_metrics_with_buckets_outside_the_cache() {
+    let app = Example::start("users_api", &[]).await;
+    let api = app.api();
+    api.get("/users", None).await;
+    api.wait_stored("/users", None).await;
+    assert_eq!(api.get("/users", None).await.cache, "HIT");
+
+    let before = cache_stats(&app).await;
+    let client = http_client();
+    let response = client.get(format!("http://{}/metrics", app.addr())).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    assert!(response.headers().get("x-cache").is_none(), "/metrics passed the cache layer");
+    let metrics = response.text().await.unwrap();
+    // The exporter counts what `Stats` counts. How many misses there were depends on the
+    // machine: a HEAD probe of `wait_stored` that runs before the store lands is a miss too.
+    let (hits, misses) = (&before["hits"], &before["misses"]);
+    for series in [
+        format!("{}{hits}\n", r#"tower_redis_cache_requests_total{route="/users",outcome="hit"} "#),
+        format!(
+            "{}{misses}\n",
+            r#"tower_redis_cache_requests_total{route="/users",outcome="miss"} "#
+        ),
+        // Buckets, not summaries: the Grafana dashboard's histogram_quantile needs them.
+        r#"tower_redis_cache_request_duration_seconds_bucket{route="/users",outcome="hit",le="#
+            .to_owned(),
+        r#"tower_redis_cache_store_duration_seconds_bucket{operation="lookup",le="#.to_owned(),
+    ] {
+        assert!(metrics.contains(&series), "/metrics has no `{series}`:\n{metrics}");
+    }
+    assert!(!metrics.contains("quantile=\""), "a histogram rendered as a summary:\n{metrics}");
+
+    // Scrapes and the page are outside the layer: they count nowhere.
+    for path in ["/metrics", "/cache", "/cache/stats", "/cache?every=100"] {
+        let response = client.get(format!("http://{}{path}", app.addr())).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(response.headers().get("x-cache").is_none(), "{path} passed the cache layer");
+    }
+    let after = cache_stats(&app).await;
+    for counter in PAGE_COUNTERS {
+        assert_eq!(after[counter], before[counter], "{counter} moved: {before} then {after}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_api_cache_page_shows_the_stats_in_headless_chromium() {
+    let Some(chromium) = chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "chromium is not installed (not on PATH, not /usr/bin/chromium), and CI is set: \
+                 .ci/run installs it (apt-get install chromium)"
+            );
+        }
+        eprintln!(
+            "\n!!!!!!!!\n!!! SKIPPED users_api_cache_page_shows_the_stats_in_headless_chromium: \
+             no `chromium` on PATH or at /usr/bin/chromium.\n!!! Install it (Debian: \
+             apt-get install chromium) to run it.\n!!!!!!!!\n"
+        );
+        return;
+    };
+    assert_page_built_in("users_api", "examples/dashboard/cache.html");
+    let app = Example::start("users_api", &[]).await;
+    let api = app.api();
+
+    // Three misses, then nine hits (the probes of wait_stored count too; the page says what
+    // /cache/stats says, whatever the numbers).
+    let paths = ["/users", "/users/1", "/users/2"];
+    for path in paths {
+        assert_eq!(api.get(path, None).await.cache, "MISS", "{path}");
+        api.wait_stored(path, None).await;
+    }
+    for _ in 0..3 {
+        for path in paths {
+            assert_eq!(api.get(path, None).await.cache, "HIT", "{path}");
+        }
+    }
+
+    // Without JavaScript, the server-rendered figures.
+    let stats = cache_stats(&app).await;
+    let page = http_client()
+        .get(format!("http://{}/cache", app.addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_page_shows(&page, &stats, "the page as served");
+    assert!(!page.contains("{{"), "a placeholder was left unfilled:\n{page}");
+
+    // With JavaScript: the script polls every 200 ms, in virtual time.
+    let dom = dump_dom(&chromium, &format!("http://{}/cache?every=200", app.addr())).await;
+    let after = cache_stats(&app).await;
+    for counter in PAGE_COUNTERS {
+        // The page's own requests (its polls, no favicon) stay outside the layer.
+        assert_eq!(after[counter], stats[counter], "{counter} moved: {stats} then {after}");
+    }
+    assert_page_shows(&dom, &after, "the page in Chromium");
+
+    // The script ran: it polled more than once, said so, and drew the chart.
+    let polls: u64 = body_attribute(&dom, "data-polls").parse().unwrap();
+    assert!(polls >= 2, "the script polled {polls} times in Chromium:\n{dom}");
+    let updated: u64 = body_attribute(&dom, "data-updated").parse().unwrap();
+    assert!(updated >= stats["server_time_ms"].as_u64().unwrap(), "data-updated {updated}");
+    assert_eq!(element_text(&dom, "status"), "live, every 200 ms");
+    for line in ["chart-hit-p50", "chart-hit-p95", "chart-miss-p50", "chart-miss-p95"] {
+        let path = element_attribute(&dom, line, "d");
+        assert!(path.starts_with('M') && path.contains('L'), "#{line} has no line: {path:?}");
+    }
+    for rate in ["hits-rate", "misses-rate", "stale-rate", "bypasses-rate"] {
+        assert_eq!(
+            element_text(&dom, rate),
+            "0.0/s",
+            "#{rate}: no traffic while the page was open"
+        );
+    }
+}
+
+/// `GET /cache/stats`.
+async fn cache_stats(app: &Example) -> Value {
+    let url = format!("http://{}/cache/stats", app.addr());
+    let response = http_client().get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+/// Checks the figures `html` shows against `stats`, formatted as the page formats them.
+fn assert_page_shows(html: &str, stats: &Value, what: &str) {
+    for counter in PAGE_COUNTERS {
+        assert_eq!(element_text(html, counter), stats[counter].to_string(), "#{counter} in {what}");
+    }
+    let ratio = stats["hit_ratio"].as_f64().unwrap();
+    assert_eq!(
+        element_text(html, "hit-ratio"),
+        format!("{:.1} %", (ratio * 1000.0).round() / 10.0)
+    );
+    for (outcome, summary) in [("hit", "recent_hit_latency_ms"), ("miss", "recent_miss_latency_ms")]
+    {
+        let summary = &stats[summary];
+        assert!(summary["count"].as_u64().unwrap() > 0, "no recent {outcome}s: {stats}");
+        assert_eq!(element_text(html, &format!("{outcome}-count")), summary["count"].to_string());
+        for quantile in ["p50", "p95"] {
+            let shown = element_text(html, &format!("{outcome}-{quantile}"));
+            let ms = summary[quantile].as_f64().unwrap();
+            assert_eq!(shown, format_millis(ms), "#{outcome}-{quantile} in {what} ({ms} ms)");
+        }
+    }
+}
+
+/// `0.12 ms`, `12.3 ms`, `123 ms`, rounded half up, as the page writes latencies.
+fn format_millis(ms: f64) -> String {
+    let digits = if ms >= 100.0 {
+        0
+    } else if ms >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let scale = 10f64.powi(digits);
+    format!("{:.*} ms", digits as usize, (ms * scale).round() / scale)
+}
+
+/// The text of the element with `id` (its first text, up to a child element).
+fn element_text(html: &str, id: &str) -> String {
+    let at = html.find(&format!(r#"id="{id}""#)).unwrap_or_else(|| panic!("no #{id} in:\n{html}"));
+    let text = &html[at..];
+    let text = &text[text.find('>').unwrap() + 1..];
+    text[..text.find('<').unwrap()].trim().to_owned()
+}
+
+/// The attribute `name` of the element with `id`.
+fn element_attribute(html: &str, id: &str, name: &str) -> String {
+    let at = html.find(&format!(r#"id="{id}""#)).unwrap_or_else(|| panic!("no #{id} in:\n{html}"));
+    let tag = &html[html[..at].rfind('<').unwrap()..];
+    attribute(&tag[..tag.find('>').unwrap()], name)
+        .unwrap_or_else(|| panic!("#{id} has no {name}: {tag}"))
+}
+
+/// The attribute `name` of `<body>`.
+fn body_attribute(html: &str, name: &str) -> String {
+    let tag = &html[html.find("<body").expect("a <body>")..];
+    attribute(&tag[..tag.find('>').unwrap()], name)
+        .unwrap_or_else(|| panic!("<body> has no {name}: {tag}"))
+}
+
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let value = &tag[tag.find(&format!(r#" {name}=""#))? + name.len() + 3..];
+    Some(value[..value.find('"')?].to_owned())
+}
+
+/// Debian's `chromium`, on `PATH` or at `/usr/bin/chromium`.
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("chromium"))
+        .chain([PathBuf::from("/usr/bin/chromium")])
+        .find(|candidate| candidate.is_file())
+}
+
+/// Loads `url` in headless Chromium and returns the DOM once the page's timers have had
+/// 4 s of virtual time (which passes as fast as the page lets it), with a profile of its own.
+async fn dump_dom(chromium: &Path, url: &str) -> String {
+    let profile = std::env::temp_dir().join(format!(
+        "trc-chromium-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let run = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            // Root in a container has no sandbox to use.
+            "--no-sandbox",
+            "--disable-gpu",
+            // A small /dev/shm (containers) would crash the renderer.
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-proxy-server",
+            "--virtual-time-budget=4000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(BROWSER_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| panic!("chromium did not dump {url} within {BROWSER_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", chromium.display()));
+    let _ = std::fs::remove_dir_all(&profile);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "chromium failed ({}):\n{stderr}", output.status);
+    let dom = String::from_utf8(output.stdout).expect("the DOM is UTF-8");
+    assert!(dom.contains("</html>"), "chromium dumped no page:\n{dom}\n{stderr}");
+    dom
+}
+
+/// Fails when the example `name` was built before `file`, which it embeds (`include_str!`) but
+/// `example_binary` does not look at.
+fn assert_page_built_in(name: &str, file: &str) {
+    let modified = |path: &Path| path.metadata().and_then(|m| m.modified()).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let binary = example_binary(name);
+    assert!(
+        modified(&binary) >= modified(&source),
+        "example binary {} is older than {file}: run `cargo build --examples` first",
+        binary.display()
+    );
+}
+
+// =============================================================================================
 // proxy
 
 #[tokio::test(flavor = "multi_thread")]
@@ -730,6 +993,56 @@ async fn slow_upstream_answers_after_its_delay_and_counts_requests() {
     assert_eq!(users.as_array().map(Vec::len), Some(3), "{users}");
     assert_eq!(users[0]["id"], 1);
     assert_eq!(count().await, before + 2, "/__count must count answers, not itself");
+}
+
+// =============================================================================================
+// hyper
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hyper_in_process_store_caches_time_until_a_reset_evicts_it() {
+    let app = Example::start("hyper", &[]).await;
+    hyper_time_flow(&app.api()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hyper_redis_store_caches_time_until_a_reset_evicts_it() {
+    let redis = RedisServer::start();
+    let app = Example::start("hyper", &[("REDIS_URL", redis.url())]).await;
+    hyper_time_flow(&app.api()).await;
+
+    let keys = redis.keys();
+    assert!(keys.contains("trc:v1:e:"), "no entry keys in Redis: {keys}");
+}
+
+/// `GET /time` is a miss, then a hit with the same body (the handler did not run again);
+/// `POST /time/reset` evicts its tag, so the next read is a miss that reaches the handler.
+async fn hyper_time_flow(api: &Api) {
+    let runs = |reply: &Reply| {
+        reply.json()["runs"].as_u64().unwrap_or_else(|| panic!("no `runs` in {}", reply.body))
+    };
+
+    let first = api.get("/time", None).await;
+    assert_eq!((first.status, first.cache.as_str()), (StatusCode::OK, "MISS"), "{}", first.body);
+    assert_eq!(first.headers["content-type"], "application/json");
+    assert_eq!(runs(&first), 1, "only this request reached the handler of /time");
+    api.wait_stored("/time", None).await;
+    let second = api.get("/time", None).await;
+    assert_eq!((second.status, second.cache.as_str()), (StatusCode::OK, "HIT"));
+    assert_eq!(second.body, first.body, "a hit must replay the stored answer");
+
+    let reset = api.send(Method::POST, "/time/reset", None, None, "").await;
+    assert_eq!(reset.status, StatusCode::OK, "{}", reset.body);
+    assert_eq!(reset.cache, "BYPASS");
+    assert_eq!(reset.json(), json!({ "reset": true }));
+
+    // The `HEAD` probes of `wait_stored` may have reached the handler too, so only "more runs".
+    let fresh = api.get("/time", None).await;
+    assert_eq!((fresh.status, fresh.cache.as_str()), (StatusCode::OK, "MISS"), "stale after reset");
+    assert!(runs(&fresh) > runs(&first), "the handler did not run: {}", fresh.body);
+    api.wait_stored("/time", None).await;
+    let again = api.get("/time", None).await;
+    assert_eq!(again.cache, "HIT");
+    assert_eq!(again.body, fresh.body);
 }
 
 // =============================================================================================

@@ -261,6 +261,35 @@ fn command_calls(server: &RedisServer, command: &str) -> u64 {
         .map_or(0, |calls| calls.parse().unwrap())
 }
 
+/// Every command Redis has served (`INFO commandstats`).
+fn all_command_calls(server: &RedisServer) -> u64 {
+    let stats = server.command(&["INFO", "commandstats"]).unwrap_or_default();
+    stats
+        .lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(":calls="))
+        .filter(|(command, _)| *command != "info")
+        .map(|(_, rest)| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A hit reads its entry and the versions of its tags with one command, so one round trip
+/// (guarantee 5 of the design), whatever the number of tags.
+#[tokio::test]
+async fn a_hit_costs_one_redis_command() {
+    let server = RedisServer::start();
+    let db = Shared::default();
+    db.rows.lock().unwrap().insert("1".into(), "v0".into());
+    let (router, _) = app(&server.url(), db).await;
+    get_path(&router, "/users/1").await;
+    settle().await;
+    let (before, mgets) = (all_command_calls(&server), command_calls(&server, "mget"));
+    for _ in 0..20 {
+        assert_eq!(get_path(&router, "/users/1").await.x_cache, "HIT");
+    }
+    assert_eq!(all_command_calls(&server) - before, 20, "one command per hit");
+    assert_eq!(command_calls(&server, "mget") - mgets, 20, "an MGET of the entry and its tags");
+}
+
 /// Two instances with an L1 each, in front of one Redis, with their own clients: hits come
 /// from the L1 at no Redis cost, and a write through either is out of the other's L1 before
 /// its response leaves (the other confirms the announcement), round after round.
@@ -276,12 +305,13 @@ async fn tiered_instances_drop_what_the_other_changes_from_their_l1() {
     settle().await;
     assert_eq!(get_path(&b, "/users/1").await.x_cache, "HIT", "from Redis, into b's L1");
 
-    let gets = command_calls(&server, "get");
+    let reads = command_calls(&server, "get") + command_calls(&server, "mget");
     for instance in [&a, &b].repeat(50) {
         let hit = get_path(instance, "/users/1").await;
         assert_eq!((hit.x_cache.as_str(), hit.body.as_str()), ("HIT", "v0"));
     }
-    assert_eq!(command_calls(&server, "get"), gets, "100 hits from the L1s, none from Redis");
+    let reads_after = command_calls(&server, "get") + command_calls(&server, "mget");
+    assert_eq!(reads_after, reads, "100 hits from the L1s, none from Redis");
 
     for round in 1..=40 {
         let (writer, reader) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };

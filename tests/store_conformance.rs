@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use support::cluster::RedisCluster;
 use support::redis::RedisServer;
+use tower_redis_cache::store::Lookup;
 use tower_redis_cache::{MemoryStore, RedisStore, Store, TieredStore};
 
 fn tags(names: &[&str]) -> Vec<String> {
@@ -119,8 +120,27 @@ async fn leases_go_to_one_holder_at_a_time(store: &dyn Store) {
     assert!(store.acquire_lease("test:v1:l:b", ttl).await.unwrap(), "expired");
 }
 
+/// The lease is taken before the read, and the read sees what the store holds then.
+async fn a_lease_and_a_lookup_go_together(store: &dyn Store) {
+    let ttl = Duration::from_millis(300);
+    let tags = ["test:v1:t:lease-users".to_owned()];
+    let versions = store.ensure_tag_versions(&tags).await.unwrap();
+    let (leased, found) =
+        store.acquire_lease_then_lookup("test:v1:l:c", ttl, "test:v1:e:c", &tags).await.unwrap();
+    assert!(leased);
+    assert_eq!(found, Lookup { entry: None, versions: vec![Some(versions[0])] });
+    store.put("test:v1:e:c", Bytes::from_static(b"entry"), ttl).await.unwrap();
+    let (leased, found) =
+        store.acquire_lease_then_lookup("test:v1:l:c", ttl, "test:v1:e:c", &tags).await.unwrap();
+    assert!(!leased, "held");
+    assert_eq!(found.entry.as_deref(), Some(&b"entry"[..]));
+    assert!(!store.acquire_lease("test:v1:l:c", ttl).await.unwrap(), "taken by the first call");
+    store.release_lease("test:v1:l:c").await.unwrap();
+}
+
 async fn conformance(store: Arc<dyn Store>) {
     leases_go_to_one_holder_at_a_time(&*store).await;
+    a_lease_and_a_lookup_go_together(&*store).await;
     missing_keys_and_tags_are_reported_as_missing(&*store).await;
     put_values_come_back_byte_for_byte(&*store).await;
     entries_expire_after_their_ttl(&*store).await;

@@ -76,6 +76,7 @@ struct MutationRule {
 }
 
 struct RouteRules {
+    pattern: Arc<str>,
     read: Option<Arc<ReadRule>>,
     mutations: Vec<MutationRule>,
 }
@@ -83,21 +84,22 @@ struct RouteRules {
 /// What the rules say about one request.
 pub(crate) enum Matched<'a> {
     /// A bypass pattern matched: the cache stays out of the way.
-    Bypass,
+    Bypass { pattern: Arc<str> },
     /// A read rule covers the request; `tags` are its rendered tags.
     Read { rule: &'a Arc<ReadRule>, tags: Vec<String> },
     /// An unsafe method on a path some rule covers: `evicts` are the mutation rule's rendered
     /// tags (none without one), and `reads_cached` says whether a read rule covers the path, so
     /// that its URI may have entries to invalidate.
-    Write { evicts: Vec<String>, reads_cached: bool },
-    /// No rule covers this method on this path.
-    Unmatched,
+    Write { pattern: Arc<str>, evicts: Vec<String>, reads_cached: bool },
+    /// No rule covers this method on this path; `pattern` is the route's, if it has one.
+    Unmatched { pattern: Option<Arc<str>> },
 }
 
 /// Every route's rules, indexed by `matchit` the way axum indexes its routes.
 pub(crate) struct RouteTable {
-    bypass: matchit::Router<()>,
+    bypass: matchit::Router<Arc<str>>,
     routes: matchit::Router<RouteRules>,
+    patterns: Vec<Arc<str>>,
 }
 
 impl RouteTable {
@@ -112,8 +114,12 @@ impl RouteTable {
             let index = match grouped.iter().position(|(p, _)| *p == pattern) {
                 Some(index) => index,
                 None => {
-                    grouped
-                        .push((pattern.clone(), RouteRules { read: None, mutations: Vec::new() }));
+                    let rules = RouteRules {
+                        pattern: pattern.as_str().into(),
+                        read: None,
+                        mutations: Vec::new(),
+                    };
+                    grouped.push((pattern.clone(), rules));
                     grouped.len() - 1
                 }
             };
@@ -139,52 +145,66 @@ impl RouteTable {
         }
 
         let mut bypass_router = matchit::Router::new();
+        let bypass_patterns: Vec<Arc<str>> = bypass.iter().map(|p| Arc::from(p.as_str())).collect();
         for pattern in bypass {
             check_pattern(&pattern)?;
             if grouped.iter().any(|(p, _)| *p == pattern) {
                 return Err(BuildError::route(&pattern, "is both bypassed and given cache rules"));
             }
             bypass_router
-                .insert(pattern.as_str(), ())
+                .insert(pattern.as_str(), Arc::from(pattern.as_str()))
                 .map_err(|e| BuildError::route(&pattern, format!("invalid bypass pattern: {e}")))?;
         }
 
+        let mut patterns: Vec<Arc<str>> =
+            grouped.iter().map(|(_, rules)| Arc::clone(&rules.pattern)).collect();
+        patterns.extend(bypass_patterns);
         let mut routes = matchit::Router::new();
         for (pattern, rules) in grouped {
             routes
                 .insert(pattern.as_str(), rules)
                 .map_err(|e| BuildError::route(&pattern, format!("invalid pattern: {e}")))?;
         }
-        Ok(Self { bypass: bypass_router, routes })
+        Ok(Self { bypass: bypass_router, routes, patterns })
     }
 
     /// Finds the rule for `method` on `path` (the raw, still percent-encoded path, which is
     /// what axum matches on too). Bypass patterns win over every other rule.
     pub(crate) fn classify(&self, method: &Method, path: &str) -> Matched<'_> {
-        if self.bypass.at(path).is_ok() {
-            return Matched::Bypass;
+        if let Ok(bypassed) = self.bypass.at(path) {
+            return Matched::Bypass { pattern: Arc::clone(bypassed.value) };
         }
         let Ok(found) = self.routes.at(path) else {
-            return Matched::Unmatched;
+            return Matched::Unmatched { pattern: None };
         };
         let route = found.value;
+        let unmatched = || Matched::Unmatched { pattern: Some(Arc::clone(&route.pattern)) };
         if *method == Method::GET || *method == Method::HEAD {
             return match &route.read {
                 Some(rule) => Matched::Read {
                     rule,
                     tags: rule.tags.iter().map(|t| t.render(&found.params)).collect(),
                 },
-                None => Matched::Unmatched,
+                None => unmatched(),
             };
         }
         if method.is_safe() {
-            return Matched::Unmatched;
+            return unmatched();
         }
         let evicts = match route.mutations.iter().find(|m| m.methods.contains(method)) {
             Some(rule) => rule.evicts.iter().map(|t| t.render(&found.params)).collect(),
             None => Vec::new(),
         };
-        Matched::Write { evicts, reads_cached: route.read.is_some() }
+        Matched::Write {
+            pattern: Arc::clone(&route.pattern),
+            evicts,
+            reads_cached: route.read.is_some(),
+        }
+    }
+
+    /// Every pattern of the table, routes and bypass patterns, for the metrics labels.
+    pub(crate) fn patterns(&self) -> Vec<Arc<str>> {
+        self.patterns.clone()
     }
 
     /// Whether a read rule (and no bypass pattern) covers `path`: whether it may have entries.
@@ -380,27 +400,39 @@ mod tests {
         }
         assert!(matches!(table.classify(&Method::HEAD, "/users/7"), Matched::Read { .. }));
         match table.classify(&Method::DELETE, "/users/7") {
-            Matched::Write { evicts, reads_cached } => {
+            Matched::Write { pattern, evicts, reads_cached } => {
+                assert_eq!(&*pattern, "/users/{id}");
                 assert_eq!(evicts, ["users", "user:7"]);
                 assert!(reads_cached);
             }
             _ => panic!("expected a mutation rule"),
         }
         match table.classify(&Method::PATCH, "/users/7") {
-            Matched::Write { evicts, reads_cached } => assert!(evicts.is_empty() && reads_cached),
+            Matched::Write { evicts, reads_cached, .. } => {
+                assert!(evicts.is_empty() && reads_cached)
+            }
             _ => panic!("an unsafe method on a cached path is a write"),
         }
-        assert!(matches!(table.classify(&Method::OPTIONS, "/users/7"), Matched::Unmatched));
+        assert!(matches!(
+            table.classify(&Method::OPTIONS, "/users/7"),
+            Matched::Unmatched { pattern: Some(p) } if &*p == "/users/{id}"
+        ));
         assert!(table.caches_reads("/users/7"));
         assert!(!table.caches_reads("/nothing"));
-        assert!(matches!(table.classify(&Method::GET, "/other"), Matched::Unmatched));
+        assert!(matches!(
+            table.classify(&Method::GET, "/other"),
+            Matched::Unmatched { pattern: None }
+        ));
     }
 
     #[test]
     fn bypass_wins_over_more_specific_routes() {
         // Registered separately, so `/auth/login` cannot be both: the bypass pattern still wins.
         let table = build(vec![("/auth/me", Rule::get())], vec!["/auth/{*rest}"]).unwrap();
-        assert!(matches!(table.classify(&Method::GET, "/auth/me"), Matched::Bypass));
+        assert!(matches!(
+            table.classify(&Method::GET, "/auth/me"),
+            Matched::Bypass { pattern } if &*pattern == "/auth/{*rest}"
+        ));
     }
 
     #[test]

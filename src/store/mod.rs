@@ -80,6 +80,24 @@ pub trait Store: Send + Sync + 'static {
         let _ = key;
         Ok(())
     }
+
+    /// Takes the lease `lease` like [`acquire_lease`](Self::acquire_lease), *then* reads `key`
+    /// and `tags` like [`lookup`](Self::lookup): whether this caller got the lease, and what
+    /// the store holds once it has. A missing request that becomes a leader looks again after
+    /// taking the lease, for an entry another instance stored meanwhile.
+    ///
+    /// The default makes the two calls in turn; a store on a server should make them in one
+    /// round trip, the lease first.
+    async fn acquire_lease_then_lookup(
+        &self,
+        lease: &str,
+        ttl: Duration,
+        key: &str,
+        tags: &[String],
+    ) -> Result<(bool, Lookup), StoreError> {
+        let leased = self.acquire_lease(lease, ttl).await?;
+        Ok((leased, self.lookup(key, tags).await?))
+    }
 }
 
 /// A shared store is a store: lets an application pick its store at run time
@@ -108,6 +126,16 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         (**self).release_lease(key).await
+    }
+
+    async fn acquire_lease_then_lookup(
+        &self,
+        lease: &str,
+        ttl: Duration,
+        key: &str,
+        tags: &[String],
+    ) -> Result<(bool, Lookup), StoreError> {
+        (**self).acquire_lease_then_lookup(lease, ttl, key, tags).await
     }
 }
 

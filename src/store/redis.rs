@@ -10,6 +10,8 @@ use fred::prelude::{
     ReconnectPolicy, SetOptions, TcpConfig, Value,
 };
 
+use fred::util::redis_keyslot;
+
 use super::{fresh_version, Lookup, Store, StoreError, TagVersion};
 
 /// How long a tag version lives in Redis after it was last set. Losing a version is safe
@@ -19,8 +21,9 @@ const DEFAULT_TAG_VERSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// A store on a Redis server (or a Redis Cluster, Sentinel or TLS deployment, by URL), through a
 /// pool of `fred` clients that reconnect by themselves.
 ///
-/// Every operation is a single round trip: a lookup pipelines the entry's `GET` with one `GET` per
-/// tag version, and no command names more than one key, so nothing spans hash slots on a cluster.
+/// Every operation is a single round trip: a lookup reads the entry and its tag versions with
+/// one `MGET` (pipelined `GET`s where a cluster puts them in different slots), and no other
+/// command names more than one key, so nothing spans hash slots on a cluster.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), tower_redis_cache::StoreError> {
@@ -60,6 +63,25 @@ pub struct RedisStoreBuilder {
     tag_version_ttl: Duration,
 }
 
+/// One round trip of reads (see [`RedisStore::read`]).
+pub(super) struct Read<'a> {
+    pub(super) key: &'a str,
+    pub(super) tags: &'a [String],
+    /// Also read how long the entry has left.
+    pub(super) read_ttl: bool,
+    /// Take this lease for this long before reading.
+    pub(super) lease: Option<(&'a str, Duration)>,
+}
+
+/// What [`RedisStore::read`] found.
+pub(super) struct ReadReply {
+    pub(super) lookup: Lookup,
+    /// How long the entry has left, when asked for and it has an expiry.
+    pub(super) ttl: Option<Duration>,
+    /// Whether the lease asked for was taken.
+    pub(super) leased: bool,
+}
+
 impl RedisStore {
     /// Starts configuring a store for a Redis URL: `redis://`, `rediss://` (TLS),
     /// `redis-cluster://`, `redis-sentinel://` or `redis+unix://`, as `fred` reads them.
@@ -91,37 +113,68 @@ impl RedisStore {
         &self.pool
     }
 
-    /// A lookup, in one round trip; with `read_ttl`, also how long the entry has left.
-    pub(super) async fn lookup_reading_ttl(
-        &self,
-        key: &str,
-        tags: &[String],
-        read_ttl: bool,
-    ) -> Result<(Lookup, Option<Duration>), StoreError> {
-        let pipeline = self.pool.next().pipeline();
-        let queue = redis_error("cannot queue a Redis command");
-        let _: () = pipeline.get(key).await.map_err(queue)?;
+    /// A lookup, in one round trip: first `lease` taken (`SET NX PX`) when there is one,
+    /// then the entry and its tag versions, then, with `read_ttl`, how long the entry has left.
+    ///
+    /// The entry and its tag versions are read with one `MGET` where they share a hash slot
+    /// (always, off a cluster): one command for Redis to parse and answer and one reply to read,
+    /// which is half the cost of a hit. On a cluster, keys in different slots are read with one
+    /// `GET` each, pipelined.
+    pub(super) async fn read(&self, read: Read<'_>) -> Result<ReadReply, StoreError> {
+        let Read { key, tags, read_ttl, lease } = read;
+        let client = self.pool.next();
+        let mut keys = Vec::with_capacity(tags.len() + 1);
+        keys.push(key);
+        keys.extend(tags.iter().map(String::as_str));
+        let one_command = !client.is_clustered() || one_slot(&keys);
+        let pipeline = client.pipeline();
+        if let Some((lease, ttl)) = lease {
+            let _: () = pipeline
+                .set(lease, "1", Some(px(ttl)), Some(SetOptions::NX), false)
+                .await
+                .map_err(redis_error("cannot queue SET NX"))?;
+        }
+        if one_command {
+            let _: () = pipeline.mget(keys).await.map_err(redis_error("cannot queue MGET"))?;
+        } else {
+            for key in keys {
+                let _: () = pipeline.get(key).await.map_err(redis_error("cannot queue GET"))?;
+            }
+        }
         if read_ttl {
             let _: () = pipeline.pttl(key).await.map_err(redis_error("cannot queue PTTL"))?;
         }
-        for tag in tags {
-            let _: () =
-                pipeline.get(tag.as_str()).await.map_err(redis_error("cannot queue GET"))?;
-        }
         let mut values: Vec<Value> =
             pipeline.all().await.map_err(redis_error("Redis lookup failed"))?;
-        let first_tag = if read_ttl { 2 } else { 1 };
-        if values.len() != tags.len() + first_tag {
-            return Err(StoreError::msg("Redis lookup returned an unexpected number of replies"));
-        }
-        let versions = values.split_off(first_tag).into_iter().map(parse_version).collect();
         // PTTL is negative for a key without expiry (-1) or without a value (-2).
         let ttl = match read_ttl {
             true => values.pop().and_then(|v| v.as_i64()).and_then(|ms| u64::try_from(ms).ok()),
             false => None,
         };
+        // `SET NX` answers `OK` when it set the key, nil when the key was there.
+        let unexpected =
+            || StoreError::msg("Redis lookup returned an unexpected number of replies");
+        let leased = match lease {
+            Some(_) if values.is_empty() => return Err(unexpected()),
+            Some(_) => !values.remove(0).is_null(),
+            None => false,
+        };
+        if one_command {
+            values = match (values.pop(), values.is_empty()) {
+                (Some(Value::Array(replies)), true) => replies,
+                _ => return Err(StoreError::msg("Redis MGET returned an unexpected reply")),
+            };
+        }
+        if values.len() != tags.len() + 1 {
+            return Err(unexpected());
+        }
+        let versions = values.split_off(1).into_iter().map(parse_version).collect();
         let entry = values.pop().and_then(Value::into_bytes);
-        Ok((Lookup { entry, versions }, ttl.map(Duration::from_millis)))
+        Ok(ReadReply {
+            lookup: Lookup { entry, versions },
+            ttl: ttl.map(Duration::from_millis),
+            leased,
+        })
     }
 
     /// Queues on `pipeline` a fresh version for each of `tags`.
@@ -242,6 +295,13 @@ pub(super) fn px(ttl: Duration) -> Expiration {
     Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
 }
 
+/// Whether all `keys` hash to one cluster slot, so that one command may name them all.
+fn one_slot(keys: &[&str]) -> bool {
+    let mut slots = keys.iter().map(|key| redis_keyslot(key.as_bytes()));
+    let first = slots.next();
+    slots.all(|slot| Some(slot) == first)
+}
+
 /// Reads a tag version written by this store; anything else (foreign or corrupt) is `None`.
 fn parse_version(value: Value) -> Option<TagVersion> {
     let bytes = value.into_bytes()?;
@@ -251,7 +311,8 @@ fn parse_version(value: Value) -> Option<TagVersion> {
 #[async_trait]
 impl Store for RedisStore {
     async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
-        Ok(self.lookup_reading_ttl(key, tags, false).await?.0)
+        let read = Read { key, tags, read_ttl: false, lease: None };
+        Ok(self.read(read).await?.lookup)
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
@@ -319,6 +380,18 @@ impl Store for RedisStore {
 
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         self.pool.del::<(), _>(key).await.map_err(redis_error("Redis lease DEL failed"))
+    }
+
+    async fn acquire_lease_then_lookup(
+        &self,
+        lease: &str,
+        ttl: Duration,
+        key: &str,
+        tags: &[String],
+    ) -> Result<(bool, Lookup), StoreError> {
+        let read = Read { key, tags, read_ttl: false, lease: Some((lease, ttl)) };
+        let reply = self.read(read).await?;
+        Ok((reply.leased, reply.lookup))
     }
 
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {

@@ -19,7 +19,7 @@ use moka::Expiry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
-use super::redis::{px, redis_error};
+use super::redis::{px, redis_error, Read, ReadReply};
 use super::{Lookup, RedisStore, Store, StoreError, TagVersion};
 
 /// Default bound on the bytes of entries the L1 holds: 64 MiB.
@@ -116,6 +116,22 @@ impl TieredStore {
     /// Whether the L1 is in use: the process is subscribed to the other instances' changes.
     pub fn l1_in_use(&self) -> bool {
         self.l1.synced.load(Ordering::SeqCst)
+    }
+
+    /// Reads from Redis (after taking `lease`, if any) and fills the L1 with what it found.
+    async fn read_through(
+        &self,
+        key: &str,
+        tags: &[String],
+        lease: Option<(&str, Duration)>,
+    ) -> Result<ReadReply, StoreError> {
+        let snapshot =
+            self.l1.snapshot(std::iter::once(key).chain(tags.iter().map(String::as_str)));
+        let reply = self.l2.read(Read { key, tags, read_ttl: true, lease }).await?;
+        let found = &reply.lookup;
+        let entry = found.entry.as_ref().zip(reply.ttl).map(|(bytes, ttl)| (key, bytes, ttl));
+        self.l1.fill(&snapshot, entry, tags, &found.versions);
+        Ok(reply)
     }
 }
 
@@ -528,12 +544,7 @@ impl Store for TieredStore {
         if let Some(found) = self.l1.get(key, tags) {
             return Ok(found);
         }
-        let snapshot =
-            self.l1.snapshot(std::iter::once(key).chain(tags.iter().map(String::as_str)));
-        let (found, ttl) = self.l2.lookup_reading_ttl(key, tags, true).await?;
-        let entry = found.entry.as_ref().zip(ttl).map(|(bytes, ttl)| (key, bytes, ttl));
-        self.l1.fill(&snapshot, entry, tags, &found.versions);
-        Ok(found)
+        Ok(self.read_through(key, tags, None).await?.lookup)
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
@@ -610,5 +621,16 @@ impl Store for TieredStore {
 
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         self.l2.release_lease(key).await
+    }
+
+    async fn acquire_lease_then_lookup(
+        &self,
+        lease: &str,
+        ttl: Duration,
+        key: &str,
+        tags: &[String],
+    ) -> Result<(bool, Lookup), StoreError> {
+        let reply = self.read_through(key, tags, Some((lease, ttl))).await?;
+        Ok((reply.leased, reply.lookup))
     }
 }

@@ -1675,6 +1675,9 @@ async fn responses_varying_on_unnamed_headers_are_keyed_by_them() {
         ("MISS", &b"bonjour"[..]),
         "another language, another entry"
     );
+    // RFC 9211: the URI has a response, but not for this request's `Accept-Language`.
+    let status = fr.headers["cache-status"].to_str().unwrap();
+    assert!(status.starts_with("tower-redis-cache; fwd=vary-miss"), "{status}");
     let en = h.send(get_as("/users", "accept-language", "EN"), varying("unused")).await;
     assert_eq!((en.x_cache(), &en.body[..]), ("HIT", &b"hello"[..]), "case-folded");
     let fr = h.send(get_as("/users", "accept-language", "fr"), varying("unused")).await;

@@ -1,0 +1,151 @@
+//! Entries decoded once: a hit on bytes this process has decoded before skips decoding them,
+//! and decompressing them, again.
+//!
+//! Decoding an entry (its metadata, its headers) and decompressing its body for a client that
+//! does not accept zstd cost more than the rest of a hit from an in-process store put together.
+//! Hot entries are read over and over, so the decoded form is kept, by store key, next to the
+//! bytes it came from. It is used only when the store returns the very same bytes again, so it
+//! can never answer with anything but what the store holds now: it is a memo of a pure
+//! function, not a second cache with its own freshness.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+use crate::compression::for_client;
+use crate::entry::Entry;
+
+/// What every decoded entry costs besides its bodies, for the byte budget.
+const OVERHEAD: u32 = 512;
+
+/// Decoded entries by store key, bounded by bytes. With a budget of zero, nothing is kept.
+pub(crate) struct DecodedEntries {
+    cache: Option<moka::sync::Cache<String, Arc<Decoded>>>,
+}
+
+/// One entry, decoded from `raw`.
+pub(crate) struct Decoded {
+    raw: Bytes,
+    /// The entry as stored: its body compressed when it was stored so.
+    pub(crate) entry: Entry,
+    /// The entry as each kind of client gets it, made on first use: for clients that do not
+    /// accept zstd, then for those that do. `None` when the body does not decompress.
+    for_clients: [OnceLock<Option<Entry>>; 2],
+}
+
+impl DecodedEntries {
+    /// Keeps up to `max_bytes` of decoded entries (stored bytes plus decompressed bodies).
+    pub(crate) fn new(max_bytes: u64) -> Self {
+        let cache = (max_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|key: &String, decoded: &Arc<Decoded>| decoded.weight(key))
+                .build()
+        });
+        Self { cache }
+    }
+
+    /// The entry stored as `raw` under `key`: the one decoded before when the store returned
+    /// these same bytes then, or decoded now. `None` for bytes that are no entry.
+    pub(crate) fn decode(&self, key: &str, raw: Bytes) -> Option<Arc<Decoded>> {
+        let Some(cache) = &self.cache else { return Decoded::new(raw).map(Arc::new) };
+        if let Some(known) = cache.get(key) {
+            if known.raw == raw {
+                return Some(known);
+            }
+        }
+        let decoded = Arc::new(Decoded::new(raw)?);
+        cache.insert(key.to_owned(), Arc::clone(&decoded));
+        Some(decoded)
+    }
+}
+
+impl Decoded {
+    fn new(raw: Bytes) -> Option<Self> {
+        let entry = Entry::decode(raw.clone())?;
+        Some(Self { raw, entry, for_clients: Default::default() })
+    }
+
+    /// The entry as a client gets it (see [`for_client`]), made at most once for each kind of
+    /// client: decompressed once, and its headers for zstd clients rewritten once.
+    pub(crate) fn for_client(&self, accepts_zstd: bool, max_len: usize) -> Option<Entry> {
+        self.for_clients[usize::from(accepts_zstd)]
+            .get_or_init(|| for_client(self.entry.clone(), accepts_zstd, max_len))
+            .clone()
+    }
+
+    /// The bytes it holds, counting the decompressed body it may come to hold.
+    fn weight(&self, key: &str) -> u32 {
+        let bytes = self.raw.len() as u64
+            + self.entry.identity_len.unwrap_or(0)
+            + key.len() as u64
+            + u64::from(OVERHEAD);
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+    use crate::compression::compress;
+
+    fn entry(body: &'static [u8]) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            trailers: None,
+            stored_at_ms: 1_700_000_000_000,
+            ttl: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            revalidate_for: Duration::ZERO,
+            tags: vec![("users".into(), 7)],
+            identity_len: None,
+            body: Bytes::from_static(body),
+        }
+    }
+
+    #[test]
+    fn the_same_bytes_are_decoded_once_and_other_bytes_again() {
+        let entries = DecodedEntries::new(1 << 20);
+        let one = entry(b"one").encode();
+        let first = entries.decode("k", one.clone()).unwrap();
+        // Equal bytes in another buffer, as a Redis reply brings them.
+        let again = entries.decode("k", Bytes::copy_from_slice(&one)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let two = entries.decode("k", entry(b"two").encode()).unwrap();
+        assert_eq!(two.entry.body, "two");
+        assert!(!Arc::ptr_eq(&first, &two));
+        assert!(entries.decode("k", Bytes::from_static(b"not an entry")).is_none());
+    }
+
+    #[test]
+    fn a_compressed_body_is_decompressed_once_for_clients_without_zstd() {
+        let body = b"[{\"id\":1,\"name\":\"User Number 1\"}]".repeat(64).leak();
+        let mut stored = entry(body);
+        compress(&mut stored, 1024);
+        assert!(stored.identity_len.is_some());
+        let entries = DecodedEntries::new(1 << 20);
+        let decoded = entries.decode("k", stored.encode()).unwrap();
+        let plain = decoded.for_client(false, 1 << 20).unwrap();
+        assert_eq!(plain.body, &body[..]);
+        let again = decoded.for_client(false, 1 << 20).unwrap();
+        assert_eq!(plain.body.as_ptr(), again.body.as_ptr(), "decompressed once");
+        let zstd = decoded.for_client(true, 1 << 20).unwrap();
+        assert_eq!(zstd.body, stored.body);
+    }
+
+    #[test]
+    fn a_zero_budget_keeps_nothing() {
+        let entries = DecodedEntries::new(0);
+        let raw = entry(b"one").encode();
+        let first = entries.decode("k", raw.clone()).unwrap();
+        let again = entries.decode("k", raw).unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(again.entry.body, "one");
+    }
+}
