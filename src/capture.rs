@@ -12,6 +12,7 @@ use http_body::{Body, Frame};
 use crate::body::CacheBody;
 use crate::compression::compress;
 use crate::groups;
+use crate::grpc;
 use crate::policy::{storable, stored_headers, Plan};
 use crate::vary;
 
@@ -34,6 +35,8 @@ struct PendingEntry {
     /// The miss lock this request leads, released once the entry is in the store.
     flight: Option<FlightGuard>,
     tags: Vec<(String, TagVersion)>,
+    /// A gRPC call's response, stored only if it turns out to be one successful message.
+    grpc: bool,
 }
 
 /// A bounded copy of a body in flight. Dropping it (client gone, body error, over a limit)
@@ -73,14 +76,21 @@ impl Capture {
     /// The body is complete: write the entry in the background, so that the client's last
     /// frame is not held back by the store.
     pub(crate) fn finish(self) {
-        let PendingEntry { shared, route, key, status, mut headers, freshness, tags, flight } =
+        let PendingEntry { shared, route, key, status, mut headers, freshness, tags, flight, grpc } =
             self.pending;
         let body = self.buf.freeze();
+        let trailers = self.trailers;
+        if grpc && !grpc::completed_ok(&headers, &body, trailers.as_ref()) {
+            tracing::debug!(
+                route = &*route,
+                "gRPC response not stored: not one message and status 0"
+            );
+            return;
+        }
         // A validator for conditional requests on hits, when the inner service gave none.
         if !headers.contains_key(ETAG) {
             headers.insert(ETAG, strong_etag(&body));
         }
-        let trailers = self.trailers;
         // Dated from when the response was generated, so that its Age counts what it had already.
         let stored_at_ms = shared.now_ms().saturating_sub(freshness.age.as_millis() as u64);
         let ttl = freshness.lifetime;
@@ -215,6 +225,7 @@ pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
         flight,
         tags: plan.tags.iter().cloned().zip(versions).collect(),
         key,
+        grpc: plan.rule.grpc,
     };
     let Some(capture) = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower())
     else {

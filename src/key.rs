@@ -25,6 +25,7 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{HeaderName, Method};
 
+use crate::grpc::MessageDigest;
 use crate::user::UserId;
 
 /// The version of the key layout; bump it whenever what goes into a key changes.
@@ -70,6 +71,15 @@ impl KeyBase {
                 fields.push(user.as_bytes());
             }
         }
+        Self { digest: *REQUEST_HASHER.clone().update(&fields.0).finalize().as_bytes() }
+    }
+
+    /// The same, for a gRPC call whose request message has the digest `message`.
+    pub(crate) fn with_message(self, message: &MessageDigest) -> Self {
+        // Two fields, where a request's own have five or six: the inputs never coincide.
+        let mut fields = Fields::default();
+        fields.push(&self.digest);
+        fields.push(&message.0);
         Self { digest: *REQUEST_HASHER.clone().update(&fields.0).finalize().as_bytes() }
     }
 

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use crate::breaker::BreakerSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::error::BuildError;
+use crate::grpc::GrpcCacheLayer;
 use crate::guard;
 use crate::handle::CacheHandle;
 use crate::rules::{RouteTable, Rule, RuleDefaults};
@@ -65,6 +66,23 @@ impl CacheLayer {
     /// the counters.
     pub fn handle(&self) -> CacheHandle {
         CacheHandle::new(Arc::clone(&self.shared))
+    }
+
+    /// The layer for gRPC servers: the same cache, which also reads the request message of
+    /// calls to methods with a [`Rule::grpc`](crate::Rule::grpc), so that they can be keyed on
+    /// it. See [`grpc`](crate::grpc).
+    ///
+    /// ```
+    /// # use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+    /// let cache = CacheLayer::builder(MemoryStore::default())
+    ///     .route("/grpc.health.v1.Health/Check", Rule::grpc())
+    ///     .build()?;
+    /// # let _ = (cache.grpc(), 0);
+    /// // tonic::transport::Server::builder().layer(cache.grpc()).add_service(health)
+    /// # Ok::<(), tower_redis_cache::BuildError>(())
+    /// ```
+    pub fn grpc(&self) -> GrpcCacheLayer {
+        GrpcCacheLayer::new(Arc::clone(&self.shared))
     }
 
     /// The state the benchmarks of the request path's steps run against.

@@ -117,6 +117,7 @@ mod future;
 #[doc(hidden)]
 pub mod fuzzing;
 mod groups;
+pub mod grpc;
 mod guard;
 mod handle;
 mod invalidate;
@@ -139,6 +140,7 @@ mod vary;
 pub use self::body::CacheBody;
 pub use self::error::BuildError;
 pub use self::future::ResponseFuture;
+pub use self::grpc::GrpcCacheLayer;
 pub use self::handle::CacheHandle;
 pub use self::layer::{CacheLayer, CacheLayerBuilder};
 pub use self::rules::{escape_tag_param, Rule};

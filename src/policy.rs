@@ -14,6 +14,7 @@ use http::Method;
 use crate::compression::accepts_zstd;
 use crate::conditional::Conditions;
 use crate::freshness::{freshness, Freshness};
+use crate::grpc::{self, MessageDigest};
 use crate::guard;
 use crate::key::{authority, kept_params, tag_key, uri_tag, vary_union, KeyBase};
 use crate::rules::{Matched, ReadRule, Scope};
@@ -54,11 +55,14 @@ pub(crate) enum BypassReason {
     BypassHeader,
     /// An eviction of one of the entry's tags has not reached the store yet.
     EvictionPending,
+    /// A gRPC call whose request message the layer did not read: the plain layer in front of
+    /// a gRPC server, or a request stream of several messages or over `max_body_bytes`.
+    UnreadMessage,
 }
 
 impl BypassReason {
     /// Every reason, in the order of [`as_str`](Self::as_str)'s labels.
-    pub(crate) const ALL: [BypassReason; 8] = [
+    pub(crate) const ALL: [BypassReason; 9] = [
         BypassReason::NoRule,
         BypassReason::BypassRule,
         BypassReason::Mutation,
@@ -67,6 +71,7 @@ impl BypassReason {
         BypassReason::AmbiguousPath,
         BypassReason::BypassHeader,
         BypassReason::EvictionPending,
+        BypassReason::UnreadMessage,
     ];
 
     /// The reason as a metrics label.
@@ -80,6 +85,7 @@ impl BypassReason {
             BypassReason::AmbiguousPath => "ambiguous_path",
             BypassReason::BypassHeader => "bypass_header",
             BypassReason::EvictionPending => "eviction_pending",
+            BypassReason::UnreadMessage => "unread_message",
         }
     }
 }
@@ -186,13 +192,20 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts, started: Instant
         Scope::Default | Scope::Shared => None,
     };
 
-    let key_base = match &rule.query_params {
+    let mut key_base = match &rule.query_params {
         None => KeyBase::new(request, user.as_ref()),
         Some(keep) => {
             let query = request.uri.query().unwrap_or("");
             KeyBase::with_query(request, &kept_params(query, keep), user.as_ref())
         }
     };
+    if rule.grpc {
+        // Only `GrpcCacheService` reads the message, and puts its digest here.
+        match request.extensions.get::<MessageDigest>() {
+            Some(message) => key_base = key_base.with_message(message),
+            None => return bypass(BypassReason::UnreadMessage),
+        }
+    }
     let prefix = &shared.settings.key_prefix;
     let base_key = key_base.key(prefix, &request.headers, &rule.vary);
     let (key, vary) = match shared.learned_vary.get(&base_key) {
@@ -243,6 +256,10 @@ pub(crate) fn storable(
         return Err("status not cacheable");
     }
     let headers = &response.headers;
+    // The rest of a gRPC response is checked once it is complete (`Capture::finish`).
+    if plan.rule.grpc && !grpc::status_ok_so_far(headers) {
+        return Err("grpc-status is not 0");
+    }
     if headers.contains_key(header::SET_COOKIE) {
         return Err("Set-Cookie");
     }

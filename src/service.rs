@@ -41,6 +41,11 @@ impl<S> CacheService<S> {
         Self { inner, shared }
     }
 
+    /// The layer's state, shared by its clones.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner

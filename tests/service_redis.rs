@@ -45,3 +45,10 @@ async fn test_store() -> Arc<dyn Store> {
 }
 
 include!("suite/service.rs");
+
+/// The gRPC calls of `tests/suite/grpc.rs`, over the same store.
+mod grpc {
+    use super::*;
+
+    include!("suite/grpc.rs");
+}

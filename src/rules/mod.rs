@@ -1,8 +1,9 @@
 //! Per-route rules: what is cached, for whom, for how long, and what a write evicts.
 //!
 //! A [`Rule`] covers some methods of one route pattern. Read rules ([`Rule::get`]) make `GET`
-//! (and `HEAD`, answered from the `GET` entry) cacheable; mutation rules ([`Rule::mutations`],
-//! [`Rule::post`], ...) name the tags a successful write evicts. Patterns use axum 0.8's syntax
+//! (and `HEAD`, answered from the `GET` entry) cacheable, and [`Rule::grpc`] rules make a unary
+//! gRPC method cacheable; mutation rules ([`Rule::mutations`], [`Rule::post`], ...) name the
+//! tags a successful write evicts. Patterns use axum 0.8's syntax
 //! (`/users/{id}`, `/files/{*rest}`), and tags may name the pattern's parameters (`user:{id}`).
 //!
 //! Everything is checked when the layer is built, and a mistake is a
@@ -56,6 +57,8 @@ pub struct Rule {
     pub(crate) bypass_headers: Vec<String>,
     pub(crate) query_params: Option<Vec<String>>,
     pub(crate) statuses: Option<Vec<StatusCode>>,
+    /// A unary gRPC method's rule: its `POST`s are reads, keyed on their message.
+    pub(crate) grpc: bool,
 }
 
 /// Whose entry a cacheable response goes into, as the rule asked.
@@ -81,6 +84,7 @@ impl std::fmt::Debug for Rule {
             .field("evicts", &self.evicts)
             .field("vary", &self.vary)
             .field("statuses", &self.statuses)
+            .field("grpc", &self.grpc)
             .finish_non_exhaustive()
     }
 }
@@ -134,7 +138,41 @@ impl Rule {
             bypass_headers: Vec::new(),
             query_params: None,
             statuses: None,
+            grpc: false,
         }
+    }
+
+    /// Caches the responses of a unary gRPC method, on its `/package.Service/Method` path.
+    ///
+    /// Every gRPC call is a `POST`; under this rule it is a read, keyed on a digest of its
+    /// request message (besides the path, the user where the rule is [per-user](Self::per_user),
+    /// and the `content-type` and `grpc-accept-encoding` metadata, which change what the
+    /// response looks like). Only responses whose `grpc-status` is `0` are stored, with their
+    /// trailers; errors, and responses of more than one message, never are.
+    ///
+    /// Reading the message takes [`CacheLayer::grpc`](crate::CacheLayer::grpc) in front of the
+    /// server instead of the plain layer, which has no way to read it: under the plain layer
+    /// these calls bypass the cache. A method that evicts is a [`post`](Self::post) rule, as
+    /// over HTTP.
+    ///
+    /// Streaming methods must not have this rule. A call whose request stream holds more than
+    /// one message passes through, and so does one whose stream stays open after its first
+    /// message (a bidirectional call waiting for an answer), once that has lasted a second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+    ///
+    /// let cache = CacheLayer::builder(MemoryStore::default())
+    ///     .route("/demo.Users/GetUser", Rule::grpc().ttl(Duration::from_secs(30)).tag("users"))
+    ///     .route("/demo.Users/UpdateUser", Rule::post().evicts(["users"]))
+    ///     .build()?;
+    /// // tonic::transport::Server::builder().layer(cache.grpc()).add_service(..)
+    /// # let _ = cache.grpc();
+    /// # Ok::<(), tower_redis_cache::BuildError>(())
+    /// ```
+    pub fn grpc() -> Self {
+        Self { grpc: true, ..Self::methods([Method::POST]) }
     }
 
     /// How long entries of this route stay fresh when the response does not say (default: the

@@ -37,6 +37,8 @@ pub(crate) struct ReadRule {
     /// The query parameters that are part of the key; `None` for all of them.
     pub(crate) query_params: Option<Vec<String>>,
     pub(crate) statuses: Vec<StatusCode>,
+    /// A unary gRPC method: its `POST`s are the reads, keyed on their message.
+    pub(crate) grpc: bool,
 }
 
 #[cfg(test)]
@@ -56,6 +58,7 @@ impl ReadRule {
             bypass_headers: Vec::new(),
             query_params: None,
             statuses: vec![StatusCode::OK],
+            grpc: false,
         }
     }
 }
@@ -127,12 +130,18 @@ impl RouteTable {
             match compile(&pattern, rule, defaults)? {
                 Compiled::Read(read) => {
                     if route.read.is_some() {
-                        return Err(BuildError::route(&pattern, "has two GET rules"));
+                        return Err(BuildError::route(&pattern, "has two read rules"));
+                    }
+                    let posts = route.mutations.iter().any(|m| m.methods.contains(&Method::POST));
+                    if read.grpc && posts {
+                        return Err(BuildError::route(&pattern, "has two rules for POST"));
                     }
                     route.read = Some(Arc::new(read));
                 }
                 Compiled::Mutation(mutation) => {
+                    let grpc = route.read.as_ref().is_some_and(|read| read.grpc);
                     let taken = route.mutations.iter().flat_map(|m| &m.methods);
+                    let taken = taken.chain(grpc.then_some(&Method::POST));
                     if let Some(method) = taken.into_iter().find(|m| mutation.methods.contains(m)) {
                         return Err(BuildError::route(
                             &pattern,
@@ -179,6 +188,16 @@ impl RouteTable {
         };
         let route = found.value;
         let unmatched = || Matched::Unmatched { pattern: Some(Arc::clone(&route.pattern)) };
+        // A gRPC method's calls are `POST`s, and its reads.
+        if let Some(rule) = route.read.as_ref().filter(|rule| rule.grpc) {
+            return match *method == Method::POST {
+                true => Matched::Read {
+                    rule,
+                    tags: rule.tags.iter().map(|t| t.render(&found.params)).collect(),
+                },
+                false => unmatched(),
+            };
+        }
         if *method == Method::GET || *method == Method::HEAD {
             return match &route.read {
                 Some(rule) => Matched::Read {
@@ -205,6 +224,13 @@ impl RouteTable {
     /// Every pattern of the table, routes and bypass patterns, for the metrics labels.
     pub(crate) fn patterns(&self) -> Vec<Arc<str>> {
         self.patterns.clone()
+    }
+
+    /// Whether a gRPC rule (and no bypass pattern) covers `path`: whether its calls' messages
+    /// are part of their keys.
+    pub(crate) fn reads_messages(&self, path: &str) -> bool {
+        self.bypass.at(path).is_err()
+            && self.routes.at(path).is_ok_and(|m| m.value.read.as_ref().is_some_and(|r| r.grpc))
     }
 
     /// Whether a read rule (and no bypass pattern) covers `path`: whether it may have entries.
@@ -251,9 +277,12 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         tags.iter().map(|t| TagTemplate::parse(t, &params).map_err(err)).collect()
     };
 
-    if rule.methods.iter().all(is_read) {
+    if rule.grpc || rule.methods.iter().all(is_read) {
         if !rule.evicts.is_empty() {
-            return Err(err("a GET rule cannot evict tags: give the writes their own rule".into()));
+            let kind = if rule.grpc { "gRPC" } else { "GET" };
+            return Err(err(format!(
+                "a {kind} rule cannot evict tags: give the writes their own rule"
+            )));
         }
         let ttl = rule.ttl.unwrap_or(defaults.ttl);
         if ttl.is_zero() {
@@ -303,6 +332,14 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         bypass_headers.dedup();
         let mut vary = own_vary;
         vary.extend(defaults.key_headers.iter().cloned());
+        if rule.grpc {
+            // The framing (`application/grpc`, `+proto`, `-web`...) and the compressions the
+            // client takes shape the response's bytes.
+            vary.extend([
+                http::header::CONTENT_TYPE,
+                HeaderName::from_static("grpc-accept-encoding"),
+            ]);
+        }
         vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         vary.dedup();
         if rule.query_params.as_ref().is_some_and(|names| names.iter().any(String::is_empty)) {
@@ -325,6 +362,7 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
             bypass_headers,
             query_params: rule.query_params,
             statuses,
+            grpc: rule.grpc,
         }));
     }
 
@@ -426,6 +464,55 @@ mod tests {
     }
 
     #[test]
+    fn a_grpc_method_is_read_by_its_posts() {
+        let table = build(
+            vec![
+                ("/demo.Users/GetUser", Rule::grpc().tag("users")),
+                ("/demo.Users/UpdateUser", Rule::post().evicts(["users"])),
+            ],
+            vec!["/demo.Users/Secret"],
+        )
+        .unwrap();
+        match table.classify(&Method::POST, "/demo.Users/GetUser") {
+            Matched::Read { rule, tags } => {
+                assert!(rule.grpc);
+                assert_eq!(tags, ["users"]);
+                assert_eq!(rule.vary, ["content-type", "grpc-accept-encoding"]);
+            }
+            _ => panic!("a call to a gRPC method is its read"),
+        }
+        for method in [Method::GET, Method::HEAD, Method::PUT] {
+            assert!(matches!(
+                table.classify(&method, "/demo.Users/GetUser"),
+                Matched::Unmatched { pattern: Some(_) }
+            ));
+        }
+        assert!(table.reads_messages("/demo.Users/GetUser"));
+        for path in ["/demo.Users/UpdateUser", "/demo.Users/Secret", "/demo.Users/Other"] {
+            assert!(!table.reads_messages(path), "{path}");
+        }
+        assert_eq!(
+            problem(vec![("/a.B/C", Rule::grpc()), ("/a.B/C", Rule::post().evicts(["x"]))], vec![]),
+            "route `/a.B/C`: has two rules for POST"
+        );
+        assert_eq!(
+            problem(
+                vec![("/a.B/C", Rule::mutations().evicts(["x"])), ("/a.B/C", Rule::grpc())],
+                vec![]
+            ),
+            "route `/a.B/C`: has two rules for POST"
+        );
+        assert_eq!(
+            problem(vec![("/a.B/C", Rule::get()), ("/a.B/C", Rule::grpc())], vec![]),
+            "route `/a.B/C`: has two read rules"
+        );
+        assert_eq!(
+            problem(vec![("/a.B/C", Rule::grpc().evicts(["x"]))], vec![]),
+            "route `/a.B/C`: a gRPC rule cannot evict tags: give the writes their own rule"
+        );
+    }
+
+    #[test]
     fn bypass_wins_over_more_specific_routes() {
         // Registered separately, so `/auth/login` cannot be both: the bypass pattern still wins.
         let table = build(vec![("/auth/me", Rule::get())], vec!["/auth/{*rest}"]).unwrap();
@@ -445,7 +532,7 @@ mod tests {
             .starts_with("route `/a/{id`: invalid pattern"));
         assert_eq!(
             problem(vec![("/a", Rule::get()), ("/a", Rule::get())], vec![]),
-            "route `/a`: has two GET rules"
+            "route `/a`: has two read rules"
         );
         assert_eq!(
             problem(vec![("/a", Rule::get().shared().per_user())], vec![]),
