@@ -1,5 +1,6 @@
-//! End-to-end tests of the examples: the built `users_api`, `proxy`, `slow_upstream` and `hyper`
-//! binaries run as child processes and are driven over HTTP.
+//! End-to-end tests of the examples: the built `users_api`, `proxy`, `slow_upstream`, `hyper`
+//! and `grpc` binaries run as child processes and are driven over HTTP (and gRPC, by the `grpc`
+//! example's own client).
 //!
 //! A plain `cargo test` builds the examples first; `cargo test --test examples` does not, so run
 //! `cargo build --examples` before it. A missing or out-of-date binary fails the test with a
@@ -32,8 +33,9 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// How long a response may take to reach the store after it was served.
 const STORE_WAIT: Duration = Duration::from_secs(3);
 /// The environment the examples read; cleared so that the caller's shell cannot leak in.
-const EXAMPLE_ENV: [&str; 10] = [
+const EXAMPLE_ENV: [&str; 11] = [
     "BIND",
+    "SERVER",
     "REDIS_URL",
     "DATABASE_URL",
     "UPSTREAM_URL",
@@ -704,7 +706,7 @@ async fn proxy_answers_502_when_the_upstream_is_down() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_without_upstream_url_exits_with_a_clear_error() {
-    let (status, log) = run_to_exit("proxy", &[]).await;
+    let (status, log) = run_to_exit("proxy", &[], &[]).await;
     assert!(!status.success(), "the proxy started without UPSTREAM_URL:\n{log}");
     assert!(log.contains("UPSTREAM_URL"), "the error does not name UPSTREAM_URL:\n{log}");
 }
@@ -758,6 +760,7 @@ async fn proxy_cache_store_mistakes_exit_with_a_clear_error() {
     let upstream = format!("http://127.0.0.1:{}", free_port());
     let (status, log) = run_to_exit(
         "proxy",
+        &[],
         &[("UPSTREAM_URL", upstream.clone()), ("CACHE_STORE", "disk".to_owned())],
     )
     .await;
@@ -767,6 +770,7 @@ async fn proxy_cache_store_mistakes_exit_with_a_clear_error() {
     for store in ["redis", "tiered"] {
         let (status, log) = run_to_exit(
             "proxy",
+            &[],
             &[("UPSTREAM_URL", upstream.clone()), ("CACHE_STORE", store.to_owned())],
         )
         .await;
@@ -1046,6 +1050,62 @@ async fn hyper_time_flow(api: &Api) {
 }
 
 // =============================================================================================
+// grpc
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_in_process_store_caches_get_user_until_an_update_evicts_it() {
+    let server = Example::start_listening("grpc", &[]).await;
+    grpc_call_flow(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_redis_store_caches_get_user_until_an_update_evicts_it() {
+    let redis = RedisServer::start();
+    let server = Example::start_listening("grpc", &[("REDIS_URL", redis.url())]).await;
+    grpc_call_flow(&server).await;
+
+    let keys = redis.keys();
+    assert!(keys.contains("trc:v1:e:"), "no entry keys in Redis: {keys}");
+}
+
+/// The example's own client (`grpc call`, the calls its docs show) against the server: `GetUser`
+/// is a miss then a hit, `UpdateUser` evicts it, `NOT_FOUND` is not cached, `ListUsers` streams
+/// past the cache.
+async fn grpc_call_flow(server: &Example) {
+    let env = [("SERVER", format!("http://{}", server.addr()))];
+    let (status, output) = run_to_exit("grpc", &["call"], &env).await;
+    assert!(status.success(), "grpc call failed:\n{output}");
+    let calls: Vec<(&str, &str)> = output
+        .lines()
+        .filter_map(|line| {
+            let (call, rest) = line.split_once(' ')?;
+            let cache = rest.trim_start().strip_prefix("x-cache=")?.split_whitespace().next()?;
+            Some((call, cache))
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("GetUser(1)", "MISS"),
+            ("GetUser(1)", "HIT"),
+            ("UpdateUser(1)", "BYPASS"),
+            ("GetUser(1)", "MISS"),
+            ("GetUser(1)", "HIT"),
+            ("ListUsers", "BYPASS"),
+        ],
+        "{output}"
+    );
+    let names: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("GetUser(1)"))
+        .map(|line| if line.contains("Ada Lovelace") { "Lovelace" } else { "King" })
+        .collect();
+    assert_eq!(names, ["Lovelace", "Lovelace", "King", "King"], "{output}");
+    assert!(output.contains("GetUser(42)    NotFound \"no user 42\""), "{output}");
+    assert!(output.contains("  1 Ada King <ada@example.com>\n  2 Alan Turing"), "{output}");
+}
+
+// =============================================================================================
 // Running the examples
 
 /// A running example binary, killed on drop. On a failing test its log is printed.
@@ -1060,10 +1120,17 @@ impl Example {
     /// Starts the example `name` on a free port with `env` (nothing else of the examples'
     /// environment is inherited), and waits until it answers `GET /health`.
     async fn start(name: &'static str, env: &[(&str, String)]) -> Self {
-        let (child, log_path) = spawn_example(name, env);
+        let mut example = Self::start_listening(name, env).await;
+        example.wait_until_answering().await;
+        example
+    }
+
+    /// Starts the example `name` as [`start`](Self::start) does, but only waits until it says
+    /// where it listens: for servers with no `GET /health` (gRPC).
+    async fn start_listening(name: &'static str, env: &[(&str, String)]) -> Self {
+        let (child, log_path) = spawn_example(name, &[], env);
         let mut example = Self { name, child, addr: String::new(), log_path };
         example.addr = example.wait_for_address().await;
-        example.wait_until_answering().await;
         example
     }
 
@@ -1141,10 +1208,14 @@ impl Drop for Example {
     }
 }
 
-/// Runs the example `name` with `env` until it exits (at most 30 s), and returns its status and
-/// output.
-async fn run_to_exit(name: &'static str, env: &[(&str, String)]) -> (ExitStatus, String) {
-    let (mut child, log_path) = spawn_example(name, env);
+/// Runs the example `name` with `args` and `env` until it exits (at most 30 s), and returns its
+/// status and output.
+async fn run_to_exit(
+    name: &'static str,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (ExitStatus, String) {
+    let (mut child, log_path) = spawn_example(name, args, env);
     let deadline = Instant::now() + STARTUP;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -1162,7 +1233,7 @@ async fn run_to_exit(name: &'static str, env: &[(&str, String)]) -> (ExitStatus,
     (status, log)
 }
 
-fn spawn_example(name: &str, env: &[(&str, String)]) -> (Child, PathBuf) {
+fn spawn_example(name: &str, args: &[&str], env: &[(&str, String)]) -> (Child, PathBuf) {
     let binary = example_binary(name);
     let log_path = std::env::temp_dir().join(format!(
         "trc-example-{name}-{}-{}.log",
@@ -1171,6 +1242,7 @@ fn spawn_example(name: &str, env: &[(&str, String)]) -> (Child, PathBuf) {
     ));
     let log = std::fs::File::create(&log_path).expect("create the example's log file");
     let mut command = Command::new(&binary);
+    command.args(args);
     for var in EXAMPLE_ENV {
         command.env_remove(var);
     }
