@@ -100,7 +100,12 @@ async fn serve() -> anyhow::Result<()> {
     Server::builder()
         .layer(cache.grpc())
         .add_service(UsersServer::new(users))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown_signal())
+        // Without TCP_NODELAY, a small write that follows another (the trailers after the
+        // message) can wait for the client's delayed ACK: 40 ms on Linux.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown_signal(),
+        )
         .await?;
     tracing::info!("stopped");
     Ok(())

@@ -92,6 +92,11 @@
 //! reconnects by itself) and [`MemoryStore`] (bounded by bytes, through `moka`) implement
 //! [`Store`]; so can your own.
 //!
+//! # gRPC
+//!
+//! Unary gRPC methods are cached with [`Rule::grpc`], keyed on their request message, behind
+//! [`CacheLayer::grpc`] in front of a tonic server: see [`grpc`].
+//!
 //! [Tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]
