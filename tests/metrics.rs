@@ -26,12 +26,14 @@ fn app(store: impl Store) -> (Router, tower_redis_cache::CacheHandle) {
     let cache = CacheLayer::builder(store)
         .route("/users/{id}", Rule::get().tag("user:{id}"))
         .route("/users/{id}", Rule::put().evicts(["user:{id}"]))
+        .route("/demo.Users/GetUser", Rule::grpc())
         .bypass("/auth/{*rest}")
         .build()
         .unwrap();
     let handle = cache.handle();
     let router = Router::new()
         .route("/users/{id}", get(|| async { USER }).put(|| async { StatusCode::NO_CONTENT }))
+        .route("/demo.Users/GetUser", axum::routing::post(|| async { "a gRPC answer" }))
         .route("/auth/me", get(|| async { "me" }))
         .route("/other", get(|| async { "other" }))
         .layer(cache);
@@ -102,6 +104,8 @@ async fn requests_are_counted_by_route_pattern_outcome_and_bypass_reason() {
     assert_eq!(send(&router, Method::GET, "/users/1", Some("Bearer a")).await.0, "BYPASS");
     assert_eq!(send(&router, Method::PUT, "/users/1", None).await.0, "BYPASS");
     assert_eq!(send(&router, Method::GET, "/users/1", None).await.0, "MISS");
+    // A gRPC method's rule under the plain layer, which cannot read the message.
+    assert_eq!(send(&router, Method::POST, "/demo.Users/GetUser", None).await.0, "BYPASS");
 
     let snapshot = snapshotter.snapshot().into_vec();
     let route = ("route", "/users/{id}");
@@ -121,6 +125,7 @@ async fn requests_are_counted_by_route_pattern_outcome_and_bypass_reason() {
     assert_eq!(bypasses("/users/{id}", "mutation"), 1);
     assert_eq!(bypasses("/auth/{*rest}", "bypass_rule"), 1);
     assert_eq!(bypasses("unmatched", "no_rule"), 1);
+    assert_eq!(bypasses("/demo.Users/GetUser", "unread_message"), 1);
     // Series that never happened are not exported at all.
     let pending = [route, ("reason", "eviction_pending")];
     assert!(value(&snapshot, "tower_redis_cache_bypasses_total", &pending).is_none());

@@ -198,6 +198,44 @@ mod tests {
         assert_eq!(replayed(body).await, [framed, message(b"second")].concat());
     }
 
+    /// Request streams: any bytes, one message, one message and more, one message cut short.
+    fn stream() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..30);
+        prop_oneof![
+            bytes(),
+            bytes().prop_map(|payload| message(&payload)),
+            (bytes(), bytes()).prop_map(|(payload, more)| [message(&payload), more].concat()),
+            (bytes(), 0usize..34).prop_map(|(payload, cut)| {
+                let framed = message(&payload);
+                framed[..cut.min(framed.len())].to_vec()
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, in whatever frames: the server gets the same bytes, and a
+        /// digest exists exactly when they are one whole message within the limit.
+        #[test]
+        fn any_stream_is_replayed_whole_and_digested_only_when_it_is_one_message(
+            stream in stream(),
+            cuts in proptest::collection::vec(0usize..40, 0..4),
+            limit in 0usize..48,
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c < stream.len()).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let chunks = [0].iter().chain(&cuts).zip(cuts.iter().chain([&stream.len()]))
+                .map(|(&from, &to)| stream[from..to].to_vec())
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let (body, digest) = runtime.block_on(read_message(chunked(chunks), limit));
+            proptest::prop_assert_eq!(runtime.block_on(replayed(body)), stream.clone());
+            let one_message = stream.len() <= limit && is_one_message(&stream);
+            proptest::prop_assert_eq!(digest.is_some(), one_message);
+        }
+    }
+
     #[test]
     fn only_one_message_with_status_zero_is_a_success() {
         let ok: HeaderMap = [(http::HeaderName::from_static(GRPC_STATUS), "0".parse().unwrap())]
