@@ -50,7 +50,8 @@ impl<S> Layer<S> for GrpcCacheLayer {
 /// [`Rule::grpc`](crate::Rule::grpc) covers. Made by [`GrpcCacheLayer`].
 ///
 /// The inner service receives every request with a [`RequestBody`], which replays what was
-/// read; tonic's servers take any body.
+/// read; tonic's servers take any body. The request body must be `Unpin`, as hyper's, tonic's
+/// and axum's are.
 #[derive(Clone, Debug)]
 pub struct GrpcCacheService<S> {
     cache: CacheService<S>,

@@ -73,9 +73,10 @@ where
             let len = u32::from_be_bytes([read[1], read[2], read[3], read[4]]);
             message_len = Some(PREFIX_LEN.saturating_add(len as usize));
         }
-        let too_long = message_len.is_some_and(|len| read.len() > len || len > limit);
-        if too_long || read.len() > limit {
-            // A second message, or more than the cache keeps: hand the call on as it is.
+        let second_message = message_len.is_some_and(|len| read.len() > len);
+        let over_limit = read.len() > limit || message_len.is_some_and(|len| len > limit);
+        if second_message || over_limit {
+            // A stream, or more than the cache reads: hand the call on as it is.
             return (RequestBody::resumed(replay(read, None), Some(body)), None);
         }
     }

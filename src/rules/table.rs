@@ -190,13 +190,11 @@ impl RouteTable {
         let unmatched = || Matched::Unmatched { pattern: Some(Arc::clone(&route.pattern)) };
         // A gRPC method's calls are `POST`s, and its reads.
         if let Some(rule) = route.read.as_ref().filter(|rule| rule.grpc) {
-            return match *method == Method::POST {
-                true => Matched::Read {
-                    rule,
-                    tags: rule.tags.iter().map(|t| t.render(&found.params)).collect(),
-                },
-                false => unmatched(),
-            };
+            if *method != Method::POST {
+                return unmatched();
+            }
+            let tags = rule.tags.iter().map(|t| t.render(&found.params)).collect();
+            return Matched::Read { rule, tags };
         }
         if *method == Method::GET || *method == Method::HEAD {
             return match &route.read {
