@@ -526,13 +526,20 @@ async fn copies_in_flight_share_one_memory_budget_and_past_it_bodies_stream_unca
         assert_ready_ok!(h.svc.poll_ready());
         tokio::spawn(h.svc.call(get(path)))
     };
-    let (first, second) = (start("/users/1"), start("/users/2"));
-    let (mut feeds, mut bodies) = (Vec::new(), Vec::new());
-    for call in [first, second] {
-        let (_, reply) = h.inner.next_request().await.unwrap();
+    let calls = [start("/users/1"), start("/users/2")];
+    // The calls reach the inner service in whichever order their lookups finish: answer each,
+    // then keep the feeds in the order of the calls.
+    let mut feeds = Vec::new();
+    for _ in 0..2 {
+        let (seen, reply) = h.inner.next_request().await.unwrap();
         let (feed, body) = fed();
         reply.send_response(Response::new(body));
-        feeds.push(feed);
+        feeds.push((seen.uri().path().to_owned(), feed));
+    }
+    feeds.sort_by(|(a, _), (b, _)| a.cmp(b));
+    let feeds: Vec<_> = feeds.into_iter().map(|(_, feed)| feed).collect();
+    let mut bodies = Vec::new();
+    for call in calls {
         bodies.push(call.await.unwrap().unwrap().into_body());
     }
     // 80 bytes each, streamed side by side: the second copy would take the total past 150.
