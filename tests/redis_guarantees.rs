@@ -281,7 +281,15 @@ async fn a_hit_costs_one_redis_command() {
     db.rows.lock().unwrap().insert("1".into(), "v0".into());
     let (router, _) = app(&server.url(), db).await;
     get_path(&router, "/users/1").await;
-    settle().await;
+    // The miss's background work is over once its entry is in Redis and its lease is gone: no
+    // request may look before then, or it could take (and later give back) a lease of its own.
+    loop {
+        let keys = server.keys();
+        if keys.contains(":e:") && !keys.contains(":lease") {
+            break;
+        }
+        settle().await;
+    }
     let (before, mgets) = (all_command_calls(&server), command_calls(&server, "mget"));
     for _ in 0..20 {
         assert_eq!(get_path(&router, "/users/1").await.x_cache, "HIT");
