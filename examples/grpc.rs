@@ -37,12 +37,8 @@
 //! ```
 //!
 //! `call` runs that and more: a miss, a hit, a write that evicts, the miss after it, an unknown
-//! user (`NOT_FOUND`, never stored) and the stream. With `grpcurl`, which needs the `.proto`
-//! since the server offers no reflection:
-//!
-//! ```text
-//! grpcurl -plaintext -proto users.proto -d '{"id": 1}' -v 127.0.0.1:50051 demo.Users/GetUser
-//! ```
+//! user (`NOT_FOUND`, never stored) and the stream. Clients in other languages need the
+//! `.proto` at the top of `examples/grpc/users.rs`; the server offers no reflection.
 //!
 //! On `Ctrl-C` or `SIGTERM` the server lets the calls in flight finish and exits.
 
