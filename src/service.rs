@@ -93,14 +93,12 @@ where
         let (parts, body) = request.into_parts();
         match decide(&shared, &parts, started) {
             Decision::Bypass { route, reason } => {
-                Counters::add(&shared.counters.bypasses, 1);
-                shared.telemetry.bypassed(route.as_deref(), reason);
+                shared.count_bypass(route.as_deref(), reason);
                 let future = inner.call(Request::from_parts(parts, body));
                 ResponseFuture::bypass(future, shared, route, started)
             }
             Decision::Mutation { route, evicts, uri, authority } => {
-                Counters::add(&shared.counters.bypasses, 1);
-                shared.telemetry.bypassed(route.as_deref(), BypassReason::Mutation);
+                shared.count_bypass(route.as_deref(), BypassReason::Mutation);
                 let span = request_span(route.as_deref().unwrap_or(UNMATCHED), None);
                 let request = Request::from_parts(parts, body);
                 let invalidation = Invalidation { route, started, evicts, uri, authority };

@@ -16,7 +16,7 @@ use crate::clock::{unix_ms, Clock};
 use crate::decoded::DecodedEntries;
 use crate::flight::Flights;
 use crate::key::tag_key;
-use crate::policy::Plan;
+use crate::policy::{BypassReason, Plan};
 use crate::rules::RouteTable;
 use crate::stats::Counters;
 use crate::status::{Outcome, StatusHeaders};
@@ -296,6 +296,18 @@ impl Shared {
         self.run("release_lease", self.store.release_lease(key)).await;
     }
 
+    /// Counts `n` evicted tags, in `Stats` and in the metrics.
+    fn count_evictions(&self, n: usize) {
+        Counters::add(&self.counters.evictions, n as u64);
+        self.telemetry.evicted(n);
+    }
+
+    /// Counts a request the cache stayed out of, in `Stats` and in the metrics.
+    pub(crate) fn count_bypass(&self, route: Option<&str>, reason: BypassReason) {
+        Counters::add(&self.counters.bypasses, 1);
+        self.telemetry.bypassed(route, reason);
+    }
+
     /// Evicts `tags`. On failure the tags are remembered, bypassed and retried in the
     /// background until the store takes the eviction.
     pub(crate) async fn evict(self: &Arc<Self>, tags: &[String]) -> Result<(), StoreError> {
@@ -303,8 +315,7 @@ impl Shared {
             return Ok(());
         }
         if self.run("evict_tags", self.store.evict_tags(&self.tag_keys(tags))).await.is_some() {
-            Counters::add(&self.counters.evictions, tags.len() as u64);
-            self.telemetry.evicted(tags.len());
+            self.count_evictions(tags.len());
             return Ok(());
         }
         self.remember_failed_evictions(tags);
@@ -342,13 +353,9 @@ impl Shared {
                 let state = self.failed_evictions.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.tags.iter().cloned().collect()
             };
-            if self
-                .run("evict_tags (retry)", self.store.evict_tags(&self.tag_keys(&tags)))
-                .await
-                .is_some()
+            if self.run("evict_tags", self.store.evict_tags(&self.tag_keys(&tags))).await.is_some()
             {
-                Counters::add(&self.counters.evictions, tags.len() as u64);
-                self.telemetry.evicted(tags.len());
+                self.count_evictions(tags.len());
                 let mut state =
                     self.failed_evictions.state.lock().unwrap_or_else(|e| e.into_inner());
                 for tag in &tags {

@@ -34,6 +34,15 @@ impl Store for ServerStore {
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         self.store.release_lease(key).await
     }
+    async fn acquire_lease_then_lookup(
+        &self,
+        lease: &str,
+        ttl: Duration,
+        key: &str,
+        tags: &[String],
+    ) -> Result<(bool, Lookup), StoreError> {
+        self.store.acquire_lease_then_lookup(lease, ttl, key, tags).await
+    }
 }
 
 /// A fresh, empty store for one test.
