@@ -29,7 +29,8 @@
 //! | `tiered`      | `TieredStore`: an in-process L1 of `CACHE_L1_BYTES` in front of Redis at `REDIS_URL` (required) |
 //!
 //! The method, path, query, headers and body of each request are forwarded, but for the
-//! hop-by-hop headers and `Host` (the upstream's is used; the original goes in
+//! hop-by-hop headers (those `Connection` names included) and `Host` (the upstream's is used;
+//! the host the client asked for, the target's authority if it has one, else `Host`, goes in
 //! `X-Forwarded-Host`). The upstream's status, headers (but hop-by-hop ones) and body come back
 //! as they are, streamed both ways. Only `200` responses to `GET` are stored, under the crate's
 //! default safety rules (no `Set-Cookie`, no `Cache-Control: no-store`/`private`...); other
@@ -238,7 +239,15 @@ async fn forward(
         Err(_) => return error(StatusCode::BAD_REQUEST, "invalid request target"),
     };
     remove_hop_by_hop(&mut parts.headers);
-    if let Some(host) = parts.headers.remove(header::HOST) {
+    // The host the client asked for: the target's authority when it has one (absolute form,
+    // HTTP/2 `:authority`), which wins over `Host` (RFC 9112 section 3.2.2), as it does in
+    // the cache's key.
+    let host = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    parts.headers.remove(header::HOST);
+    if let Some(host) = host {
         parts.headers.insert("x-forwarded-host", host);
     }
     append_forwarded_for(&mut parts.headers, client_addr);

@@ -67,7 +67,7 @@ impl Harness {
     /// deception and poisoning guards, key derivation, tags and their keys, the request's
     /// conditions. `None` when the request would not be looked up (bypass, mutation).
     pub fn decide(&self, request: &Parts) -> Option<Planned> {
-        match decide(&self.shared, request, std::time::Instant::now()) {
+        match decide(&self.shared, request, false, std::time::Instant::now()) {
             Decision::Lookup(plan) => Some(Planned(plan)),
             Decision::Bypass { .. } | Decision::Mutation { .. } => None,
         }

@@ -10,7 +10,9 @@
 //!   ([`KEYED`]); those that rewrite the request (`X-Original-URL`, method overrides) make the
 //!   cache step aside ([`BYPASSED`]).
 //! - **Method overrides**: a `GET` carrying `X-HTTP-Method-Override: DELETE` is a delete to
-//!   frameworks that honour it, so it invalidates like one.
+//!   frameworks that honour it. Reads that carry one bypass the cache ([`BYPASSED`]); it
+//!   invalidates like a `DELETE` only through the headers the application says it honours,
+//!   since otherwise any anonymous client could evict entries with a plain `GET`.
 
 use http::{HeaderMap, HeaderName, Method};
 
@@ -37,13 +39,6 @@ pub(crate) const BYPASSED: [&str; 5] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
-];
-
-/// The headers through which clients override a request's method.
-const METHOD_OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
 ];
 
 /// Whether servers could disagree on which resource `path` names.
@@ -74,12 +69,17 @@ pub(crate) fn ambiguous_path(path: &str) -> bool {
     false
 }
 
-/// The unsafe method a safe request asks for through a method-override header, if any.
-pub(crate) fn overridden_method(method: &Method, headers: &HeaderMap) -> Option<Method> {
+/// The unsafe method a safe request asks for through one of the method-override headers
+/// `honoured`, if any.
+pub(crate) fn overridden_method(
+    method: &Method,
+    headers: &HeaderMap,
+    honoured: &[HeaderName],
+) -> Option<Method> {
     if !method.is_safe() {
         return None;
     }
-    METHOD_OVERRIDES.iter().filter_map(|name| headers.get(name)).find_map(|value| {
+    honoured.iter().filter_map(|name| headers.get(name)).find_map(|value| {
         // Frameworks that honour overrides upper-case them first.
         let method =
             Method::from_bytes(&value.as_bytes().trim_ascii().to_ascii_uppercase()).ok()?;
@@ -121,12 +121,20 @@ mod tests {
     }
 
     #[test]
-    fn a_safe_request_may_ask_for_an_unsafe_method() {
+    fn a_safe_request_may_ask_for_an_unsafe_method_through_a_header_the_app_honours() {
+        let honoured = [
+            HeaderName::from_static("x-http-method-override"),
+            HeaderName::from_static("x-http-method"),
+            HeaderName::from_static("x-method-override"),
+        ];
+        let overridden =
+            |method: &Method, headers: &HeaderMap| overridden_method(method, headers, &honoured);
         let headers = header_map(&[("x-http-method-override", " delete ")]);
-        assert_eq!(overridden_method(&Method::GET, &headers), Some(Method::DELETE));
-        assert_eq!(overridden_method(&Method::POST, &headers), None, "already unsafe");
+        assert_eq!(overridden(&Method::GET, &headers), Some(Method::DELETE));
+        assert_eq!(overridden(&Method::POST, &headers), None, "already unsafe");
         let headers = header_map(&[("x-method-override", "HEAD"), ("x-http-method", "PUT")]);
-        assert_eq!(overridden_method(&Method::GET, &headers), Some(Method::PUT));
-        assert_eq!(overridden_method(&Method::GET, &header_map(&[])), None);
+        assert_eq!(overridden(&Method::GET, &headers), Some(Method::PUT));
+        assert_eq!(overridden(&Method::GET, &header_map(&[])), None);
+        assert_eq!(overridden_method(&Method::GET, &headers, &[]), None, "none honoured");
     }
 }

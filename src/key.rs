@@ -4,12 +4,20 @@
 //! each length-prefixed so that no two different inputs run together:
 //!
 //! - the method (`HEAD` counts as `GET`: it is answered from the `GET` entry);
-//! - the authority (`Host`), lower-cased; a `Host` that is not readable text by its bytes;
+//! - the authority: the target's (HTTP/2 `:authority`, absolute form), else `Host`, lower-cased;
+//!   a `Host` that is not readable text by its bytes;
+//! - every `Host` line that disagrees with that authority, as it is: RFC 9112 section 3.2.2
+//!   says the target's authority wins, but a handler or proxy behind the layer may read `Host`,
+//!   so whatever it can see is keyed;
 //! - the path, with percent-escapes upper-cased (`%zz` is no escape, and stays as it is);
-//! - the query, with its parameters sorted by name (the order of repeated names is kept);
+//! - the query, with its parameters sorted by name (see [`sorted_query`] for what counts as one
+//!   name, whose parameters keep their order);
+//! - the request headers that `Connection` names (and the request carries): a proxy behind the
+//!   layer drops them before its upstream sees them, so a request that names one is not the
+//!   same request as one that does not;
 //! - the scope: shared, or the [`UserId`] digest for per-user routes;
 //! - the values of the headers the response varies on (the rule's `vary`, and those learned from
-//!   responses' `Vary`), normalised where the RFCs allow.
+//!   responses' `Vary`), normalised only where RFC 9110 makes two values equal.
 //!
 //! All but the last are hashed once per request into a [`KeyBase`], from which the key for any
 //! set of varying headers follows.
@@ -62,8 +70,18 @@ impl KeyBase {
         let mut fields = Fields::default();
         fields.push(method.as_str().as_bytes());
         fields.push(authority_of(request).as_bytes());
+        let hosts = disagreeing_hosts(request);
+        fields.push(&(hosts.len() as u64).to_le_bytes());
+        for host in hosts {
+            fields.push(host);
+        }
         fields.push(normalize_path(request.uri.path()).as_bytes());
         fields.push(sorted_query(query).as_bytes());
+        let options = connection_options(&request.headers);
+        fields.push(&(options.len() as u64).to_le_bytes());
+        for option in options {
+            fields.push(option.as_str().as_bytes());
+        }
         match user {
             None => fields.push(b"shared"),
             Some(user) => {
@@ -76,7 +94,7 @@ impl KeyBase {
 
     /// The same, for a gRPC call whose request message has the digest `message`.
     pub(crate) fn with_message(self, message: &MessageDigest) -> Self {
-        // Two fields, where a request's own have five or six: the inputs never coincide.
+        // Two fields, where a request's own have seven or more: the inputs never coincide.
         let mut fields = Fields::default();
         fields.push(&self.digest);
         fields.push(&message.0);
@@ -113,40 +131,136 @@ impl Fields {
     }
 }
 
-/// A request header value as it counts in a key: trimmed; for the content negotiation
-/// headers, whose tokens are case-insensitive, lower-cased without spaces; and for
-/// `Accept-Encoding`, reduced to the sorted codings a stack produces, since clients spell the
-/// same choice in many ways.
+/// A request header value as it counts in a key: trimmed, and rewritten only into a spelling
+/// that RFC 9110 makes equal to it, so that no two values an origin may answer differently
+/// share an entry.
+///
+/// - `Accept-Encoding` (section 12.5.3): codings are case-insensitive, `x-gzip` is `gzip` and
+///   `x-compress` is `compress` (section 8.4.1), a missing weight is `q=1`, and the order of the
+///   members says nothing (preference is by weight alone). `*` and `identity` stay what they
+///   are: an origin may answer `*` with gzip.
+/// - `Accept`, `Accept-Charset`, `Accept-Language`: whitespace around the list's delimiters and
+///   empty members say nothing; media ranges, charsets, language tags, parameter names and
+///   weights are case-insensitive. Other parameter values, and quoted strings, keep their case.
+///
+/// A value that does not parse is keyed as it is, trimmed: it equals no other spelling.
 fn vary_value<'a>(name: &HeaderName, value: &'a [u8]) -> Cow<'a, [u8]> {
-    const CODINGS: [&str; 4] = ["br", "deflate", "gzip", "zstd"];
     let value = value.trim_ascii();
-    if *name == header::ACCEPT_ENCODING {
-        // A value that is not UTF-8 is a list of codings to no stack (tower-http ignores it):
-        // key on it as it is, which never equals a reduced, ASCII value.
-        let Ok(text) = std::str::from_utf8(value) else { return Cow::Borrowed(value) };
-        let text = text.to_ascii_lowercase();
-        let accepted: Vec<&str> = CODINGS
-            .into_iter()
-            .filter(|coding| {
-                text.split(',').any(|item| {
-                    let mut parts = item.split(';').map(str::trim);
-                    parts.next() == Some(coding)
-                        && parts.all(|p| {
-                            p.strip_prefix("q=")
-                                .is_none_or(|q| q.parse::<f32>().is_ok_and(|q| q > 0.0))
-                        })
-                })
-            })
-            .collect();
-        return Cow::Owned(accepted.join(",").into_bytes());
+    let Ok(text) = std::str::from_utf8(value) else { return Cow::Borrowed(value) };
+    let canonical = if *name == header::ACCEPT_ENCODING {
+        canonical_accept_encoding(text)
+    } else if *name == header::ACCEPT {
+        canonical_accept_list(text, false)
+    } else if *name == header::ACCEPT_LANGUAGE || *name == header::ACCEPT_CHARSET {
+        canonical_accept_list(text, true)
+    } else {
+        return Cow::Borrowed(value);
+    };
+    match canonical {
+        Some(canonical) => Cow::Owned(canonical.into_bytes()),
+        None => Cow::Borrowed(value),
     }
-    let negotiation = [header::ACCEPT, header::ACCEPT_LANGUAGE, header::ACCEPT_CHARSET];
-    if negotiation.contains(name) {
-        let folded: Vec<u8> =
-            value.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect();
-        return Cow::Owned(folded);
+}
+
+/// `Accept-Encoding` as its codings and weights, sorted by coding: `gzip;q=1000,br;q=500`
+/// becomes `br;q=500,gzip;q=1000`. `None` when it does not parse, or names a coding twice.
+fn canonical_accept_encoding(text: &str) -> Option<String> {
+    let mut codings: Vec<(String, u16)> = Vec::new();
+    for member in text.split(',').map(|m| m.trim_matches([' ', '\t'])) {
+        if member.is_empty() {
+            continue;
+        }
+        let mut pieces = member.split(';');
+        let coding = pieces.next()?.trim_matches([' ', '\t']).to_ascii_lowercase();
+        if coding.is_empty() || !coding.bytes().all(is_tchar) {
+            return None;
+        }
+        let coding = match coding.as_str() {
+            "x-gzip" => "gzip".to_owned(),
+            "x-compress" => "compress".to_owned(),
+            _ => coding,
+        };
+        let mut weight = 1000;
+        for piece in pieces {
+            let piece = piece.trim_matches([' ', '\t']);
+            let q = piece.strip_prefix("q=").or_else(|| piece.strip_prefix("Q="))?;
+            weight = qvalue(q)?;
+        }
+        if codings.iter().any(|(c, _)| *c == coding) {
+            return None;
+        }
+        codings.push((coding, weight));
     }
-    Cow::Borrowed(value)
+    codings.sort();
+    let members: Vec<String> = codings.iter().map(|(c, q)| format!("{c};q={q}")).collect();
+    Some(members.join(","))
+}
+
+/// A weight (RFC 9110 section 12.4.2: `0`, `0.5`, `1.000`...) in thousandths.
+fn qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits_ok = fraction.len() <= 3 && fraction.bytes().all(|b| b.is_ascii_digit());
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" if digits_ok => Some(thousandths),
+        "1" if digits_ok && thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// An `Accept`-style list without the whitespace around its delimiters or its empty members,
+/// its case folded where RFC 9110 makes it insensitive: the member's first part and parameter
+/// names always, the weight `q`, and other unquoted parameter values when `fold_values`.
+/// `None` for an unterminated quoted string.
+fn canonical_accept_list(text: &str, fold_values: bool) -> Option<String> {
+    let mut members = Vec::new();
+    for member in split_unquoted(text, ',')? {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let mut pieces = Vec::new();
+        for (i, piece) in split_unquoted(member, ';')?.into_iter().enumerate() {
+            let piece = piece.trim_matches([' ', '\t']);
+            let folded = match piece.split_once('=') {
+                _ if i == 0 => piece.to_ascii_lowercase(),
+                Some((name, value)) => {
+                    let name = name.to_ascii_lowercase();
+                    let fold = !value.starts_with('"') && (fold_values || name == "q");
+                    let value = if fold { value.to_ascii_lowercase() } else { value.to_owned() };
+                    format!("{name}={value}")
+                }
+                None => piece.to_owned(),
+            };
+            pieces.push(folded);
+        }
+        members.push(pieces.join(";"));
+    }
+    Some(members.join(","))
+}
+
+/// `text` split at each `delimiter` outside quoted strings; `None` when a quote is left open.
+fn split_unquoted(text: &str, delimiter: char) -> Option<Vec<&str>> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == delimiter && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    (!quoted).then_some(parts)
+}
+
+/// A token character (RFC 9110 section 5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The request headers a response varies on: the rule's, and those learned from responses,
@@ -212,6 +326,42 @@ fn authority_of(request: &Parts) -> Cow<'_, str> {
             Err(_) => Cow::Owned(host.as_bytes().iter().map(|b| format!("%{b:02X}")).collect()),
         },
     }
+}
+
+/// Every `Host` line, when one names another authority than the one the request is keyed on
+/// (the target's, else the first `Host`); none in the usual case where they all agree. All of
+/// them, not only those that disagree: `http://a/` with `Host: b` and `/` with `Host: a` and
+/// `Host: b` have one authority and one disagreeing `Host`, but a handler sees two lists.
+fn disagreeing_hosts(request: &Parts) -> Vec<&[u8]> {
+    let hosts = request.headers.get_all(header::HOST);
+    let keyed = match (request.uri.authority(), hosts.iter().next()) {
+        (Some(authority), _) => authority.as_str().as_bytes(),
+        (None, Some(first)) => first.as_bytes(),
+        (None, None) => return Vec::new(),
+    };
+    if hosts.iter().all(|host| host.as_bytes().eq_ignore_ascii_case(keyed)) {
+        return Vec::new();
+    }
+    // Where the keyed authority came from tells the two lists above apart.
+    let from_target: &[u8] = if request.uri.authority().is_some() { b"target" } else { b"host" };
+    std::iter::once(from_target).chain(hosts.iter().map(|host| host.as_bytes())).collect()
+}
+
+/// The request headers that the request's `Connection` header names, and that it carries:
+/// sorted, without repeats. RFC 9110 section 7.6.1 makes proxies remove them before
+/// forwarding, so a handler behind a proxy does not see them, while the layer in front does.
+pub(crate) fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) else { continue };
+            if headers.contains_key(&name) && !named.contains(&name) {
+                named.push(name);
+            }
+        }
+    }
+    named.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    named
 }
 
 /// `path` with the escapes of unreserved characters (letters, digits, `-._~`) decoded.
@@ -283,18 +433,37 @@ pub(crate) fn kept_params(query: &str, keep: &[String]) -> String {
     kept.collect::<Vec<_>>().join("&")
 }
 
-/// The query's parameters sorted by name, stably, so `b=2&a=1` and `a=1&b=2` share a key while
-/// `a=1&a=2` and `a=2&a=1` (which a handler may read differently) do not.
+/// The query's parameters sorted by name, stably, so `b=2&a=1` and `a=1&b=2` share a key.
+///
+/// Handlers read a query as a list of pairs by name, and every parser decodes names its own
+/// way: `%61` is `a` to all of them, `+` is a space to form decoders, and some compare names
+/// without case. So parameters are ordered by their name decoded every way at once (escapes
+/// and `+` decoded, case folded), and parameters whose names are equal that way keep their
+/// order: `a=1&%61=2` and `%61=2&a=1`, which a handler reads as `a=[1,2]` and `a=[2,1]`, keep
+/// their own keys. Empty parameters (`&&`) are dropped, as every parser skips them.
 fn sorted_query(query: &str) -> Cow<'_, str> {
-    let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
-    fn name(param: &str) -> &str {
-        param.split('=').next().unwrap_or("")
-    }
-    if params.windows(2).all(|w| name(w[0]) <= name(w[1])) && !query.contains("&&") {
+    let mut params: Vec<(Cow<'_, str>, &str)> =
+        query.split('&').filter(|p| !p.is_empty()).map(|p| (sort_name(p), p)).collect();
+    let sorted = params.windows(2).all(|w| w[0].0 <= w[1].0);
+    if sorted && !query.contains("&&") {
         return Cow::Borrowed(query.trim_matches('&'));
     }
-    params.sort_by(|a, b| name(a).cmp(name(b)));
-    Cow::Owned(params.join("&"))
+    // Stable: parameters of one name keep their order.
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    Cow::Owned(params.into_iter().map(|(_, param)| param).collect::<Vec<_>>().join("&"))
+}
+
+/// A parameter's name as any parser could read it: escapes and `+` decoded, case folded.
+fn sort_name(param: &str) -> Cow<'_, str> {
+    let name = param.split('=').next().unwrap_or("");
+    let plain =
+        name.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase() && b != b'%' && b != b'+');
+    if plain {
+        return Cow::Borrowed(name);
+    }
+    let spaced = name.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy();
+    Cow::Owned(decoded.to_lowercase())
 }
 
 #[cfg(test)]
@@ -400,12 +569,77 @@ mod tests {
             entry_key("c", &parts("/x", &[(name, value)]), None, &[HeaderName::from_static(name)])
         };
         assert_eq!(key("accept-encoding", "gzip, br"), key("accept-encoding", "br,GZIP"));
-        assert_eq!(key("accept-encoding", "gzip, x-custom"), key("accept-encoding", "gzip;q=0.5"));
+        assert_eq!(key("accept-encoding", "x-gzip;q=0.5"), key("accept-encoding", "gzip;Q=0.500"));
+        assert_eq!(key("accept-encoding", "gzip;q=1"), key("accept-encoding", "gzip"));
+        assert_eq!(key("accept-encoding", "gzip,,br"), key("accept-encoding", "br, gzip"));
         assert_ne!(key("accept-encoding", "gzip"), key("accept-encoding", "gzip;q=0"));
+        assert_ne!(key("accept-encoding", "gzip, x-custom"), key("accept-encoding", "gzip;q=0.5"));
+        assert_ne!(
+            key("accept-encoding", "gzip;q=0.5, br"),
+            key("accept-encoding", "gzip, br;q=0.5")
+        );
+        assert_ne!(key("accept-encoding", "*"), key("accept-encoding", "identity"));
+        assert_ne!(key("accept-encoding", "*"), key("accept-encoding", ""));
+        assert_ne!(key("accept-encoding", "gzip;q=2"), key("accept-encoding", "gzip"));
+        assert_ne!(key("accept-encoding", "gzip, gzip;q=0"), key("accept-encoding", "gzip"));
         assert_eq!(key("accept-language", "EN-us, fr"), key("accept-language", "en-US,fr"));
+        assert_eq!(key("accept-language", "en;Q=0.5"), key("accept-language", "EN ; q=0.5"));
         assert_ne!(key("accept-language", "en"), key("accept-language", "fr"));
+        assert_eq!(key("accept", "Text/HTML;Level=1"), key("accept", "text/html; level=1"));
+        assert_ne!(key("accept", "text/html;p=\"A\""), key("accept", "text/html;p=\"a\""));
+        assert_ne!(key("accept", "text/html;p=A"), key("accept", "text/html;p=a"));
         assert_eq!(key("x-tenant", " a "), key("x-tenant", "a"));
         assert_ne!(key("x-tenant", "A"), key("x-tenant", "a"), "unknown headers keep their case");
+    }
+
+    #[test]
+    fn the_target_authority_wins_but_a_disagreeing_host_is_keyed_too() {
+        let with = |uri: &str, hosts: &[&str]| {
+            let mut request = parts(uri, &[]);
+            for host in hosts {
+                request.headers.append("host", http::HeaderValue::from_str(host).unwrap());
+            }
+            entry_key("c", &request, None, &[])
+        };
+        let plain = with("/a", &["127.0.0.1:1"]);
+        assert_eq!(with("http://127.0.0.1:1/a", &["127.0.0.1:1"]), plain);
+        assert_eq!(with("http://127.0.0.1:1/a", &[]), plain, "HTTP/2 `:authority` alone");
+        assert_ne!(with("http://127.0.0.1:1/a", &["evil.example"]), plain);
+        assert_ne!(with("/a", &["127.0.0.1:1", "evil.example"]), plain);
+        assert_eq!(with("/a", &["127.0.0.1:1", "127.0.0.1:1"]), plain);
+    }
+
+    #[test]
+    fn headers_named_in_connection_split_keys_when_the_request_carries_them() {
+        let key_of = |headers: &[(&str, &str)]| {
+            let lang = [HeaderName::from_static("accept-language")];
+            entry_key("c", &parts("/x", headers), None, &lang)
+        };
+        let fr = key_of(&[("accept-language", "fr")]);
+        assert_ne!(key_of(&[("accept-language", "fr"), ("connection", "Accept-Language")]), fr);
+        assert_eq!(key_of(&[("accept-language", "fr"), ("connection", "keep-alive")]), fr);
+        assert_eq!(key_of(&[("accept-language", "fr"), ("connection", "close, x-absent")]), fr);
+        assert_eq!(
+            key_of(&[
+                ("accept-language", "fr"),
+                ("x-a", "1"),
+                ("connection", "x-a, accept-language")
+            ]),
+            key_of(&[
+                ("accept-language", "fr"),
+                ("x-a", "1"),
+                ("connection", "Accept-Language,X-A")
+            ]),
+        );
+    }
+
+    #[test]
+    fn parameters_a_parser_could_read_as_one_name_keep_their_order() {
+        assert_ne!(key("/a?a=1&%61=2"), key("/a?%61=2&a=1"));
+        assert_ne!(key("/a?A=1&a=2"), key("/a?a=2&A=1"));
+        assert_ne!(key("/a?a+b=1&a%20b=2"), key("/a?a%20b=2&a+b=1"));
+        assert_eq!(key("/a?b=1&%61=2"), key("/a?%61=2&b=1"));
+        assert_eq!(key("/a?B=1&a=2"), key("/a?a=2&B=1"));
     }
 
     #[test]
@@ -428,7 +662,8 @@ mod tests {
     struct Case {
         method: Method,
         /// `Some(host)`: sent as the URI's authority (absolute form) when `absolute`, else as
-        /// `Host`. An absolute-form request also carries a `Host` that must not count.
+        /// `Host`. An absolute-form request also carries the same `Host`, upper-cased, as
+        /// clients do (one that disagrees is keyed too: see the unit tests).
         host: Option<String>,
         absolute: bool,
         path: String,
@@ -452,7 +687,7 @@ mod tests {
             };
             let mut builder = http::Request::builder().method(self.method.clone()).uri(uri);
             match (&self.host, self.absolute) {
-                (Some(_), true) => builder = builder.header("host", "ignored.example"),
+                (Some(host), true) => builder = builder.header("host", host.to_ascii_uppercase()),
                 (Some(host), false) => builder = builder.header("host", host.as_str()),
                 (None, _) => {}
             }
@@ -525,46 +760,69 @@ mod tests {
         out
     }
 
-    /// Parameters grouped by name (the part before the first `=`), names in byte order, each
-    /// name's parameters in their order; empty parameters dropped.
+    /// Parameters grouped by name (the part before the first `=`) as the loosest parser reads
+    /// it (`+` a space, escapes decoded, case folded), names in order, each name's parameters
+    /// in their order; empty parameters dropped.
     fn norm_query(query: &str) -> String {
-        let mut by_name: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        let mut by_name: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
         for param in query.split('&').filter(|p| !p.is_empty()) {
-            let name = param.split_once('=').map_or(param, |(name, _)| name);
+            let name = param.split_once('=').map_or(param, |(name, _)| name).replace('+', " ");
+            let name =
+                percent_encoding::percent_decode_str(&name).decode_utf8_lossy().to_lowercase();
             by_name.entry(name).or_default().push(param);
         }
         by_name.into_values().flatten().collect::<Vec<_>>().join("&")
     }
 
     /// A varying header's value as it counts: trimmed; `Accept`, `Accept-Charset` and
-    /// `Accept-Language` without whitespace and in lower case; `Accept-Encoding` as the set of
-    /// the codings a stack produces that it accepts with a non-zero `q`.
+    /// `Accept-Language` as their non-empty members, each trimmed around its `;`s and in lower
+    /// case (the alphabet has no quoted strings or parameters but `q`); `Accept-Encoding` as
+    /// its codings in lower case with their weights in thousandths, sorted, or as it is when a
+    /// member does not parse or a coding comes twice.
     fn norm_value(name: &HeaderName, value: &[u8]) -> Vec<u8> {
-        let is_space = |b: &u8| *b == b' ' || *b == b'\t';
-        let start = value.iter().position(|b| !is_space(b)).unwrap_or(value.len());
-        let end = value.iter().rposition(|b| !is_space(b)).map_or(start, |i| i + 1);
-        let value = &value[start..end];
+        let text = String::from_utf8(value.to_vec()).unwrap();
+        let text = text.trim_matches([' ', '\t']);
+        let members =
+            || text.split(',').map(|m| m.trim_matches([' ', '\t'])).filter(|m| !m.is_empty());
         match name.as_str() {
-            "accept" | "accept-charset" | "accept-language" => {
-                value.iter().filter(|b| !is_space(b)).map(u8::to_ascii_lowercase).collect()
-            }
+            "accept" | "accept-charset" | "accept-language" => members()
+                .map(|m| {
+                    let pieces: Vec<String> = m
+                        .split(';')
+                        .map(|p| p.trim_matches([' ', '\t']).to_ascii_lowercase())
+                        .collect();
+                    pieces.join(";")
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+                .into_bytes(),
             "accept-encoding" => {
-                let text = String::from_utf8_lossy(value).to_ascii_lowercase();
-                let mut accepted = std::collections::BTreeSet::new();
-                for item in text.split(',') {
-                    let mut pieces = item.split(';').map(str::trim);
-                    let coding = pieces.next().unwrap_or("");
-                    let zero = pieces.any(|p| match p.strip_prefix("q=") {
-                        Some(q) => !q.parse::<f32>().is_ok_and(|q| q > 0.0),
-                        None => false,
-                    });
-                    if ["br", "deflate", "gzip", "zstd"].contains(&coding) && !zero {
-                        accepted.insert(coding.to_owned());
+                let mut codings = std::collections::BTreeMap::new();
+                for member in members() {
+                    let mut pieces = member.split(';').map(|p| p.trim_matches([' ', '\t']));
+                    let coding = pieces.next().unwrap().to_ascii_lowercase();
+                    let weights: Vec<&str> = pieces.collect();
+                    let weight = match weights.as_slice() {
+                        [] => Some(1000),
+                        [w] => match w.to_ascii_lowercase().as_str() {
+                            "q=0" => Some(0),
+                            "q=0.5" => Some(500),
+                            "q=1" => Some(1000),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    let ok =
+                        weight.is_some() && !coding.contains([' ', '\t']) && !coding.is_empty();
+                    if !ok || codings.insert(coding, weight).is_some() {
+                        return text.as_bytes().to_vec();
                     }
                 }
-                accepted.into_iter().collect::<Vec<_>>().join(",").into_bytes()
+                let members: Vec<String> =
+                    codings.iter().map(|(c, q)| format!("{c};q={}", q.unwrap())).collect();
+                members.join(",").into_bytes()
             }
-            _ => value.to_vec(),
+            _ => text.as_bytes().to_vec(),
         }
     }
 

@@ -43,6 +43,7 @@ impl CacheLayer {
             max_capture_bytes: 64 * 1024 * 1024,
             ttl_jitter: 0,
             invalidate_unsafe: true,
+            method_override_headers: Vec::new(),
             miss_lock_timeout: Some(Duration::from_secs(5)),
             honor_request_no_cache: false,
             stale_if_error_timeout: None,
@@ -122,6 +123,7 @@ pub struct CacheLayerBuilder {
     max_capture_bytes: usize,
     ttl_jitter: u8,
     invalidate_unsafe: bool,
+    method_override_headers: Vec<HeaderName>,
     miss_lock_timeout: Option<Duration>,
     honor_request_no_cache: bool,
     stale_if_error_timeout: Option<Duration>,
@@ -346,6 +348,22 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The method-override headers the application honours (default: none), such as
+    /// `X-HTTP-Method-Override`: a `GET` or `HEAD` carrying one that names an unsafe method
+    /// invalidates like that method (its mutation rule's tags on a 2xx, its URI on a non-error
+    /// answer), because the application treats it as one.
+    ///
+    /// Off by default, because the layer cannot tell whether the application honours them and
+    /// anyone can send them: were they honoured by the layer and not the application, any
+    /// anonymous `GET` could evict entries. Reads carrying a method override bypass the cache
+    /// either way ([`bypass_headers`](Self::bypass_headers)). Name here every override header
+    /// your application (or a middleware in front of it) honours; otherwise a write made
+    /// through one evicts nothing, and reads may see the old entries until they expire.
+    pub fn method_override_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.method_override_headers = names.into_iter().collect();
+        self
+    }
+
     /// The response header that tells `HIT`, `MISS` or `BYPASS` (default `x-cache`).
     pub fn x_cache_header(mut self, name: HeaderName) -> Self {
         self.status.x_cache = Some(name);
@@ -461,6 +479,7 @@ impl CacheLayerBuilder {
             max_capture_bytes: self.max_capture_bytes,
             ttl_jitter: self.ttl_jitter,
             invalidate_unsafe: self.invalidate_unsafe,
+            method_override_headers: self.method_override_headers,
             miss_lock_timeout: self.miss_lock_timeout,
             honor_request_no_cache: self.honor_request_no_cache,
             stale_if_error_timeout: self.stale_if_error_timeout,

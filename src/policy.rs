@@ -58,11 +58,14 @@ pub(crate) enum BypassReason {
     /// A gRPC call whose request message the layer did not read: the plain layer in front of
     /// a gRPC server, or a request stream of several messages or over `max_body_bytes`.
     UnreadMessage,
+    /// A read (`GET`, `HEAD`) that carries a body: the inner service may answer from it, and
+    /// it is not in the key.
+    RequestBody,
 }
 
 impl BypassReason {
     /// Every reason, in the order of [`as_str`](Self::as_str)'s labels.
-    pub(crate) const ALL: [BypassReason; 9] = [
+    pub(crate) const ALL: [BypassReason; 10] = [
         BypassReason::NoRule,
         BypassReason::BypassRule,
         BypassReason::Mutation,
@@ -72,6 +75,7 @@ impl BypassReason {
         BypassReason::BypassHeader,
         BypassReason::EvictionPending,
         BypassReason::UnreadMessage,
+        BypassReason::RequestBody,
     ];
 
     /// The reason as a metrics label.
@@ -86,6 +90,7 @@ impl BypassReason {
             BypassReason::BypassHeader => "bypass_header",
             BypassReason::EvictionPending => "eviction_pending",
             BypassReason::UnreadMessage => "unread_message",
+            BypassReason::RequestBody => "request_body",
         }
     }
 }
@@ -130,11 +135,19 @@ impl Plan {
     }
 }
 
-pub(crate) fn decide(shared: &Shared, request: &request::Parts, started: Instant) -> Decision {
+/// What to do with `request`; `has_body` says whether a body comes with it.
+pub(crate) fn decide(
+    shared: &Shared,
+    request: &request::Parts,
+    has_body: bool,
+    started: Instant,
+) -> Decision {
     let path = request.uri.path();
     let invalidate_unsafe = shared.settings.invalidate_unsafe;
-    // A `GET` that asks for a `DELETE` through a method-override header invalidates like one.
-    let overridden = guard::overridden_method(&request.method, &request.headers);
+    // A `GET` that asks for a `DELETE` through a method-override header the application
+    // honours invalidates like one (see `CacheLayerBuilder::method_override_headers`).
+    let overrides = &shared.settings.method_override_headers;
+    let overridden = guard::overridden_method(&request.method, &request.headers, overrides);
     let method = overridden.as_ref().unwrap_or(&request.method);
     let (rule, mut tags) = match shared.routes.classify(method, path) {
         // An unsafe request anywhere may still invalidate: by `Location` (RFC 9111 section
@@ -177,6 +190,10 @@ pub(crate) fn decide(shared: &Shared, request: &request::Parts, started: Instant
     }
     if rule.bypass_headers.iter().any(|h| request.headers.contains_key(h)) {
         return bypass(BypassReason::BypassHeader);
+    }
+    // A gRPC call's message is keyed (its digest, below); any other body is not.
+    if has_body && !rule.grpc {
+        return bypass(BypassReason::RequestBody);
     }
     if invalidate_unsafe {
         tags.push(uri_tag(path));

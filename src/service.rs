@@ -73,7 +73,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Body + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<CacheBody<ResBody>>;
@@ -91,7 +91,8 @@ where
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
         let (parts, body) = request.into_parts();
-        match decide(&shared, &parts, started) {
+        let has_body = !body.is_end_stream() && body.size_hint().exact() != Some(0);
+        match decide(&shared, &parts, has_body, started) {
             Decision::Bypass { route, reason } => {
                 shared.count_bypass(route.as_deref(), reason);
                 let future = inner.call(Request::from_parts(parts, body));

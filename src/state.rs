@@ -47,6 +47,9 @@ pub(crate) struct Settings {
     pub(crate) honor_request_no_cache: bool,
     /// Whether unsafe requests invalidate the entries of their target URI (RFC 9111 4.4).
     pub(crate) invalidate_unsafe: bool,
+    /// The method-override headers the application honours: a safe request carrying one
+    /// invalidates like the unsafe method it names.
+    pub(crate) method_override_headers: Vec<http::HeaderName>,
     pub(crate) status: StatusHeaders,
     /// The most bytes of decoded entries kept for hits (see [`crate::decoded`]).
     pub(crate) decoded_cache_bytes: u64,

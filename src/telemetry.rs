@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | `tower_redis_cache_requests_total` | counter | `route`, `outcome` | requests, by what the cache did: `hit`, `miss`, `stale`, `revalidated`, `collapsed` (a miss that found the entry another request filled), `bypass` |
 //! | `tower_redis_cache_request_duration_seconds` | histogram | `route`, `outcome` | from the call to the response head (the body of a hit is in memory by then; a miss's streams after) |
-//! | `tower_redis_cache_bypasses_total` | counter | `route`, `reason` | why the cache stayed out of the way: `no_rule`, `bypass_rule`, `mutation`, `credentials`, `unidentified_user`, `ambiguous_path`, `bypass_header`, `eviction_pending`, `unread_message` (a gRPC call whose message the layer did not read) |
+//! | `tower_redis_cache_bypasses_total` | counter | `route`, `reason` | why the cache stayed out of the way: `no_rule`, `bypass_rule`, `mutation`, `credentials`, `unidentified_user`, `ambiguous_path`, `bypass_header`, `eviction_pending`, `unread_message` (a gRPC call whose message the layer did not read), `request_body` (a `GET` or `HEAD` with a body) |
 //! | `tower_redis_cache_served_bytes_total` | counter | `route` | body bytes answered from the store |
 //! | `tower_redis_cache_stored_bytes_total` | counter | `route` | bytes of entries written to the store, as stored (compressed where they are) |
 //! | `tower_redis_cache_evictions_total` | counter | | tags evicted |

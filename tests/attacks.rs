@@ -310,14 +310,16 @@ async fn user_card(State(db): State<Arc<Users>>, Path(id): Path<String>) -> (Sta
     }
 }
 
-// A `GET` carrying `X-HTTP-Method-Override: DELETE` is a delete to the framework: the cache
-// must neither answer it from the entry nor keep serving the deleted row afterwards.
+// A `GET` carrying `X-HTTP-Method-Override: DELETE` is a delete to a framework that honours
+// it, and the application says so: the cache must neither answer it from the entry nor keep
+// serving the deleted row afterwards.
 #[tokio::test]
-async fn a_get_that_overrides_its_method_to_delete_evicts_like_a_delete() {
+async fn a_get_that_overrides_its_method_to_delete_evicts_like_a_delete_where_the_app_honours_it() {
     let server = RedisServer::start();
     let db = Arc::new(Users::default());
     let cache = CacheLayer::builder(redis_store(&server).await)
         .store_timeout(STORE_TIMEOUT)
+        .method_override_headers(OVERRIDES.map(HeaderName::from_static))
         .route("/users/{id}", Rule::get().tags(["user:{id}"]))
         .route("/users/{id}", Rule::delete().evicts(["user:{id}"]))
         .route("/users/{id}/card", Rule::get().tags(["user:{id}"]))
@@ -352,6 +354,152 @@ async fn a_get_that_overrides_its_method_to_delete_evicts_like_a_delete() {
         let card = get_with(&app, &card, &[]).await;
         assert_eq!(card.status, StatusCode::NOT_FOUND, "evicted through the tag: {card:?}");
     }
+}
+
+/// Reads a row; knows nothing of method overrides, like axum.
+async fn plain_user(State(db): State<Arc<Users>>, Path(id): Path<String>) -> (StatusCode, String) {
+    match db.rows.lock().unwrap().get(&id) {
+        Some(row) => (StatusCode::OK, row.clone()),
+        None => (StatusCode::NOT_FOUND, "no such user".to_owned()),
+    }
+}
+
+// Where the application honours no override (the default), an anonymous `GET` with
+// `X-HTTP-Method-Override: DELETE` is the plain read axum serves it as: it evicts nothing, so
+// nobody can flush entries by sending one.
+#[tokio::test]
+async fn an_anonymous_get_with_a_method_override_the_app_ignores_evicts_nothing() {
+    let db = Arc::new(Users::default());
+    db.rows.lock().unwrap().insert("2".to_owned(), "user 2".to_owned());
+    let cache = CacheLayer::builder(MemoryStore::default())
+        .route("/users", Rule::get().tag("users"))
+        .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
+        .route("/users/{id}", Rule::delete().evicts(["users", "user:{id}"]))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/users", get(|| async { "all users" }))
+        .route("/users/{id}", get(plain_user))
+        .with_state(db.clone())
+        .layer(cache);
+
+    get_with(&app, "/users", &[]).await;
+    get_with(&app, "/users/2", &[]).await;
+    assert_eq!(get_with(&app, "/users", &[]).await.x_cache, "HIT");
+    for name in OVERRIDES {
+        let overridden = get_with(&app, "/users/2", &[(name, "DELETE")]).await;
+        assert_eq!((overridden.status, overridden.body.as_str()), (StatusCode::OK, "user 2"));
+        assert_eq!(overridden.x_cache, "BYPASS", "{name}: a read the key does not describe");
+    }
+    assert_eq!(get_with(&app, "/users", &[]).await.x_cache, "HIT", "`users` was not evicted");
+    assert_eq!(get_with(&app, "/users/2", &[]).await.x_cache, "HIT", "`user:2` was not evicted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parts of a request the inner service sees differently from the key
+// ---------------------------------------------------------------------------------------------
+
+/// Answers with what it sees of the host, the language and the body, varying on the language.
+async fn sees(headers: HeaderMap, body: String) -> ([(HeaderName, &'static str); 1], String) {
+    let text = |name: &str| -> Vec<String> {
+        let values = headers.get_all(name).iter();
+        values.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
+    };
+    let answer =
+        format!("host={:?} lang={:?} body={body:?}", text("host"), text("accept-language"));
+    ([(axum::http::header::VARY, "accept-language")], answer)
+}
+
+/// Removes the headers `Connection` names before the handler sees them, as a proxy does
+/// (RFC 9110 section 7.6.1).
+async fn strip_connection_options(
+    mut request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let named: Vec<HeaderName> = request
+        .headers()
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        request.headers_mut().remove(name);
+    }
+    next.run(request).await
+}
+
+/// The reply to `uri` once it is a hit (entries are written in the background), or the last
+/// reply after a bounded number of tries.
+async fn once_hit(router: &Router, uri: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut reply = get_with(router, uri, headers).await;
+    for _ in 0..200 {
+        if reply.x_cache == "HIT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        reply = get_with(router, uri, headers).await;
+    }
+    reply
+}
+
+fn seeing_app(store: MemoryStore) -> Router {
+    let cache = CacheLayer::builder(store).route("/a", Rule::get()).build().unwrap();
+    Router::new()
+        .route("/a", get(sees))
+        .layer(axum::middleware::from_fn(strip_connection_options))
+        .layer(cache)
+}
+
+// RFC 9112 section 3.2.2: the target's authority wins over `Host`. A handler may still read
+// `Host`, so a request whose `Host` disagrees with its target must not fill the entry of the
+// target's plain requests.
+#[tokio::test]
+async fn a_host_that_disagrees_with_the_target_never_poisons_the_target_s_entry() {
+    let app = seeing_app(MemoryStore::default());
+    let poison = once_hit(&app, "http://127.0.0.1:1/a", &[("host", "evil.example")]).await;
+    assert!(poison.body.contains("evil.example") && poison.x_cache == "HIT", "{poison:?}");
+    for plain in [
+        get_with(&app, "/a", &[("host", "127.0.0.1:1")]).await,
+        get_with(&app, "http://127.0.0.1:1/a", &[("host", "127.0.0.1:1")]).await,
+        get_with(&app, "http://127.0.0.1:1/a", &[]).await,
+    ] {
+        assert!(!plain.body.contains("evil"), "served the poisoned answer: {plain:?}");
+    }
+    let twice = get_with(&app, "/a", &[("host", "127.0.0.1:1"), ("host", "evil.example")]).await;
+    assert!(twice.body.contains("evil.example") && twice.x_cache == "MISS", "{twice:?}");
+}
+
+// A header that `Connection` names is dropped before the handler sees it: the request is not
+// the one whose key has that header's value, and must not fill its entry.
+#[tokio::test]
+async fn a_header_named_in_connection_never_fills_the_entry_of_its_value() {
+    let app = seeing_app(MemoryStore::default());
+    let lang = [("host", "h"), ("accept-language", "fr")];
+    let stripped =
+        get_with(&app, "/a", &[lang[0], lang[1], ("connection", "Accept-Language")]).await;
+    assert!(stripped.body.contains("lang=[]"), "{stripped:?}");
+    let french = get_with(&app, "/a", &lang).await;
+    assert!(french.body.contains("lang=[\"fr\"]"), "got the stripped answer: {french:?}");
+    // Options naming headers the request does not carry change nothing.
+    let keep_alive = once_hit(&app, "/a", &[lang[0], lang[1], ("connection", "keep-alive")]).await;
+    assert_eq!((keep_alive.x_cache.as_str(), keep_alive.body), ("HIT", french.body));
+}
+
+// A `GET` body reaches the handler but is not in the key: such a request must stay out of the
+// cache, or its answer would be served to plain `GET`s.
+#[tokio::test]
+async fn a_get_with_a_body_neither_reads_nor_fills_the_cache() {
+    let app = seeing_app(MemoryStore::default());
+    let plain = get_with(&app, "/a", &[("host", "h")]).await;
+    let mut with_body = request(Method::GET, "/a", &[("host", "h")]);
+    *with_body.body_mut() = Body::from("callback=evil");
+    let bodied = send(&app, with_body).await;
+    assert_eq!(bodied.x_cache, "BYPASS");
+    assert!(bodied.body.contains("callback=evil"), "{bodied:?}");
+    let again = once_hit(&app, "/a", &[("host", "h")]).await;
+    assert_eq!((again.x_cache.as_str(), again.body), ("HIT", plain.body));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -76,10 +76,11 @@ where
             Some(rest) => rest.size_hint(),
             None => SizeHint::with_exact(0),
         };
-        hint.set_lower(hint.lower() + read);
+        // The upper bound first: `set_lower` panics on a lower bound above the upper one.
         if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + read);
+            hint.set_upper(upper.saturating_add(read));
         }
+        hint.set_lower(hint.lower().saturating_add(read));
         hint
     }
 }
