@@ -180,12 +180,15 @@ fn canonical_accept_encoding(text: &str) -> Option<String> {
             "x-compress" => "compress".to_owned(),
             _ => coding,
         };
-        let mut weight = 1000;
-        for piece in pieces {
-            let piece = piece.trim_matches([' ', '\t']);
-            let q = piece.strip_prefix("q=").or_else(|| piece.strip_prefix("Q="))?;
-            weight = qvalue(q)?;
-        }
+        // One weight at most, and nothing else (RFC 9110 section 12.5.3).
+        let weight = match (pieces.next(), pieces.next()) {
+            (None, _) => 1000,
+            (Some(piece), None) => {
+                let piece = piece.trim_matches([' ', '\t']);
+                qvalue(piece.strip_prefix("q=").or_else(|| piece.strip_prefix("Q="))?)?
+            }
+            (Some(_), Some(_)) => return None,
+        };
         if codings.iter().any(|(c, _)| *c == coding) {
             return None;
         }
@@ -328,21 +331,27 @@ fn authority_of(request: &Parts) -> Cow<'_, str> {
     }
 }
 
-/// Every `Host` line, when one names another authority than the one the request is keyed on
-/// (the target's, else the first `Host`); none in the usual case where they all agree. All of
-/// them, not only those that disagree: `http://a/` with `Host: b` and `/` with `Host: a` and
-/// `Host: b` have one authority and one disagreeing `Host`, but a handler sees two lists.
+/// Every `Host` line, unless the request has the usual one: a single `Host`, equal (case
+/// aside) to the target's authority when it has one. A handler may read `Host`, so when the
+/// lines say anything else (another host than the target's, several lines, none beside an
+/// HTTP/2 `:authority`), the key holds all of them, and where the keyed authority came from:
+/// `http://a/` with `Host: b` and `/` with `Host: a` and `Host: b` share an authority, but not
+/// what a handler sees.
 fn disagreeing_hosts(request: &Parts) -> Vec<&[u8]> {
     let hosts = request.headers.get_all(header::HOST);
-    let keyed = match (request.uri.authority(), hosts.iter().next()) {
-        (Some(authority), _) => authority.as_str().as_bytes(),
-        (None, Some(first)) => first.as_bytes(),
-        (None, None) => return Vec::new(),
+    let mut lines = hosts.iter();
+    let (first, more) = (lines.next(), lines.next().is_some());
+    let usual = match (request.uri.authority(), first) {
+        _ if more => false,
+        (Some(authority), Some(host)) => {
+            host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+        }
+        (Some(_), None) => false,
+        (None, _) => true,
     };
-    if hosts.iter().all(|host| host.as_bytes().eq_ignore_ascii_case(keyed)) {
+    if usual {
         return Vec::new();
     }
-    // Where the keyed authority came from tells the two lists above apart.
     let from_target: &[u8] = if request.uri.authority().is_some() { b"target" } else { b"host" };
     std::iter::once(from_target).chain(hosts.iter().map(|host| host.as_bytes())).collect()
 }
@@ -550,7 +559,7 @@ mod tests {
         assert_ne!(key("http://a.example/x"), key("http://b.example/x"));
         assert_eq!(
             entry_key("c", &parts("/x", &[("host", "A.example")]), None, &[]),
-            key("http://a.example/x")
+            entry_key("c", &parts("http://a.example/x", &[("host", "a.example")]), None, &[])
         );
 
         let lang = [HeaderName::from_static("accept-language")];
@@ -603,10 +612,15 @@ mod tests {
         };
         let plain = with("/a", &["127.0.0.1:1"]);
         assert_eq!(with("http://127.0.0.1:1/a", &["127.0.0.1:1"]), plain);
-        assert_eq!(with("http://127.0.0.1:1/a", &[]), plain, "HTTP/2 `:authority` alone");
+        // HTTP/2 `:authority` alone: the same host, but a handler reading `Host` sees none.
+        assert_ne!(with("http://127.0.0.1:1/a", &[]), plain);
         assert_ne!(with("http://127.0.0.1:1/a", &["evil.example"]), plain);
         assert_ne!(with("/a", &["127.0.0.1:1", "evil.example"]), plain);
-        assert_eq!(with("/a", &["127.0.0.1:1", "127.0.0.1:1"]), plain);
+        assert_ne!(with("/a", &["127.0.0.1:1", "127.0.0.1:1"]), plain, "two lines, seen as two");
+        assert_ne!(
+            with("http://127.0.0.1:1/a", &["evil.example"]),
+            with("/a", &["127.0.0.1:1", "evil.example"])
+        );
     }
 
     #[test]
@@ -812,8 +826,9 @@ mod tests {
                         },
                         _ => None,
                     };
-                    let ok =
-                        weight.is_some() && !coding.contains([' ', '\t']) && !coding.is_empty();
+                    let token =
+                        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                    let ok = weight.is_some() && !coding.is_empty() && coding.chars().all(token);
                     if !ok || codings.insert(coding, weight).is_some() {
                         return text.as_bytes().to_vec();
                     }
