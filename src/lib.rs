@@ -115,6 +115,7 @@ mod conditional;
 mod decoded;
 mod entry;
 mod error;
+mod fill;
 mod flight;
 mod freshness;
 mod future;
