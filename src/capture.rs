@@ -39,8 +39,8 @@ struct PendingEntry {
     grpc: bool,
 }
 
-/// A bounded copy of a body in flight. Dropping it (client gone, body error, over a limit)
-/// stores nothing.
+/// A bounded copy of a body in flight. Dropping it (body error, over a limit, or the client gone
+/// from a body captured in line) stores nothing.
 pub(crate) struct Capture {
     buf: BytesMut,
     limit: usize,

@@ -15,9 +15,11 @@
 //!   client's side, which reads the rest at the client's own pace, as a response that is not
 //!   captured is read. So a client that does not read makes the task hold at most
 //!   `max_body_bytes` (plus the frame that went over) of unread frames, never the whole body.
-//! - **Memory.** The unread frames are the inner body's own `Bytes`, handed over without a copy.
-//!   Once the entry is stored, all a client that never reads holds is those frames, at most
-//!   `max_body_bytes`: what a hit of the same entry served to the same client holds.
+//! - **Memory.** The unread frames are the inner body's own `Bytes`, handed over without a copy;
+//!   the capture's copy, counted in `max_capture_bytes`, lives only until the entry is written.
+//!   Once it is, all a client that never reads holds is those frames, at most `max_body_bytes`:
+//!   what a hit of the same entry served to the same client holds (its whole body, shared with
+//!   the stored entry's bytes).
 //! - **A client that disconnects** mid-body does not stop the fill: the task reads the body to
 //!   its end (at most `max_body_bytes`, after which there is no one to hand the rest to, so it
 //!   is dropped) and stores it, since the requests waiting on the miss lock want it. An inner
@@ -173,7 +175,7 @@ impl<B> Filling<B> {
     {
         match &self.rest {
             Some(rest) => rest.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 
@@ -194,7 +196,7 @@ impl<B> Filling<B> {
         match ready!(self.frames.poll_next(cx)) {
             Next::Frame { frame, last } => {
                 if let Ok(data) = frame.as_ref().map(Frame::data_ref) {
-                    self.hint = less(&self.hint, data.map_or(0, Bytes::len) as u64);
+                    self.hint = less(self.hint, data.map_or(0, Bytes::len) as u64);
                 }
                 self.ended = last;
                 Poll::Ready(Some(frame))
@@ -209,7 +211,7 @@ impl<B> Filling<B> {
 }
 
 /// `hint` once `len` bytes of the body are gone.
-fn less(hint: &SizeHint, len: u64) -> SizeHint {
+fn less(hint: SizeHint, len: u64) -> SizeHint {
     let mut left = SizeHint::new();
     // The upper bound first: it must never fall below the lower one.
     if let Some(upper) = hint.upper() {
