@@ -23,7 +23,7 @@ use http_body::Body;
 
 use crate::answer::{examine, serve_fresh, Usable};
 use crate::body::CacheBody;
-use crate::capture::capture_if_storable;
+use crate::capture::capture_in_line;
 use crate::compression::{compress, for_client};
 use crate::entry::Entry;
 use crate::key::KeyBase;
@@ -112,7 +112,7 @@ impl Harness {
     ) -> Option<usize> {
         let request = http::HeaderMap::new();
         let (response, stored) =
-            capture_if_storable(&self.shared, &planned.0, &request, versions, response, None);
+            capture_in_line(&self.shared, &planned.0, &request, versions, response, None);
         stored?;
         let mut body = response.into_body();
         let mut cx = Context::from_waker(Waker::noop());

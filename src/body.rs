@@ -9,11 +9,13 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::capture::Capture;
+use crate::fill::{self, Filling};
 
 pin_project! {
     /// The body of a response that passed through a [`CacheService`](crate::CacheService):
     /// served from the store, passed through untouched, or streamed to the client while a copy
-    /// is captured for the store.
+    /// is captured for the store (by a task of its own, so that the store never waits for the
+    /// client to read: see the crate's docs).
     ///
     /// Its error type is the inner body's, unchanged.
     pub struct CacheBody<B> {
@@ -28,6 +30,7 @@ pin_project! {
         Cached { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Passthrough { #[pin] inner: B },
         Capturing { #[pin] inner: B, capture: Option<Capture> },
+        Filling { fill: Filling<B> },
     }
 }
 
@@ -57,6 +60,27 @@ impl<B: Body<Data = Bytes>> CacheBody<B> {
     }
 }
 
+impl<B> CacheBody<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    /// The inner service's body, read by a task at the inner service's pace while `capture`
+    /// keeps a copy, and forwarded to the client as it reads. Captured in line, as
+    /// [`capturing`](Self::capturing), when there is no Tokio runtime to run the task on.
+    pub(crate) fn filling(inner: B, capture: Capture) -> Self {
+        if inner.is_end_stream() {
+            return Self::capturing(inner, capture);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                Self { kind: Kind::Filling { fill: fill::spawn(&runtime, inner, capture) } }
+            }
+            Err(_) => Self::capturing(inner, capture),
+        }
+    }
+}
+
 impl<B: std::fmt::Debug> std::fmt::Debug for CacheBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
@@ -70,6 +94,7 @@ impl<B: std::fmt::Debug> std::fmt::Debug for CacheBody<B> {
             Kind::Capturing { inner, .. } => {
                 f.debug_tuple("CacheBody::Capturing").field(inner).finish()
             }
+            Kind::Filling { fill } => f.debug_tuple("CacheBody::Filling").field(fill).finish(),
         }
     }
 }
@@ -116,6 +141,7 @@ where
                 }
                 Poll::Ready(frame)
             }
+            KindProj::Filling { fill } => fill.poll_frame(cx),
         }
     }
 
@@ -123,6 +149,7 @@ where
         match &self.kind {
             Kind::Cached { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Passthrough { inner } | Kind::Capturing { inner, .. } => inner.is_end_stream(),
+            Kind::Filling { fill } => fill.is_end_stream(),
         }
     }
 
@@ -132,6 +159,7 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Passthrough { inner } | Kind::Capturing { inner, .. } => inner.size_hint(),
+            Kind::Filling { fill } => fill.size_hint(),
         }
     }
 }

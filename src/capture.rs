@@ -39,8 +39,8 @@ struct PendingEntry {
     grpc: bool,
 }
 
-/// A bounded copy of a body in flight. Dropping it (client gone, body error, over a limit)
-/// stores nothing.
+/// A bounded copy of a body in flight. Dropping it (body error, over a limit, or the client gone
+/// from a body captured in line) stores nothing.
 pub(crate) struct Capture {
     buf: BytesMut,
     limit: usize,
@@ -174,14 +174,47 @@ pub(crate) fn store_entry(
     });
 }
 
-/// Wraps the body in a capture when the response may be stored; says for how long it will be.
-pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
+/// Captures the body when the response may be stored, reading it in a task of its own so that
+/// the store does not wait for the client (see [`fill`](crate::fill)); says for how long the
+/// entry will be fresh.
+pub(crate) fn capture_if_storable<B>(
     shared: &Arc<Shared>,
     plan: &Plan,
     request: &HeaderMap,
     versions: Vec<TagVersion>,
     response: Response<B>,
     flight: Option<FlightGuard>,
+) -> (Response<CacheBody<B>>, Option<Duration>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    capture_with(shared, plan, request, versions, response, flight, CacheBody::filling)
+}
+
+/// As [`capture_if_storable`], for a caller that reads the whole body itself at once (a
+/// background refresh, a benchmark): the copy is taken as the body is polled, with no task.
+pub(crate) fn capture_in_line<B: Body<Data = Bytes>>(
+    shared: &Arc<Shared>,
+    plan: &Plan,
+    request: &HeaderMap,
+    versions: Vec<TagVersion>,
+    response: Response<B>,
+    flight: Option<FlightGuard>,
+) -> (Response<CacheBody<B>>, Option<Duration>) {
+    capture_with(shared, plan, request, versions, response, flight, CacheBody::capturing)
+}
+
+/// Wraps the body with `read` and a capture when the response may be stored, else passes it
+/// through; says for how long the entry will be fresh.
+fn capture_with<B: Body<Data = Bytes>>(
+    shared: &Arc<Shared>,
+    plan: &Plan,
+    request: &HeaderMap,
+    versions: Vec<TagVersion>,
+    response: Response<B>,
+    flight: Option<FlightGuard>,
+    read: fn(B, Capture) -> CacheBody<B>,
 ) -> (Response<CacheBody<B>>, Option<Duration>) {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
@@ -232,5 +265,5 @@ pub(crate) fn capture_if_storable<B: Body<Data = Bytes>>(
         tracing::debug!(route = &*plan.rule.pattern, "max_capture_bytes reached; not stored");
         return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
     };
-    (Response::from_parts(parts, CacheBody::capturing(body, capture)), Some(freshness.remaining()))
+    (Response::from_parts(parts, read(body, capture)), Some(freshness.remaining()))
 }

@@ -50,7 +50,10 @@
 //! 3. **Miss.** The inner service is called and its response streams to the client as it comes,
 //!    while a copy of at most [`max_body_bytes`](CacheLayerBuilder::max_body_bytes) is taken.
 //!    If the body ends normally and the response may be stored (see below), the entry is
-//!    written in the background (`X-Cache: MISS`).
+//!    written in the background (`X-Cache: MISS`). A body being stored is read by a task of its
+//!    own at the inner service's pace, so the entry is written, and the requests waiting for it
+//!    served, when the inner body ends, however slowly the client reads, or if it disconnects.
+//!    Past `max_body_bytes` that task stops reading ahead and the client reads the rest itself.
 //! 4. **Writes.** A `POST`, `PUT`, `PATCH` or `DELETE` covered by a mutation rule that succeeds
 //!    (2xx) evicts the rule's tags before the response goes back to the client. Any unsafe
 //!    request with a non-error response also invalidates the entries of its target path and of
@@ -69,7 +72,7 @@
 //! | A response's `Vary` headers become part of its key | it is only served to requests it was made for |
 //! | Credentialed requests to routes neither per-user nor shared bypass | their response may be that user's |
 //! | Bypass patterns win over every other rule | `/auth/{*rest}` stays out of the cache whatever else matches |
-//! | Bodies over `max_body_bytes`, and bodies that fail or are cut short, are not stored | nothing partial is ever served |
+//! | Bodies over `max_body_bytes`, and bodies that fail or are cut short, are not stored (a client that disconnects does not cut the body short: it is read to its end and stored) | nothing partial is ever served |
 //!
 //! # Guarantees
 //!
@@ -115,6 +118,7 @@ mod conditional;
 mod decoded;
 mod entry;
 mod error;
+mod fill;
 mod flight;
 mod freshness;
 mod future;

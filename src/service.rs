@@ -75,6 +75,7 @@ where
     S::Error: Send + 'static,
     ReqBody: Body + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;
@@ -135,6 +136,7 @@ where
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     // The entry and its tags' current versions, in one round trip. The versions are read
     // before the inner service runs, which is what makes a later eviction win over this miss.

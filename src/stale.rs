@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::answer::{examine, respond_from_entry, Usable};
 use crate::body::CacheBody;
-use crate::capture::{capture_if_storable, store_entry};
+use crate::capture::{capture_in_line, store_entry};
 use crate::entry::Entry;
 use crate::flight::{FlightGuard, Flights, Role};
 use crate::policy::{storable, Plan};
@@ -135,7 +135,7 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
         let request_headers = request.headers().clone();
         let Ok(response) = inner.call(request).await else { return };
         let (response, _) =
-            capture_if_storable(&shared, &plan, &request_headers, versions, response, Some(flight));
+            capture_in_line(&shared, &plan, &request_headers, versions, response, Some(flight));
         // Reading the body to its end is what stores it.
         let _ = response.into_body().collect().await;
     });

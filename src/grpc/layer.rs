@@ -85,6 +85,7 @@ where
     ReqBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ReqBody::Error: Send,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;

@@ -462,22 +462,24 @@ async fn bodies_that_fail_midway_are_not_stored() {
 }
 
 #[tokio::test]
-async fn a_client_that_disconnects_leaves_nothing_stored() {
+async fn a_client_that_disconnects_midway_does_not_stop_the_entry_being_stored() {
     let mut h = Harness::users().await;
     assert_ready_ok!(h.svc.poll_ready());
     let call = tokio::spawn(h.svc.call(get("/users")));
     let (_, reply) = h.inner.next_request().await.unwrap();
-    reply.send_response(Response::new(streamed(vec![
-        Ok(http_body::Frame::data(Bytes::from_static(b"first half "))),
-        Ok(http_body::Frame::data(Bytes::from_static(b"second half"))),
-    ])));
+    let (feed, body) = fed();
+    reply.send_response(Response::new(body));
     let mut body = call.await.unwrap().unwrap().into_body();
+    feed.send("first half ").await.unwrap();
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "first half ");
     drop(body); // the client went away
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(h.get("/users", "whole").await.x_cache(), "MISS");
-    assert_eq!(h.cache.stats().stores, 1, "only the second, complete response was stored");
+    feed.send("second half").await.unwrap();
+    drop(feed);
+    // The requests waiting on the miss lock want the entry: it is read to its end and stored.
+    let next = h.get("/users", "must not be called").await;
+    assert_eq!((next.x_cache(), &next.body[..]), ("HIT", &b"first half second half"[..]));
+    assert_eq!(h.cache.stats().stores, 1);
 }
 
 #[tokio::test]
@@ -563,6 +565,104 @@ async fn copies_in_flight_share_one_memory_budget_and_past_it_bodies_stream_unca
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("option `max_capture_bytes`: must be at least max_body_bytes"), "{err}");
+}
+
+/// A response whose body is `len` bytes.
+fn of_len(len: usize) -> Resp {
+    Response::new(Full::new(Bytes::from(vec![b'x'; len])).map_err(|e: Infallible| match e {}).boxed_unsync())
+}
+
+/// Runs `test` within a bound far below the miss lock timeouts below, so that a request that
+/// waited one out fails the test instead of passing slowly.
+async fn well_within_the_miss_lock(test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(30), test)
+        .await
+        .expect("a request waited out the miss lock");
+}
+
+#[tokio::test]
+async fn a_leader_whose_client_never_reads_still_stores_the_entry_for_the_waiting_requests() {
+    let layer = users_rules(builder_for(test_store().await))
+        .miss_lock_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    well_within_the_miss_lock(async {
+        assert_ready_ok!(h.svc.poll_ready());
+        let leader = tokio::spawn(h.svc.call(get("/users")));
+        let (_, reply) = h.inner.next_request().await.unwrap();
+        reply.send_response(of_len(10_000));
+        // An HTTP/2 client that never opens its window: its body is never polled.
+        let unread = leader.await.unwrap().unwrap();
+        let next = h.get("/users", "must not be called").await;
+        assert_eq!(next.x_cache(), "HIT");
+        assert!(next.reached_inner.is_none());
+        assert_eq!(next.body.len(), 10_000);
+        assert_eq!(body_text(unread).await.len(), 10_000, "the client still gets it all");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leaders_whose_clients_never_read_give_the_capture_budget_back_once_their_bodies_end() {
+    let layer = users_rules(builder_for(test_store().await))
+        .max_body_bytes(1_000)
+        .max_capture_bytes(3_000)
+        .miss_lock_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    well_within_the_miss_lock(async {
+        let mut unread = Vec::new();
+        for id in 0..10 {
+            let path = format!("/users/{id}");
+            assert_ready_ok!(h.svc.poll_ready());
+            let leader = tokio::spawn(h.svc.call(get(&path)));
+            let (_, reply) = h.inner.next_request().await.unwrap();
+            reply.send_response(of_len(1_000));
+            let response = leader.await.unwrap().unwrap();
+            let status = response.headers()["cache-status"].to_str().unwrap();
+            assert!(status.contains("stored"), "{path} was captured: {status}");
+            unread.push(response);
+            // Waits for the leader's flight, which ends once its entry is stored.
+            let next = h.get(&path, "must not be called").await;
+            assert_eq!(next.x_cache(), "HIT", "{path}");
+        }
+        assert_eq!(h.cache.stats().stores, 10);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn past_max_body_bytes_a_client_that_does_not_read_holds_the_rest_of_the_body_back() {
+    let layer = users_rules(builder_for(test_store().await))
+        .max_body_bytes(1_024)
+        .miss_lock_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let pulled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&pulled);
+    let frames = tokio_stream::StreamExt::map(tokio_stream::iter(0..100), move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![b'x'; 512])))
+    });
+    well_within_the_miss_lock(async {
+        assert_ready_ok!(h.svc.poll_ready());
+        let leader = tokio::spawn(h.svc.call(get("/users")));
+        let (_, reply) = h.inner.next_request().await.unwrap();
+        reply.send_response(Response::new(StreamBody::new(frames).boxed_unsync()));
+        let unread = leader.await.unwrap().unwrap();
+        // The leader's flight ends when its capture goes over the limit; this request calls
+        // the inner service itself then.
+        let next = h.get("/users", "small").await;
+        assert_eq!(next.x_cache(), "MISS");
+        // Two frames fit in 1 KiB, the third went over: nothing was read past it.
+        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(body_text(unread).await.len(), 100 * 512, "the client reads the rest itself");
+        assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 100);
+    })
+    .await;
 }
 
 #[tokio::test]
