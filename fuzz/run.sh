@@ -6,9 +6,10 @@
 #   FUZZ_SECONDS=300 fuzz/run.sh                 # every target, 5 minutes each
 #   fuzz/run.sh entry_decode response_headers    # only these targets
 #
-# Targets (fuzz/fuzz_targets/): entry_decode (stored entries), keys_and_tags (entry keys, tag
-# templates, tag keys), response_headers (Cache-Control, Expires, Age, Vary, Cache-Groups,
-# validators). Not part of `cargo test`: run this script by hand or from a scheduled job.
+# Targets (fuzz/fuzz_targets/): cache_control (the strict Cache-Control parser against an
+# independent recogniser of the RFC 9111 grammar), entry_decode (stored entries), keys_and_tags
+# (entry keys, tag templates, tag keys), response_headers (Cache-Control, Expires, Age, Vary,
+# Cache-Groups, validators). Not part of `cargo test`: run this script by hand or from a scheduled job.
 #
 # Environment:
 #   FUZZ_SECONDS    fuzzing time per target, in seconds (default 60). The script stops by
@@ -53,7 +54,7 @@ set -euo pipefail
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 FUZZ_SANITIZER=${FUZZ_SANITIZER:-none}
 FUZZ_KEEP_GOING=${FUZZ_KEEP_GOING:-0}
-ALL_TARGETS=(entry_decode keys_and_tags response_headers)
+ALL_TARGETS=(cache_control entry_decode keys_and_tags response_headers)
 
 if ! [[ $FUZZ_SECONDS =~ ^[1-9][0-9]*$ ]]; then
     echo "FUZZ_SECONDS must be a positive number of seconds, not '$FUZZ_SECONDS'" >&2

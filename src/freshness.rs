@@ -1,13 +1,15 @@
 //! How long a stored response stays fresh (RFC 9111 section 4.2): the upstream's
 //! `Cache-Control: s-maxage`, else `max-age`, else `Expires` minus `Date`, else the rule's TTL;
 //! capped by the rule's `max_ttl`, less the `Age` the response already had, and spread by the
-//! layer's jitter. Header parsing is the `headers` crate's.
+//! layer's jitter. `Cache-Control` is read by [`crate::cache_control`], the dates and `Age` by
+//! the `headers` crate.
 
 use std::time::{Duration, SystemTime};
 
-use headers::{Age, CacheControl, Date, Expires, HeaderMapExt};
-use http::header::{HeaderMap, CACHE_CONTROL, ETAG, EXPIRES, LAST_MODIFIED};
+use headers::{Age, Date, Expires, HeaderMapExt};
+use http::header::{HeaderMap, ETAG, EXPIRES, LAST_MODIFIED};
 
+use crate::cache_control::{CacheControl, MAX_DELTA_SECS};
 use crate::rules::ReadRule;
 
 /// The freshness of one response.
@@ -69,14 +71,10 @@ pub(crate) fn freshness(
     let age = headers.typed_get::<Age>().map_or(Duration::ZERO, Duration::from);
     let (mut stale_while_revalidate, mut stale_if_error) =
         (rule.stale_while_revalidate, rule.stale_if_error);
-    if rule.upstream_cache_control {
-        let directive = |name| extension_secs(headers, name).map(Duration::from_secs);
-        stale_while_revalidate =
-            directive("stale-while-revalidate").unwrap_or(stale_while_revalidate);
-        stale_if_error = directive("stale-if-error").unwrap_or(stale_if_error);
-        let revalidate = cache_control.is_some_and(CacheControl::must_revalidate)
-            || extension_secs(headers, "proxy-revalidate").is_some();
-        if revalidate {
+    if let Some(cc) = cache_control {
+        stale_while_revalidate = cc.stale_while_revalidate().unwrap_or(stale_while_revalidate);
+        stale_if_error = cc.stale_if_error().unwrap_or(stale_if_error);
+        if cc.must_revalidate() || cc.proxy_revalidate() {
             // RFC 9111 section 5.2.2.2: never served stale.
             (stale_while_revalidate, stale_if_error) = (Duration::ZERO, Duration::ZERO);
         }
@@ -94,27 +92,10 @@ pub(crate) fn freshness(
 
 /// The longest delta a cache need count (RFC 9111 section 1.2.2: 2^31 seconds, some 68
 /// years), so that sums of them and their milliseconds never overflow.
-const MAX_DELTA: Duration = Duration::from_secs(1 << 31);
+const MAX_DELTA: Duration = Duration::from_secs(MAX_DELTA_SECS);
 
 fn delta(duration: Duration) -> Duration {
     duration.min(MAX_DELTA)
-}
-
-/// A `Cache-Control` directive the `headers` crate drops because it does not know it: the
-/// RFC 5861 `stale-while-revalidate=N` and `stale-if-error=N`, and `proxy-revalidate`
-/// (which it parses but does not expose). `Some(0)` for a directive without a value.
-fn extension_secs(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .find_map(|directive| {
-            let (key, value) = directive.split_once('=').unwrap_or((directive, "0"));
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| value.trim().trim_matches('"').parse().ok())?
-        })
 }
 
 /// What the response itself says about its freshness, if anything.
@@ -123,7 +104,7 @@ fn upstream_lifetime(
     cache_control: Option<&CacheControl>,
     now: SystemTime,
 ) -> Option<Duration> {
-    if let Some(lifetime) = cache_control.and_then(|cc| cc.s_max_age().or_else(|| cc.max_age())) {
+    if let Some(lifetime) = cache_control.and_then(|cc| cc.s_maxage().or_else(|| cc.max_age())) {
         return Some(lifetime);
     }
     if !headers.contains_key(EXPIRES) {
@@ -149,7 +130,7 @@ mod tests {
             ("age", "18446744073709551615"),
             ("etag", "\"x\""),
         ]);
-        let cc = headers::HeaderMapExt::typed_get::<CacheControl>(&headers);
+        let cc = CacheControl::parse(&headers).unwrap();
         let rule = crate::rules::ReadRule::for_tests(Duration::MAX);
         let fresh = freshness(&headers, cc.as_ref(), &rule, SystemTime::UNIX_EPOCH);
         assert_eq!(
@@ -163,22 +144,22 @@ mod tests {
     }
 
     #[test]
-    fn rfc_5861_directives_are_read_from_cache_control() {
-        let headers = map(&[
+    fn rfc_5861_directives_and_proxy_revalidate_set_the_stale_windows() {
+        let rule = crate::rules::ReadRule::for_tests(Duration::from_secs(10));
+        let fresh = |headers: &HeaderMap| {
+            let cc = CacheControl::parse(headers).unwrap();
+            freshness(headers, cc.as_ref(), &rule, SystemTime::UNIX_EPOCH)
+        };
+        let windows = fresh(&map(&[
             ("cache-control", "max-age=60, Stale-While-Revalidate=30"),
             ("cache-control", "stale-if-error=\"600\""),
-        ]);
-        assert_eq!(extension_secs(&headers, "stale-while-revalidate"), Some(30));
-        assert_eq!(extension_secs(&headers, "stale-if-error"), Some(600));
-        assert_eq!(extension_secs(&headers, "proxy-revalidate"), None);
-        assert_eq!(
-            extension_secs(&map(&[("cache-control", "proxy-revalidate")]), "proxy-revalidate"),
-            Some(0)
-        );
-        assert_eq!(
-            extension_secs(&map(&[("cache-control", "stale-if-error=soon")]), "stale-if-error"),
-            None
-        );
+        ]));
+        assert_eq!(windows.lifetime, Duration::from_secs(60));
+        assert_eq!(windows.stale_while_revalidate, Duration::from_secs(30));
+        assert_eq!(windows.stale_if_error, Duration::from_secs(600));
+        let revalidated =
+            fresh(&map(&[("cache-control", "max-age=60, stale-if-error=600, proxy-revalidate")]));
+        assert_eq!(revalidated.stale_if_error, Duration::ZERO, "never served stale");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri};
 
+use crate::cache_control::grammar;
 use crate::compression::{accepts_zstd, compress, for_client};
 use crate::conditional::{add_validators, not_modified_headers, strong_etag, Conditions};
 use crate::entry::Entry;
@@ -617,6 +618,28 @@ fn check_templates(pattern: &str, templates: &[String], paths: &[&str]) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cache-Control
+// ---------------------------------------------------------------------------------------------
+
+/// Reads `data` as the field lines of a `Cache-Control` (one per `\n`-separated line; a line
+/// `http` would reject as a header value is left out) and parses them as the layer does.
+///
+/// Checks the parser against an independent recogniser of the RFC 9111 grammar: it reads the
+/// field exactly when the grammar accepts every line, and then finds `no-store`, `private`,
+/// `no-cache` with and without field names, `must-revalidate`, `proxy-revalidate` and the
+/// delta-seconds directives (saturated at 2^31, invalid when not `1*DIGIT` or repeated with
+/// another value) exactly where the grammar does.
+pub fn cache_control(data: &[u8]) {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        if let Ok(value) = HeaderValue::from_bytes(line) {
+            headers.append(header::CACHE_CONTROL, value);
+        }
+    }
+    grammar::check_parser(&headers);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Response headers
 // ---------------------------------------------------------------------------------------------
 
@@ -888,6 +911,25 @@ fn check_storable(
                 "a private response was stored in a shared entry"
             );
         }
+        // Whatever the lenient reading above misses, the grammar sees: a field it does not
+        // accept is never stored, and one it does is never stored with `no-store`, a
+        // qualified `no-cache`, or (in a shared entry) any `private`.
+        let lines: Option<Vec<Vec<grammar::Directive>>> = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .map(|v| grammar::recognise(v.as_bytes()))
+            .collect();
+        let directives = lines.expect("a Cache-Control the grammar rejects was stored").concat();
+        let says = |name: &str| directives.iter().any(|d| d.name == name);
+        assert!(!says("no-store"), "no-store was stored");
+        assert!(
+            !directives.iter().any(|d| d.name == "no-cache" && d.argument.is_some()),
+            "no-cache with field names was stored"
+        );
+        assert!(
+            plan.per_user || !says("private"),
+            "a private response was stored in a shared entry"
+        );
         if let Some(max) = plan.rule.max_ttl {
             assert!(fresh.lifetime <= max, "{:?} is over max_ttl {max:?}", fresh.lifetime);
         }

@@ -67,8 +67,9 @@
 //! | Only `GET` and `HEAD` are looked up | other methods change things or depend on their body |
 //! | Freshness comes from the response (`s-maxage`, `max-age`, `Expires`, less `Age`), else the rule's `ttl` | the origin knows how long its data stays good |
 //! | Only `200` is stored (configurable) | errors and redirects are rarely meant to be shared |
-//! | `Set-Cookie`, `Cache-Control: no-store` and `Vary: *` are never stored; `no-cache` only with a validator, revalidated before every use | they are meant for one client, or for no cache |
-//! | `Cache-Control: private` only into per-user entries | it is for one user |
+//! | `Set-Cookie`, `Cache-Control: no-store`, `no-cache="field"` and `Vary: *` are never stored; `no-cache` only with a validator, revalidated before every use | they are meant for one client, or for no cache |
+//! | `Cache-Control: private`, with a field list or without, only into per-user entries | it is for one user |
+//! | A `Cache-Control` that does not follow RFC 9111's grammar (`private;`, `"private"`), or whose `max-age` is not a number or is given twice, is never stored | a lenient reading could miss a `private` or a `no-store` in it |
 //! | A response's `Vary` headers become part of its key | it is only served to requests it was made for |
 //! | Credentialed requests to routes neither per-user nor shared bypass | their response may be that user's |
 //! | Bypass patterns win over every other rule | `/auth/{*rest}` stays out of the cache whatever else matches |
@@ -111,6 +112,7 @@ mod answer;
 pub mod bench_internals;
 mod body;
 mod breaker;
+mod cache_control;
 mod capture;
 pub mod clock;
 mod compression;

@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use headers::{CacheControl, HeaderMapExt};
-
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::request;
 use http::response;
 use http::Method;
 
+use crate::cache_control::CacheControl;
 use crate::compression::accepts_zstd;
 use crate::conditional::Conditions;
 use crate::freshness::{freshness, Freshness};
@@ -281,7 +280,8 @@ pub(crate) fn storable(
         return Err("Set-Cookie");
     }
     let cache_control = match plan.rule.upstream_cache_control {
-        true => cache_control(headers)?,
+        // One we cannot read may say `no-store` or `private` in a form we do not see.
+        true => CacheControl::parse(headers).map_err(|_| "unreadable Cache-Control")?,
         false => None,
     };
     if let Some(cc) = &cache_control {
@@ -290,6 +290,15 @@ pub(crate) fn storable(
         }
         if cc.private() && !plan.per_user {
             return Err("Cache-Control: private on a shared entry");
+        }
+        // A shared cache may store it only without the named fields (RFC 9111 section
+        // 5.2.2.4), and the layer does not take fields out of a response.
+        if cc.no_cache_fields() {
+            return Err("Cache-Control: no-cache with field names");
+        }
+        // RFC 9111 section 4.2.1 lets a cache consider such a response stale.
+        if cc.invalid_freshness() {
+            return Err("Cache-Control: invalid or repeated freshness directive");
         }
     }
     // Read byte by byte: the `headers` crate finds no `*` in a field that is not visible
@@ -322,33 +331,20 @@ pub(crate) fn storable(
 }
 
 /// Whether a request asks not to be answered from a cache: `Cache-Control: no-cache` or
-/// `max-age=0`, or (without `Cache-Control`) `Pragma: no-cache`.
+/// `max-age=0`, or (without `Cache-Control`) `Pragma: no-cache`. An unreadable
+/// `Cache-Control` is ignored: a request can only ask for less caching, so misreading one
+/// costs a hit at worst.
 fn asks_for_origin(headers: &HeaderMap) -> bool {
-    match cache_control(headers) {
-        Ok(Some(cc)) => cc.no_cache() || cc.max_age() == Some(Duration::ZERO),
+    match CacheControl::parse(headers) {
+        Ok(Some(cc)) => {
+            cc.no_cache() || cc.no_cache_fields() || cc.max_age() == Some(Duration::ZERO)
+        }
         Ok(None) => headers
             .get_all(header::PRAGMA)
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache")),
         Err(_) => false,
     }
-}
-
-/// A message's `Cache-Control`, parsed by the `headers` crate. Directive names are
-/// case-insensitive (RFC 9111 section 5.2) but the crate matches them as written and drops
-/// what it does not know, so a `No-Store` would go unseen: the values are lower-cased first.
-/// One the crate cannot read at all may say `no-store`: an error, so nothing is stored.
-fn cache_control(headers: &HeaderMap) -> Result<Option<CacheControl>, &'static str> {
-    let mut lowered = HeaderMap::new();
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let value = value.to_str().map_err(|_| "unreadable Cache-Control")?.to_ascii_lowercase();
-        let value = HeaderValue::try_from(value).map_err(|_| "unreadable Cache-Control")?;
-        lowered.append(header::CACHE_CONTROL, value);
-    }
-    if lowered.is_empty() {
-        return Ok(None);
-    }
-    lowered.typed_get::<CacheControl>().map(Some).ok_or("unreadable Cache-Control")
 }
 
 /// The headers kept in an entry: everything but hop-by-hop headers, the length (recomputed on

@@ -15,12 +15,16 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
 use http_body_util::BodyExt;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use support::redis::RedisServer;
 use tower::ServiceExt;
-use tower_redis_cache::{CacheLayer, CacheLayerBuilder, MemoryStore, RedisStore, Rule};
+use tower_redis_cache::{
+    CacheHandle, CacheLayer, CacheLayerBuilder, MemoryStore, RedisStore, Rule,
+};
 
 /// Generous, so that a loaded machine does not make store calls fail open.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,6 +37,7 @@ async fn redis_store(server: &RedisServer) -> RedisStore {
 struct Reply {
     status: StatusCode,
     x_cache: String,
+    headers: HeaderMap,
     body: String,
 }
 
@@ -49,8 +54,9 @@ async fn send(router: &Router, request: Request<Body>) -> Reply {
     let status = response.status();
     let x_cache =
         response.headers().get("x-cache").map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+    let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, x_cache, body: String::from_utf8_lossy(&bytes).into_owned() }
+    Reply { status, x_cache, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
 }
 
 async fn get_with(router: &Router, uri: &str, headers: &[(&str, &str)]) -> Reply {
@@ -628,6 +634,136 @@ async fn paths_a_lenient_framework_reads_as_a_private_page_never_leak_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cache-Control a lenient parser misreads
+// ---------------------------------------------------------------------------------------------
+
+/// Reflects the caller's `X-Client` into `X-Reflect-X-Client`, as apps that echo a caller's
+/// identity or token do, under the `Cache-Control` its `cc` query parameter names. The body is
+/// the same for everyone: only the header is the caller's.
+async fn reflect(Query(query): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
+    let client = headers.get("x-client").cloned().unwrap_or(HeaderValue::from_static("nobody"));
+    let mut response = Response::new(Body::from("the same page for everyone"));
+    if let Some(cc) = query.get("cc") {
+        response.headers_mut().insert("cache-control", HeaderValue::from_str(cc).unwrap());
+    }
+    response.headers_mut().insert("x-reflect-x-client", client);
+    response
+}
+
+/// `Cache-Control` values that keep a response out of shared entries, in forms a lenient
+/// parser misses: field lists, the sloppy lists nginx and Varnish refuse, and freshness that
+/// contradicts itself.
+const KEPT_OUT_OF_SHARED_ENTRIES: [&str; 12] = [
+    "private=\"x-reflect-x-client\", max-age=60",
+    "max-age=60, private=x-reflect-x-client",
+    "no-cache=\"x-reflect-x-client\", max-age=60",
+    "no-store; max-age=0",
+    "no-store; max-age=60",
+    "private; max-age=60",
+    "private;",
+    "\"private\"",
+    "max-age=60, \"private\"",
+    "max-age = 60, private",
+    "max-age=60, max-age=5",
+    "max-age=60, stale-if-error=soon",
+];
+
+fn reflect_app(builder: CacheLayerBuilder) -> (Router, CacheHandle) {
+    let cache = builder
+        .store_timeout(STORE_TIMEOUT)
+        .without_compression()
+        .route("/reflect", Rule::get())
+        .route("/reflect-per-user", Rule::get().per_user())
+        .build()
+        .unwrap();
+    let handle = cache.handle();
+    let app =
+        Router::new().route("/reflect", get(reflect)).route("/reflect-per-user", get(reflect));
+    (app.layer(cache), handle)
+}
+
+fn reflected(reply: &Reply) -> &str {
+    reply.headers.get("x-reflect-x-client").map_or("", |v| v.to_str().unwrap())
+}
+
+/// Whether the layer said it is storing the response (RFC 9211 `Cache-Status: ...; stored`).
+fn stored(reply: &Reply) -> bool {
+    reply.headers.get("cache-status").is_some_and(|v| v.to_str().unwrap().contains("stored"))
+}
+
+/// Alice, then bob, for each value: bob never gets alice's header, and nothing is stored (in
+/// `redis`, when given, no key holds alice's value); then the same with a plain `max-age=60`,
+/// which shows the attack without the directives; and a per-user route, which may keep a
+/// `private` response for its own user.
+async fn cache_control_a_lenient_parser_misreads_is_never_shared(
+    app: &Router,
+    cache: &CacheHandle,
+    redis: Option<&RedisServer>,
+) {
+    let alice = [("x-client", "alice-secret")];
+    let bob = [("x-client", "bob")];
+    let uri =
+        |path: &str, cc: &str| format!("{path}?cc={}", utf8_percent_encode(cc, NON_ALPHANUMERIC));
+    for cc in KEPT_OUT_OF_SHARED_ENTRIES {
+        let first = get_with(app, &uri("/reflect", cc), &alice).await;
+        assert_eq!((first.x_cache.as_str(), reflected(&first)), ("MISS", "alice-secret"), "{cc}");
+        assert!(!stored(&first), "{cc}: alice's response is being stored: {first:?}");
+        for _ in 0..2 {
+            let second = get_with(app, &uri("/reflect", cc), &bob).await;
+            assert_eq!(reflected(&second), "bob", "{cc}: bob got alice's header: {second:?}");
+            assert_eq!(second.x_cache, "MISS", "{cc}");
+        }
+    }
+    assert_eq!(cache.stats().stores, 0, "nothing was stored");
+    if let Some(server) = redis {
+        for (key, value) in dump(server) {
+            assert!(!value.contains("alice-secret"), "{key} holds alice's value");
+        }
+    }
+
+    // Without them, the same handler hands alice's header to bob: the test is not vacuous.
+    let plain = uri("/reflect", "max-age=60");
+    let first = get_with(app, &plain, &alice).await;
+    assert!(first.x_cache == "MISS" && stored(&first), "{first:?}");
+    let mut second = get_with(app, &plain, &bob).await;
+    for _ in 0..200 {
+        if second.x_cache == "HIT" {
+            break;
+        }
+        // The entry is written in the background.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        second = get_with(app, &plain, &bob).await;
+    }
+    assert_eq!((second.x_cache.as_str(), reflected(&second)), ("HIT", "alice-secret"));
+
+    // `private` in any form may fill the user's own entry.
+    let private = uri("/reflect-per-user", "private=\"x-reflect-x-client\", max-age=60");
+    let alice = [("x-client", "alice-secret"), ("authorization", "Bearer alice")];
+    let bob = [("x-client", "bob"), ("authorization", "Bearer bob")];
+    let first = get_with(app, &private, &alice).await;
+    assert!(first.x_cache == "MISS" && stored(&first), "{first:?}");
+    let theirs = get_with(app, &private, &bob).await;
+    assert_eq!((theirs.x_cache.as_str(), reflected(&theirs)), ("MISS", "bob"));
+}
+
+// Cache-Control in forms a lenient parser misreads (a `private` or `no-cache` with a field
+// list, a `;` where a comma belongs, a quoted directive, contradicting `max-age`s), on a
+// response that reflects the caller's header, against the in-process store.
+#[tokio::test]
+async fn cache_control_a_lenient_parser_misreads_never_shares_a_response_in_memory() {
+    let (app, cache) = reflect_app(CacheLayer::builder(MemoryStore::new(16 * 1024 * 1024)));
+    cache_control_a_lenient_parser_misreads_is_never_shared(&app, &cache, None).await;
+}
+
+// The same, against Redis.
+#[tokio::test]
+async fn cache_control_a_lenient_parser_misreads_never_shares_a_response_in_redis() {
+    let server = RedisServer::start();
+    let (app, cache) = reflect_app(CacheLayer::builder(redis_store(&server).await));
+    cache_control_a_lenient_parser_misreads_is_never_shared(&app, &cache, Some(&server)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Cache-busting floods
 // ---------------------------------------------------------------------------------------------
 
@@ -641,9 +777,13 @@ async fn padded(Path(name): Path<String>) -> String {
 
 // A cache-busting flood against a small in-process store: thousands of one-off URLs must not
 // push out the entries that are actually in use (TinyLFU admission).
+// The working set is what keeps being read: a flood of one-off URLs interleaved with that
+// traffic must not push it out. (Frequencies age as the flood goes on, by moka's design, so a
+// working set nobody reads any more does give way.)
 #[tokio::test]
 async fn a_flood_of_one_off_urls_does_not_evict_the_hot_working_set() {
     const CAPACITY: u64 = 256 * 1024;
+    const HOT: usize = 20;
     let store = MemoryStore::new(CAPACITY);
     let cache = CacheLayer::builder(store.clone())
         .store_timeout(STORE_TIMEOUT)
@@ -652,36 +792,38 @@ async fn a_flood_of_one_off_urls_does_not_evict_the_hot_working_set() {
         .build()
         .unwrap();
     let app = Router::new().route("/items/{name}", get(padded)).layer(cache);
-    let working_set: Vec<String> = (0..20).map(|i| format!("/items/hot{i}")).collect();
-
-    for _round in 0..5 {
-        for uri in &working_set {
-            let reply = get_with(&app, uri, &[]).await;
-            assert_eq!(reply.body.len(), BODY_BYTES);
-        }
-    }
+    let working_set: Vec<String> = (0..HOT).map(|i| format!("/items/hot{i}")).collect();
     for uri in &working_set {
-        assert_eq!(get_with(&app, uri, &[]).await.x_cache, "HIT", "{uri} is hot");
+        assert_eq!(once_hit(&app, uri, &[]).await.body.len(), BODY_BYTES, "{uri} is stored");
     }
 
     let mut rng = fastrand::Rng::with_seed(7);
     let flood = 3_000;
+    let mut hot_misses = 0;
     for i in 0..flood {
         let uri = format!("/items/cold{i}?cb={}", rng.u64(..));
         let reply = get_with(&app, &uri, &[]).await;
         assert_eq!(reply.x_cache, "MISS");
+        // Each hot entry is read once every 200 one-off URLs, more than the store holds: an
+        // LRU store would have pushed it out by then; admission by frequency does not.
+        if i % 10 == 0 && get_with(&app, &working_set[i / 10 % HOT], &[]).await.x_cache != "HIT" {
+            hot_misses += 1;
+        }
+        // Entries are written in the background: let the flood's reach the store.
+        tokio::task::yield_now().await;
     }
     assert!(flood as u64 * BODY_BYTES as u64 > 20 * CAPACITY, "the flood is far over capacity");
     let used = store.used_bytes();
     assert!(used <= CAPACITY + BODY_BYTES as u64 * 2, "the store stays bounded: {used}");
-
-    let mut hits = 0;
-    for uri in &working_set {
-        if get_with(&app, uri, &[]).await.x_cache == "HIT" {
-            hits += 1;
-        }
-    }
-    assert!(hits >= 18, "only {hits} of 20 hot entries survived a flood of {flood} one-off URLs");
+    assert!(used > CAPACITY / 2, "the flood reached the store: {used} bytes");
+    // Most stay: an LRU store would have none left by their next read (moka's frequencies
+    // take a pass or two to build up, and age as the flood goes on).
+    let hot_reads = flood / 10;
+    eprintln!("{hot_misses} of {hot_reads} reads of the working set missed");
+    assert!(
+        hot_misses * 4 <= hot_reads,
+        "{hot_misses} of {hot_reads} reads of the working set missed during the flood"
+    );
 }
 
 /// Reads only `page`, as `key_query_params(["page"])` requires of the handler.
