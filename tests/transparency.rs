@@ -402,8 +402,8 @@ impl Seen {
     /// The headers that must be the same, given the origin's answer `direct`.
     fn compared(&self, direct: &Seen) -> Vec<(String, String)> {
         let added_etag = direct.header("etag").is_none();
-        let keep = |name: &str| !THE_CACHE_S.contains(&name) && !(added_etag && name == "etag");
-        self.headers.iter().filter(|(n, _)| keep(n)).cloned().collect()
+        let cache_s = |name: &str| THE_CACHE_S.contains(&name) || (added_etag && name == "etag");
+        self.headers.iter().filter(|(n, _)| !cache_s(n)).cloned().collect()
     }
 }
 
