@@ -35,6 +35,8 @@ struct PendingEntry {
     /// The miss lock this request leads, released once the entry is in the store.
     flight: Option<FlightGuard>,
     tags: Vec<(String, TagVersion)>,
+    /// The store keys of tag versions made for this miss, to keep once the entry is stored.
+    provisional: Vec<String>,
     /// A gRPC call's response, stored only if it turns out to be one successful message.
     grpc: bool,
 }
@@ -76,8 +78,18 @@ impl Capture {
     /// The body is complete: write the entry in the background, so that the client's last
     /// frame is not held back by the store.
     pub(crate) fn finish(self) {
-        let PendingEntry { shared, route, key, status, mut headers, freshness, tags, flight, grpc } =
-            self.pending;
+        let PendingEntry {
+            shared,
+            route,
+            key,
+            status,
+            mut headers,
+            freshness,
+            tags,
+            provisional,
+            flight,
+            grpc,
+        } = self.pending;
         let body = self.buf.freeze();
         let trailers = self.trailers;
         if grpc && !grpc::completed_ok(&headers, &body, trailers.as_ref()) {
@@ -108,7 +120,8 @@ impl Capture {
             body,
         };
         let keep_for = freshness.keep_for();
-        store_entry(shared, route, key, entry, keep_for, flight, Some(self.reservation));
+        let after = AfterStore { provisional, flight, reservation: Some(self.reservation) };
+        store_entry(shared, route, key, entry, keep_for, after);
     }
 }
 
@@ -143,18 +156,27 @@ impl Drop for Reservation {
     }
 }
 
+/// What is settled once an entry is written (or failed to be).
+pub(crate) struct AfterStore {
+    /// The store keys of tag versions made for the miss, kept once the entry is in the store
+    /// (see [`Store::keep_tag_versions`](crate::Store::keep_tag_versions)).
+    pub(crate) provisional: Vec<String>,
+    /// The miss lock the request leads: ending it lets the waiting requests find the entry.
+    pub(crate) flight: Option<FlightGuard>,
+    /// The bytes of `max_capture_bytes` the body was counted under.
+    pub(crate) reservation: Option<Reservation>,
+}
+
 /// Writes `entry` in the background, so that the client's response is not held back by the
-/// store, then ends the miss lock `flight` (the waiting requests now find the entry) and gives
-/// back the `reservation` its body was counted under.
-#[allow(clippy::too_many_arguments)] // one call from each of the two paths that store
+/// store, then keeps the provisional tag versions it carries, ends the miss lock and gives back
+/// the reservation its body was counted under.
 pub(crate) fn store_entry(
     shared: Arc<Shared>,
     route: Arc<str>,
     key: String,
     entry: Entry,
     keep_for: Duration,
-    flight: Option<FlightGuard>,
-    reservation: Option<Reservation>,
+    after: AfterStore,
 ) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::debug!("no Tokio runtime to write the entry on; not stored");
@@ -169,8 +191,11 @@ pub(crate) fn store_entry(
         let bytes = value.len();
         if shared.put(&key, value, keep_for).await {
             shared.telemetry.stored(&route, bytes);
+            if !after.provisional.is_empty() {
+                shared.keep_tag_versions(&after.provisional).await;
+            }
         }
-        drop((flight, reservation));
+        drop((after.flight, after.reservation));
     });
 }
 
@@ -257,6 +282,10 @@ fn capture_with<B: Body<Data = Bytes>>(
         freshness,
         flight,
         tags: plan.tags.iter().cloned().zip(versions).collect(),
+        provisional: match plan.provisional_versions {
+            true => plan.tag_keys.clone(),
+            false => Vec::new(),
+        },
         key,
         grpc: plan.rule.grpc,
     };

@@ -777,6 +777,7 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
         refresh: false,
         accepts_zstd: accepts_zstd(&request.headers),
         started: std::time::Instant::now(),
+        provisional_versions: false,
     };
 
     // Cache groups are read whether or not the response is stored (an unsafe request's

@@ -120,6 +120,9 @@ pub(crate) struct Plan {
     pub(crate) accepts_zstd: bool,
     /// When the layer was called with the request, for its latency.
     pub(crate) started: Instant,
+    /// Some of the tags had no version, and this miss made them provisional ones: storing its
+    /// entry keeps them (see [`crate::store`]).
+    pub(crate) provisional_versions: bool,
 }
 
 impl Plan {
@@ -251,6 +254,7 @@ pub(crate) fn decide(
         accepts_zstd: accepts_zstd(&request.headers),
         head: request.method == Method::HEAD,
         started,
+        provisional_versions: false,
     })
 }
 

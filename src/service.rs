@@ -177,8 +177,10 @@ where
             Err(Miss { versions: Some(versions), fwd }) => (Some(versions), fwd),
             // HEAD responses are never stored, so they need no versions.
             Err(Miss { versions: None, fwd }) if plan.head => (None, fwd),
-            // First use of a tag (or its version was lost): give it one.
+            // First use of a tag (or its version was lost): give it one, provisional until
+            // the entry is stored.
             Err(Miss { versions: None, fwd }) => {
+                plan.provisional_versions = true;
                 (shared.ensure_tag_versions(&plan.tag_keys).await, fwd)
             }
         },

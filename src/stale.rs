@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use crate::answer::{examine, respond_from_entry, Usable};
 use crate::body::CacheBody;
-use crate::capture::{capture_in_line, store_entry};
+use crate::capture::{capture_in_line, store_entry, AfterStore};
 use crate::entry::Entry;
 use crate::flight::{FlightGuard, Flights, Role};
 use crate::policy::{storable, Plan};
@@ -76,8 +76,7 @@ pub(crate) fn revalidated<B>(
             plan.key.clone(),
             entry.clone(),
             freshness.keep_for(),
-            flight,
-            None,
+            AfterStore { provisional: Vec::new(), flight, reservation: None },
         );
     }
     respond_from_entry(shared, plan, entry, now, Outcome::Revalidated { ttl })

@@ -269,6 +269,12 @@ impl Shared {
         (versions.len() == tag_keys.len()).then_some(versions)
     }
 
+    /// Gives the versions of `tag_keys` the store's full lifetime (see
+    /// [`Store::keep_tag_versions`]).
+    pub(crate) async fn keep_tag_versions(&self, tag_keys: &[String]) {
+        self.run("keep_tag_versions", self.store.keep_tag_versions(tag_keys)).await;
+    }
+
     /// Stores `value` under `key`; `true` when the store took it.
     pub(crate) async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> bool {
         let stored = self.run("put", self.store.put(key, value, ttl)).await.is_some();

@@ -816,12 +816,11 @@ async fn a_flood_of_one_off_urls_does_not_evict_the_hot_working_set() {
     let used = store.used_bytes();
     assert!(used <= CAPACITY + BODY_BYTES as u64 * 2, "the store stays bounded: {used}");
     assert!(used > CAPACITY / 2, "the flood reached the store: {used} bytes");
-    // Most stay: an LRU store would have none left by their next read (moka's frequencies
-    // take a pass or two to build up, and age as the flood goes on).
+    // Most stay (about 85% here): an LRU store would have none left by their next read
+    // (moka's frequencies take a pass or two to build up, and age as the flood goes on).
     let hot_reads = flood / 10;
-    eprintln!("{hot_misses} of {hot_reads} reads of the working set missed");
     assert!(
-        hot_misses * 4 <= hot_reads,
+        hot_misses * 3 <= hot_reads,
         "{hot_misses} of {hot_reads} reads of the working set missed during the flood"
     );
 }
@@ -884,6 +883,78 @@ async fn random_junk_parameters_neither_reach_the_origin_nor_fill_redis() {
     }
     let grown = dbsize(&server) - before;
     assert!(grown >= FLOOD, "one entry per junk value without the option: {grown} new keys");
+}
+
+/// A user's page, or `400` for an id that cannot be one (those start with `x`).
+async fn user_or_400(Path(id): Path<String>) -> (StatusCode, String) {
+    match id.starts_with('x') {
+        true => (StatusCode::BAD_REQUEST, "bad id".into()),
+        false => (StatusCode::OK, format!("user {id}")),
+    }
+}
+
+fn users_app(store: impl tower_redis_cache::Store) -> Router {
+    let cache = CacheLayer::builder(store)
+        .store_timeout(STORE_TIMEOUT)
+        .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
+        .build()
+        .unwrap();
+    Router::new().route("/users/{id}", get(user_or_400)).layer(cache)
+}
+
+/// The seconds Redis gives `key` to live (`TTL`).
+fn ttl(server: &RedisServer, key: &str) -> i64 {
+    let reply = server.command(&["TTL", key]).expect("TTL");
+    reply.trim().trim_start_matches(':').parse().unwrap_or_else(|_| panic!("TTL: {reply:?}"))
+}
+
+// Junk paths answered `400` store nothing, and what their misses made (the provisional
+// versions of their tags) goes away within a minute, where it used to stay a day. A stored
+// entry's tag versions get the full lifetime.
+#[tokio::test]
+async fn junk_paths_answered_400_leave_nothing_that_lasts_in_redis() {
+    const FLOOD: usize = 1_000;
+    let server = RedisServer::start();
+    let app = users_app(redis_store(&server).await);
+    for i in 0..FLOOD {
+        let reply = get_with(&app, &format!("/users/x{i}"), &[]).await;
+        assert_eq!((reply.status, reply.x_cache.as_str()), (StatusCode::BAD_REQUEST, "MISS"));
+    }
+    // Two tag versions each (`user:x<i>` and its path's), `users` and perhaps the last miss
+    // lock; no entry.
+    assert!(dbsize(&server) <= 2 * FLOOD + 2, "{} keys", dbsize(&server));
+    for _ in 0..200 {
+        let reply = server.command(&["RANDOMKEY"]).expect("RANDOMKEY");
+        let key = reply.lines().nth(1).expect("a key");
+        // Entry keys are `<prefix>:v1:e:<digest>`; a miss lock is that and `:lease`.
+        assert!(!key.contains(":e:") || key.ends_with(":lease"), "a 400 was stored under {key}");
+        let left = ttl(&server, key);
+        assert!((0..=60).contains(&left), "{key} lasts {left} s");
+    }
+
+    assert_eq!(once_hit(&app, "/users/1", &[]).await.body, "user 1");
+    let users_ttl = ttl(&server, "trc:v1:t:users");
+    assert!(users_ttl > 3600, "a stored entry's tag versions are kept: {users_ttl} s");
+    assert!(ttl(&server, "trc:v1:t:user:1") > 3600);
+}
+
+// The same in process: the versions junk paths leave expire, and meanwhile take no more than
+// their share of the store's bound, however many there are.
+#[tokio::test]
+async fn junk_paths_answered_400_take_a_bounded_share_of_the_memory_store() {
+    const CAPACITY: u64 = 1024 * 1024;
+    let store = MemoryStore::new(CAPACITY);
+    let app = users_app(store.clone());
+    for i in 0..5_000 {
+        let reply = get_with(&app, &format!("/users/x{i}"), &[]).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    }
+    let versions = store.tag_version_bytes();
+    assert!(versions <= CAPACITY / 16 + 512, "versions take {versions} bytes");
+    assert!(versions >= CAPACITY / 32, "the flood filled the versions' share: {versions}");
+    assert!(store.used_bytes() <= CAPACITY, "the whole store stays bounded");
+    // A good path is stored, its tags' versions made and kept.
+    assert_eq!(once_hit(&app, "/users/1", &[]).await.x_cache, "HIT");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,13 +7,15 @@ use bytes::Bytes;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::{fresh_version, Lookup, Store, StoreError, TagVersion};
+use moka::ops::compute::Op;
+
+use super::{fresh_version, Lookup, Store, StoreError, TagVersion, PROVISIONAL_TAG_VERSION_TTL};
 
 /// Default bound on the bytes held by a [`MemoryStore`]: 64 MiB.
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
-/// How many tag versions a [`MemoryStore`] keeps. Losing one is safe (the tag then matches no
-/// entry), so this only bounds memory under many templated tags such as `user:{id}`.
-const MAX_TAG_VERSIONS: u64 = 1_000_000;
+/// What one tag version is counted as besides its key: the version, and the bookkeeping of the
+/// map that holds it (about 300 bytes were measured per version, key included).
+const VERSION_WEIGHT: usize = 8 + 256;
 
 /// An in-process store bounded by bytes, built on `moka`.
 ///
@@ -28,8 +30,48 @@ const MAX_TAG_VERSIONS: u64 = 1_000_000;
 #[derive(Clone)]
 pub struct MemoryStore {
     entries: Cache<String, StoredValue>,
-    versions: Cache<String, TagVersion>,
+    versions: Cache<String, StoredVersion>,
     leases: Cache<String, Duration>,
+}
+
+/// A tag version, and whether it is provisional: made for a miss, and kept only once an entry
+/// carrying it is stored (see [`Store::ensure_tag_versions`]).
+#[derive(Clone, Copy)]
+struct StoredVersion {
+    version: TagVersion,
+    provisional: bool,
+}
+
+/// Provisional versions expire; kept ones and evictions' do not.
+struct VersionTtl;
+
+impl Expiry<String, StoredVersion> for VersionTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &StoredVersion,
+        _: Instant,
+    ) -> Option<Duration> {
+        value.provisional.then_some(PROVISIONAL_TAG_VERSION_TTL)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &StoredVersion,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        value.provisional.then_some(PROVISIONAL_TAG_VERSION_TTL)
+    }
+}
+
+/// The share of a store's bound its tag versions may take: a sixteenth, at least 64 KiB (some
+/// 200 versions) and at most half. Losing a version is safe (the tag then matches no entry,
+/// which costs a miss); the bound keeps junk requests and templated tags such as `user:{id}`
+/// from growing memory without end.
+fn versions_share(max_bytes: u64) -> u64 {
+    (max_bytes / 16).max(64 * 1024).min(max_bytes / 2)
 }
 
 #[derive(Clone)]
@@ -70,25 +112,41 @@ impl Expiry<String, StoredValue> for PerEntryTtl {
 }
 
 impl MemoryStore {
-    /// A store that holds at most `max_bytes` of keys and entries.
+    /// A store that holds at most `max_bytes` of keys, entries and tag versions (the versions
+    /// take at most a sixteenth of it).
     pub fn new(max_bytes: u64) -> Self {
         let entries = Cache::builder()
-            .max_capacity(max_bytes)
+            .max_capacity(max_bytes - versions_share(max_bytes))
             .weigher(|key: &String, value: &StoredValue| {
                 u32::try_from(key.len() + value.bytes.len()).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
             .build();
-        let versions = Cache::builder().max_capacity(MAX_TAG_VERSIONS).build();
+        let versions = Cache::builder()
+            .max_capacity(versions_share(max_bytes))
+            .weigher(|tag: &String, _: &StoredVersion| {
+                u32::try_from(tag.len() + VERSION_WEIGHT).unwrap_or(u32::MAX)
+            })
+            .expire_after(VersionTtl)
+            .build();
         let leases = Cache::builder().max_capacity(MAX_LEASES).expire_after(LeaseTtl).build();
         Self { entries, versions, leases }
     }
 
-    /// The bytes of keys and entries held now, once pending evictions have run. Never more
-    /// than the bound given to [`new`](Self::new), give or take one entry being inserted.
+    /// The bytes of keys, entries and tag versions held now, once pending evictions have run.
+    /// Never more than the bound given to [`new`](Self::new), give or take one entry being
+    /// inserted.
     pub fn used_bytes(&self) -> u64 {
         self.entries.run_pending_tasks();
-        self.entries.weighted_size()
+        self.entries.weighted_size() + self.tag_version_bytes()
+    }
+
+    /// The bytes counted for tag versions now (each its key and a fixed share for the version
+    /// and its bookkeeping), once pending evictions have run: at most a sixteenth of the bound
+    /// (64 KiB at least, half at most).
+    pub fn tag_version_bytes(&self) -> u64 {
+        self.versions.run_pending_tasks();
+        self.versions.weighted_size()
     }
 }
 
@@ -113,12 +171,26 @@ impl Store for MemoryStore {
     async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
         Ok(Lookup {
             entry: self.entries.get(key).map(|value| value.bytes),
-            versions: tags.iter().map(|tag| self.versions.get(tag)).collect(),
+            versions: tags.iter().map(|tag| self.versions.get(tag).map(|v| v.version)).collect(),
         })
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
-        Ok(tags.iter().map(|tag| self.versions.get_with_by_ref(tag, fresh_version)).collect())
+        let provisional = || StoredVersion { version: fresh_version(), provisional: true };
+        Ok(tags.iter().map(|tag| self.versions.get_with_by_ref(tag, provisional).version).collect())
+    }
+
+    async fn keep_tag_versions(&self, tags: &[String]) -> Result<(), StoreError> {
+        for tag in tags {
+            // Whatever version the tag has now is kept: an eviction's, if one came meanwhile.
+            self.versions.entry_by_ref(tag).and_compute_with(|current| match current {
+                Some(current) if current.value().provisional => {
+                    Op::Put(StoredVersion { provisional: false, ..*current.value() })
+                }
+                _ => Op::Nop,
+            });
+        }
+        Ok(())
     }
 
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
@@ -128,7 +200,8 @@ impl Store for MemoryStore {
 
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
         for tag in tags {
-            self.versions.insert(tag.clone(), fresh_version());
+            let version = StoredVersion { version: fresh_version(), provisional: false };
+            self.versions.insert(tag.clone(), version);
         }
         Ok(())
     }

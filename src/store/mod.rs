@@ -16,7 +16,12 @@
 //!
 //! A tag with no version (never used, or its version was lost) never matches an entry: lookups
 //! report it as missing and the layer gives it a version with
-//! [`Store::ensure_tag_versions`] before it calls the inner service.
+//! [`Store::ensure_tag_versions`] before it calls the inner service. That version is
+//! provisional: it lasts [`PROVISIONAL_TAG_VERSION_TTL`] unless an entry carrying it is stored,
+//! when [`Store::keep_tag_versions`] gives it the store's full lifetime. So requests whose
+//! responses are never stored (junk paths answered `400`) leave nothing that lasts, while the
+//! version a miss records is still made before the inner service runs: made later, an eviction
+//! during the miss whose own version was then lost (memory pressure) would go unseen.
 
 mod memory;
 mod redis;
@@ -33,6 +38,11 @@ pub use self::tiered::{TieredStore, TieredStoreBuilder};
 
 /// A tag's version: an opaque number that changes every time the tag is evicted.
 pub type TagVersion = u64;
+
+/// How long a tag version that [`Store::ensure_tag_versions`] made lasts unless
+/// [`Store::keep_tag_versions`] keeps it: longer than a miss takes to call the inner service and
+/// store its entry (an entry stored after its provisional version is gone is never served).
+pub const PROVISIONAL_TAG_VERSION_TTL: Duration = Duration::from_secs(60);
 
 /// What a lookup found: the raw entry (if any) and the current version of each tag asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,9 +65,19 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the entry under `key` and the current versions of `tags`, in one round trip.
     async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError>;
 
-    /// Gives each tag that has no version a fresh one, keeps the versions that exist, and
-    /// returns the current version of every tag, in order.
+    /// Gives each tag that has no version a fresh, provisional one (it lasts
+    /// [`PROVISIONAL_TAG_VERSION_TTL`] unless kept), keeps the versions that exist, and returns
+    /// the current version of every tag, in order.
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError>;
+
+    /// Gives the tags' current versions, provisional or not, the store's full lifetime for tag
+    /// versions: an entry carrying them was just stored. It never changes a version.
+    ///
+    /// The default does nothing, for stores whose tag versions do not expire.
+    async fn keep_tag_versions(&self, tags: &[String]) -> Result<(), StoreError> {
+        let _ = tags;
+        Ok(())
+    }
 
     /// Stores `value` under `key` for `ttl`, replacing what was there.
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError>;
@@ -118,6 +138,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
         (**self).evict_tags(tags).await
+    }
+
+    async fn keep_tag_versions(&self, tags: &[String]) -> Result<(), StoreError> {
+        (**self).keep_tag_versions(tags).await
     }
 
     async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {

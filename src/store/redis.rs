@@ -12,7 +12,7 @@ use fred::prelude::{
 
 use fred::util::redis_keyslot;
 
-use super::{fresh_version, Lookup, Store, StoreError, TagVersion};
+use super::{fresh_version, Lookup, Store, StoreError, TagVersion, PROVISIONAL_TAG_VERSION_TTL};
 
 /// How long a tag version lives in Redis after it was last set. Losing a version is safe
 /// (entries that recorded it become misses), so this only bounds the memory of templated tags.
@@ -225,9 +225,11 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long a tag version lives in Redis after it was last set, by its first use or an
-    /// eviction (default 24 h). When it expires, the entries that recorded it become misses, so
-    /// keep it longer than the longest entry TTL; it bounds the memory templated tags such as
+    /// How long a tag version lives in Redis after it was last set by an eviction or kept by a
+    /// stored entry (default 24 h; one a miss made lives
+    /// [`PROVISIONAL_TAG_VERSION_TTL`](crate::store::PROVISIONAL_TAG_VERSION_TTL) unless its
+    /// entry is stored). When it expires, the entries that recorded it become misses, so keep
+    /// it longer than the longest entry TTL; it bounds the memory templated tags such as
     /// `user:{id}` take.
     pub fn tag_version_ttl(mut self, ttl: Duration) -> Self {
         self.tag_version_ttl = ttl;
@@ -302,6 +304,11 @@ fn one_slot(keys: &[&str]) -> bool {
     slots.all(|slot| Some(slot) == first)
 }
 
+/// The expiry of a tag version made for a miss, until an entry carrying it is stored.
+fn provisional_expiry() -> Expiration {
+    Expiration::EX(PROVISIONAL_TAG_VERSION_TTL.as_secs() as i64)
+}
+
 /// Reads a tag version written by this store; anything else (foreign or corrupt) is `None`.
 fn parse_version(value: Value) -> Option<TagVersion> {
     let bytes = value.into_bytes()?;
@@ -323,7 +330,7 @@ impl Store for RedisStore {
                 .set(
                     tag.as_str(),
                     fresh_version().to_string(),
-                    self.tag_version_expiry(),
+                    Some(provisional_expiry()),
                     Some(SetOptions::NX),
                     false,
                 )
@@ -346,7 +353,7 @@ impl Store for RedisStore {
                         .set(
                             tag.as_str(),
                             version.to_string(),
-                            self.tag_version_expiry(),
+                            Some(provisional_expiry()),
                             None,
                             false,
                         )
@@ -360,6 +367,24 @@ impl Store for RedisStore {
             return Err(StoreError::msg("Redis returned an unexpected number of tag versions"));
         }
         Ok(versions)
+    }
+
+    async fn keep_tag_versions(&self, tags: &[String]) -> Result<(), StoreError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let secs = i64::try_from(self.tag_version_ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+        // One key per command, so it works unchanged on a cluster.
+        let pipeline = self.pool.next().pipeline();
+        for tag in tags {
+            let _: () = pipeline
+                .expire(tag.as_str(), secs, None)
+                .await
+                .map_err(redis_error("cannot queue EXPIRE"))?;
+        }
+        let _: Vec<Value> =
+            pipeline.all().await.map_err(redis_error("Redis tag version EXPIRE failed"))?;
+        Ok(())
     }
 
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {

@@ -555,6 +555,11 @@ impl Store for TieredStore {
         Ok(versions)
     }
 
+    /// Tag versions live in Redis; the L1 keeps no lifetime of its own for them.
+    async fn keep_tag_versions(&self, tags: &[String]) -> Result<(), StoreError> {
+        self.l2.keep_tag_versions(tags).await
+    }
+
     /// Stores in Redis and announces the change in the same round trip; other instances drop
     /// their L1 copy of the key, and this one keeps the new value.
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
