@@ -70,7 +70,9 @@
 //! | `Set-Cookie`, `Cache-Control: no-store`, `no-cache="field"` and `Vary: *` are never stored; `no-cache` only with a validator, revalidated before every use | they are meant for one client, or for no cache |
 //! | `Cache-Control: private`, with a field list or without, only into per-user entries | it is for one user |
 //! | A `Cache-Control` that does not follow RFC 9111's grammar (`private;`, `"private"`), or whose `max-age` is not a number or is given twice, is never stored | a lenient reading could miss a `private` or a `no-store` in it |
-//! | A response's `Vary` headers become part of its key | it is only served to requests it was made for |
+//! | A response's `Vary` headers become part of its key, their values merged only where RFC 9110 makes them equal | it is only served to requests it was made for |
+//! | Whatever else the inner service can see is keyed too: the target's authority and any `Host` line that says otherwise, the headers `Connection` names; a `GET` or `HEAD` with a body bypasses | a request never fills the entry of another that its handler would answer differently |
+//! | A method-override header (`X-HTTP-Method-Override: DELETE`) invalidates only when the application says it honours it ([`method_override_headers`](CacheLayerBuilder::method_override_headers)) | otherwise any anonymous `GET` could evict entries |
 //! | Credentialed requests to routes neither per-user nor shared bypass | their response may be that user's |
 //! | Bypass patterns win over every other rule | `/auth/{*rest}` stays out of the cache whatever else matches |
 //! | Bodies over `max_body_bytes`, and bodies that fail or are cut short, are not stored (a client that disconnects does not cut the body short: it is read to its end and stored) | nothing partial is ever served |
