@@ -364,7 +364,7 @@ struct Seen {
 }
 
 /// Headers the cache may add or change: its own, and the framing.
-const THE_CACHE_S: [&str; 8] = [
+const CACHE_OWN_HEADERS: [&str; 8] = [
     "age",
     "x-cache",
     "cache-status",
@@ -402,8 +402,9 @@ impl Seen {
     /// The headers that must be the same, given the origin's answer `direct`.
     fn compared(&self, direct: &Seen) -> Vec<(String, String)> {
         let added_etag = direct.header("etag").is_none();
-        let cache_s = |name: &str| THE_CACHE_S.contains(&name) || (added_etag && name == "etag");
-        self.headers.iter().filter(|(n, _)| !cache_s(n)).cloned().collect()
+        let cache_own =
+            |name: &str| CACHE_OWN_HEADERS.contains(&name) || (added_etag && name == "etag");
+        self.headers.iter().filter(|(n, _)| !cache_own(n)).cloned().collect()
     }
 }
 

@@ -10,8 +10,8 @@
 //! meaning nothing, `Accept-Encoding` weights by coding); every other value as it is.
 //!
 //! The query also says how to answer: `vary=a,b` (the `Vary` field), `cc=...` (`Cache-Control`),
-//! `reflect=x-client` (also copied into `X-Reflect-X-Client`, as in the issue that asked for this
-//! origin) and `pad=N` (N more bytes of body).
+//! `reflect=x-client` (also copied into `X-Reflect-X-Client`, as the outside probe's origin
+//! did) and `pad=N` (N more bytes of body).
 
 use std::collections::BTreeMap;
 
