@@ -268,7 +268,7 @@ impl CacheControl {
 }
 
 /// `tchar` (RFC 9110 section 5.6.2).
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     matches!(b,
         b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z'
         | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'

@@ -33,6 +33,7 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{HeaderName, Method};
 
+use crate::cache_control::is_tchar;
 use crate::grpc::MessageDigest;
 use crate::user::UserId;
 
@@ -261,11 +262,6 @@ fn split_unquoted(text: &str, delimiter: char) -> Option<Vec<&str>> {
     (!quoted).then_some(parts)
 }
 
-/// A token character (RFC 9110 section 5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// The request headers a response varies on: the rule's, and those learned from responses,
 /// sorted and without repeats.
 pub(crate) fn vary_union(a: &[HeaderName], b: &[HeaderName]) -> Vec<HeaderName> {
@@ -359,7 +355,7 @@ fn disagreeing_hosts(request: &Parts) -> Vec<&[u8]> {
 /// The request headers that the request's `Connection` header names, and that it carries:
 /// sorted, without repeats. RFC 9110 section 7.6.1 makes proxies remove them before
 /// forwarding, so a handler behind a proxy does not see them, while the layer in front does.
-pub(crate) fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
+fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         for token in value.as_bytes().split(|&b| b == b',') {
