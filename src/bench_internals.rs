@@ -21,14 +21,14 @@ use http::request::Parts;
 use http::{HeaderName, Response};
 use http_body::Body;
 
-use crate::answer::{examine, serve_fresh, Usable};
-use crate::body::CacheBody;
-use crate::capture::capture_in_line;
-use crate::compression::{compress, for_client};
+use crate::entry::compression::{compress, for_client};
+use crate::entry::key::KeyParts;
 use crate::entry::Entry;
-use crate::key::KeyBase;
-use crate::policy::{decide, Decision, Plan};
-use crate::state::Shared;
+use crate::service::answer::{examine, serve_fresh, Usable};
+use crate::service::body::CacheBody;
+use crate::service::capture::capture_in_line;
+use crate::service::decide::{decide, Decision, Plan};
+use crate::service::shared::Shared;
 use crate::store::{Lookup, MemoryStore, TagVersion};
 use crate::{CacheLayer, Rule};
 
@@ -76,13 +76,13 @@ impl Harness {
     /// The store round trip of a lookup: the entry and its tags' versions, under the store
     /// timeout and the circuit breaker. Needs a Tokio runtime with its time driver.
     pub async fn lookup(&self, planned: &Planned) -> Option<Lookup> {
-        self.shared.lookup(&planned.0.key, &planned.0.tag_keys).await
+        self.shared.store.lookup(&planned.0.key, &planned.0.tag_keys).await
     }
 
     /// The current versions of the plan's tags, given one if they had none, as a first miss
     /// does. Needs a Tokio runtime with its time driver.
     pub async fn versions(&self, planned: &Planned) -> Option<Vec<TagVersion>> {
-        self.shared.ensure_tag_versions(&planned.0.tag_keys).await
+        self.shared.store.ensure_tag_versions(&planned.0.tag_keys).await
     }
 
     /// The response a hit builds from what a lookup found: entry decode, tag version check,
@@ -127,10 +127,10 @@ impl Harness {
     }
 }
 
-/// An entry's key, as a lookup derives it: the request digest (`KeyBase::new`: method,
+/// An entry's key, as a lookup derives it: the request digest (`KeyParts::new`: method,
 /// authority, path, sorted query, scope), then the values of the `vary` headers.
 pub fn entry_key(request: &Parts, prefix: &str, vary: &[HeaderName]) -> String {
-    KeyBase::new(request, None).key(prefix, &request.headers, vary)
+    KeyParts::new(request, None).key(prefix, &request.headers, vary)
 }
 
 /// A response as the store holds it.

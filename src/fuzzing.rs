@@ -16,17 +16,17 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri};
 
-use crate::cache_control::grammar;
-use crate::compression::{accepts_zstd, compress, for_client};
-use crate::conditional::{add_validators, not_modified_headers, strong_etag, Conditions};
+use crate::entry::compression::{accepts_zstd, compress, for_client};
+use crate::entry::key::{kept_params, tag_key, uri_tag, vary_union, KeyParts, MAX_PLAIN_TAG};
 use crate::entry::Entry;
-use crate::groups::{decode_marker, invalidated_by, of_response};
-use crate::guard;
-use crate::key::{kept_params, tag_key, uri_tag, vary_union, KeyBase, MAX_PLAIN_TAG};
-use crate::policy::{storable, stored_headers, Plan};
+use crate::protocol::cache_control::grammar;
+use crate::protocol::conditional::{add_validators, not_modified_headers, strong_etag, Conditions};
+use crate::protocol::groups::{decode_marker, invalidated_by, of_response};
+use crate::protocol::guard;
+use crate::protocol::vary::beyond;
 use crate::rules::{escape_tag_param, Matched, RouteTable, Rule, RuleDefaults};
+use crate::service::decide::{storable, stored_headers, Plan};
 use crate::user::{UserFromHeader, UserId};
-use crate::vary::beyond;
 
 /// A header as raw bytes, name then value; the wrappers skip the ones `http` would reject.
 pub type RawHeader = (Vec<u8>, Vec<u8>);
@@ -288,10 +288,10 @@ struct Keying<'a> {
 impl Keying<'_> {
     fn key(&self, request: &Parts, user: Option<&UserId>, vary: &[HeaderName]) -> String {
         let base = match self.keep {
-            None => KeyBase::new(request, user),
+            None => KeyParts::new(request, user),
             Some(keep) => {
                 let query = request.uri.query().unwrap_or("");
-                KeyBase::with_query(request, &kept_params(query, keep), user)
+                KeyParts::with_query(request, &kept_params(query, keep), user)
             }
         };
         base.key(self.prefix, &request.headers, vary)
@@ -761,13 +761,13 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
     };
 
     let user = case.per_user.then(|| UserId::digest(b"fuzz"));
-    let key_base = KeyBase::new(&request, user.as_ref());
-    let base_key = key_base.key(PREFIX, &request.headers, &rule.vary);
+    let key_parts = KeyParts::new(&request, user.as_ref());
+    let rule_vary_key = key_parts.key(PREFIX, &request.headers, &rule.vary);
     let plan = Plan {
-        key: base_key.clone(),
-        key_base,
+        key: rule_vary_key.clone(),
+        key_parts,
         vary: rule.vary.clone(),
-        base_key,
+        rule_vary_key,
         tag_keys: tags.iter().map(|tag| tag_key(PREFIX, tag)).collect(),
         tags,
         rule: Arc::clone(rule),
@@ -810,7 +810,7 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
     } else {
         let vary = vary_union(&plan.vary, &extra);
         assert!(extra.iter().chain(&plan.vary).all(|n| vary.contains(n)), "vary lost a header");
-        plan.key_base.key(PREFIX, &request.headers, &vary)
+        plan.key_parts.key(PREFIX, &request.headers, &vary)
     };
     assert_digest_key(&key, &format!("{PREFIX}:v1:e:"), 64);
 
@@ -897,7 +897,7 @@ fn check_storable(
     status: StatusCode,
     headers: &HeaderMap,
     plan: &Plan,
-    fresh: Option<&crate::freshness::Freshness>,
+    fresh: Option<&crate::protocol::freshness::Freshness>,
 ) {
     let Some(fresh) = fresh else { return };
     assert!(!case.head, "a HEAD response was stored");

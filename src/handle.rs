@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::state::Shared;
-use crate::stats::Stats;
+use crate::service::shared::Shared;
 use crate::store::StoreError;
+use crate::telemetry::Stats;
 
 /// Evicts tags and reads counters from code outside HTTP: background jobs, admin tasks,
 /// message consumers. Made by [`CacheLayer::handle`](crate::CacheLayer::handle); cheap to clone.
@@ -51,14 +51,7 @@ impl CacheHandle {
     /// The counters so far, with the latency percentiles of hits and misses, for code that
     /// wants numbers without a metrics backend (see [`crate::telemetry`] for the metrics).
     pub fn stats(&self) -> Stats {
-        let (hits, misses) = self.shared.telemetry.latency();
-        Stats {
-            hit_latency: hits.total,
-            miss_latency: misses.total,
-            recent_hit_latency: hits.recent,
-            recent_miss_latency: misses.recent,
-            ..self.shared.counters.snapshot()
-        }
+        self.shared.telemetry.stats()
     }
 }
 

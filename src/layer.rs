@@ -6,16 +6,16 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tower_layer::Layer;
 
-use crate::breaker::BreakerSettings;
 use crate::clock::{Clock, SystemClock};
 use crate::error::BuildError;
 use crate::grpc::GrpcCacheLayer;
-use crate::guard;
 use crate::handle::CacheHandle;
+use crate::protocol::cache_status::StatusHeaders;
+use crate::protocol::guard;
 use crate::rules::{RouteTable, Rule, RuleDefaults};
+use crate::service::shared::{Settings, Shared};
 use crate::service::CacheService;
-use crate::state::{Settings, Shared};
-use crate::status::StatusHeaders;
+use crate::store::breaker::BreakerSettings;
 use crate::store::Store;
 use crate::user::{IdentifyUser, UserFromHeader};
 
@@ -34,31 +34,35 @@ impl CacheLayer {
             store: Arc::new(store),
             routes: Vec::new(),
             bypass: Vec::new(),
-            default_ttl: Duration::from_secs(60),
-            cache_statuses: vec![StatusCode::OK],
-            identify: Arc::new(UserFromHeader::authorization()),
-            key_prefix: "trc".to_owned(),
-            store_timeout: Duration::from_millis(100),
-            max_body_bytes: 1024 * 1024,
-            max_capture_bytes: 64 * 1024 * 1024,
-            ttl_jitter: 0,
-            invalidate_unsafe: true,
-            method_override_headers: Vec::new(),
-            miss_lock_timeout: Some(Duration::from_secs(5)),
-            honor_request_no_cache: false,
-            stale_if_error_timeout: None,
-            compress_above: Some(1024),
-            decoded_cache_bytes: 16 * 1024 * 1024,
-            surrogate_keys: false,
-            key_headers: guard::KEYED.map(HeaderName::from_static).to_vec(),
-            bypass_headers: guard::BYPASSED.map(HeaderName::from_static).to_vec(),
-            clock: Arc::new(SystemClock),
-            breaker: Some(BreakerSettings { failures: 5, open_for: Duration::from_secs(2) }),
-            status: StatusHeaders {
-                x_cache: Some(HeaderName::from_static("x-cache")),
-                cache_status: Some("tower-redis-cache".to_owned()),
-                cache_status_key: false,
-                strip_groups: false,
+            defaults: RuleDefaults {
+                ttl: Duration::from_secs(60),
+                statuses: vec![StatusCode::OK],
+                identify: Arc::new(UserFromHeader::authorization()),
+                key_headers: guard::KEYED.map(HeaderName::from_static).to_vec(),
+                bypass_headers: guard::BYPASSED.map(HeaderName::from_static).to_vec(),
+            },
+            settings: Settings {
+                key_prefix: "trc".to_owned(),
+                store_timeout: Duration::from_millis(100),
+                breaker: Some(BreakerSettings { failures: 5, open_for: Duration::from_secs(2) }),
+                max_body_bytes: 1024 * 1024,
+                max_capture_bytes: 64 * 1024 * 1024,
+                ttl_jitter: 0,
+                invalidate_unsafe: true,
+                method_override_headers: Vec::new(),
+                miss_lock_timeout: Some(Duration::from_secs(5)),
+                honor_request_no_cache: false,
+                stale_if_error_timeout: None,
+                compress_above: Some(1024),
+                decoded_cache_bytes: 16 * 1024 * 1024,
+                surrogate_keys: false,
+                clock: Arc::new(SystemClock),
+                status: StatusHeaders {
+                    x_cache: Some(HeaderName::from_static("x-cache")),
+                    cache_status: Some("tower-redis-cache".to_owned()),
+                    cache_status_key: false,
+                    strip_groups: false,
+                },
             },
         }
     }
@@ -114,27 +118,10 @@ pub struct CacheLayerBuilder {
     store: Arc<dyn Store>,
     routes: Vec<(String, Rule)>,
     bypass: Vec<String>,
-    default_ttl: Duration,
-    cache_statuses: Vec<StatusCode>,
-    identify: Arc<dyn IdentifyUser>,
-    key_prefix: String,
-    store_timeout: Duration,
-    max_body_bytes: usize,
-    max_capture_bytes: usize,
-    ttl_jitter: u8,
-    invalidate_unsafe: bool,
-    method_override_headers: Vec<HeaderName>,
-    miss_lock_timeout: Option<Duration>,
-    honor_request_no_cache: bool,
-    stale_if_error_timeout: Option<Duration>,
-    compress_above: Option<usize>,
-    decoded_cache_bytes: u64,
-    surrogate_keys: bool,
-    key_headers: Vec<HeaderName>,
-    bypass_headers: Vec<HeaderName>,
-    clock: Arc<dyn Clock>,
-    breaker: Option<BreakerSettings>,
-    status: StatusHeaders,
+    /// What rules that do not say take.
+    defaults: RuleDefaults,
+    /// The layer-wide options, as the layer keeps them.
+    settings: Settings,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
@@ -142,8 +129,8 @@ impl std::fmt::Debug for CacheLayerBuilder {
         f.debug_struct("CacheLayerBuilder")
             .field("routes", &self.routes)
             .field("bypass", &self.bypass)
-            .field("default_ttl", &self.default_ttl)
-            .field("key_prefix", &self.key_prefix)
+            .field("default_ttl", &self.defaults.ttl)
+            .field("key_prefix", &self.settings.key_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -165,27 +152,27 @@ impl CacheLayerBuilder {
 
     /// The time to live of entries whose rule sets none (default 60 s).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
-        self.default_ttl = ttl;
+        self.defaults.ttl = ttl;
         self
     }
 
     /// The response statuses that may be stored when a rule does not say (default: `200`).
     pub fn cache_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.cache_statuses = statuses.into_iter().collect();
+        self.defaults.statuses = statuses.into_iter().collect();
         self
     }
 
     /// How [`Rule::per_user`] routes identify users (default: a digest of the `Authorization`
     /// header, [`UserFromHeader::authorization`]).
     pub fn identify_users(mut self, identify: impl IdentifyUser) -> Self {
-        self.identify = Arc::new(identify);
+        self.defaults.identify = Arc::new(identify);
         self
     }
 
     /// The namespace of every key the layer writes (default `trc`). Give layers that share a
     /// Redis but must not share entries different prefixes.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
+        self.settings.key_prefix = prefix.into();
         self
     }
 
@@ -193,7 +180,7 @@ impl CacheLayerBuilder {
     /// request from the inner service (default 100 ms). This bounds the latency a sick store
     /// adds to a request.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = timeout;
+        self.settings.store_timeout = timeout;
         self
     }
 
@@ -204,20 +191,20 @@ impl CacheLayerBuilder {
     /// [`store_timeout`](Self::store_timeout) each. Commands the store refuses (a full Redis
     /// refusing writes, a read-only replica) do not count.
     pub fn circuit_breaker(mut self, failures: u32, open_for: Duration) -> Self {
-        self.breaker = Some(BreakerSettings { failures, open_for });
+        self.settings.breaker = Some(BreakerSettings { failures, open_for });
         self
     }
 
     /// Calls the store for every request, however it is doing.
     pub fn without_circuit_breaker(mut self) -> Self {
-        self.breaker = None;
+        self.settings.breaker = None;
         self
     }
 
     /// The largest body that is stored (default 1 MiB). Larger bodies stream through untouched,
     /// and no more than this is ever held in memory for one response.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
-        self.max_body_bytes = max;
+        self.settings.max_body_bytes = max;
         self
     }
 
@@ -225,7 +212,7 @@ impl CacheLayerBuilder {
     /// 64 MiB), so that many large responses at once cannot exhaust memory. Responses that
     /// would go over it stream through to their clients uncaptured, and are not stored.
     pub fn max_capture_bytes(mut self, max: usize) -> Self {
-        self.max_capture_bytes = max;
+        self.settings.max_capture_bytes = max;
         self
     }
 
@@ -233,7 +220,7 @@ impl CacheLayerBuilder {
     /// 50), so that entries filled together (after a deploy, an eviction) do not all expire, and
     /// reach the inner service, together.
     pub fn ttl_jitter(mut self, percent: u8) -> Self {
-        self.ttl_jitter = percent;
+        self.settings.ttl_jitter = percent;
         self
     }
 
@@ -243,13 +230,13 @@ impl CacheLayerBuilder {
     /// shared flight; across processes sharing a store, a short store lease (`SET NX PX`) picks
     /// the one that calls, as nginx's `proxy_cache_lock` does.
     pub fn miss_lock_timeout(mut self, timeout: Duration) -> Self {
-        self.miss_lock_timeout = Some(timeout);
+        self.settings.miss_lock_timeout = Some(timeout);
         self
     }
 
     /// Turns stampede protection off: every miss calls the inner service.
     pub fn without_miss_lock(mut self) -> Self {
-        self.miss_lock_timeout = None;
+        self.settings.miss_lock_timeout = None;
         self
     }
 
@@ -257,7 +244,7 @@ impl CacheLayerBuilder {
     /// to wait for the inner service before answering with it (default: no limit, only errors
     /// and `5xx` count as failures).
     pub fn stale_if_error_timeout(mut self, timeout: Duration) -> Self {
-        self.stale_if_error_timeout = Some(timeout);
+        self.settings.stale_if_error_timeout = Some(timeout);
         self
     }
 
@@ -265,13 +252,13 @@ impl CacheLayerBuilder {
     /// service encoded them already. Clients that accept `zstd` are served the compressed
     /// bytes as they are; the others get them decompressed.
     pub fn compress_above(mut self, bytes: usize) -> Self {
-        self.compress_above = Some(bytes);
+        self.settings.compress_above = Some(bytes);
         self
     }
 
     /// Stores every body as the inner service sent it.
     pub fn without_compression(mut self) -> Self {
-        self.compress_above = None;
+        self.settings.compress_above = None;
         self
     }
 
@@ -284,7 +271,7 @@ impl CacheLayerBuilder {
     /// it whenever the store returns the very same bytes, so it never serves anything the store
     /// does not hold. The budget counts the stored bytes and the decompressed body.
     pub fn decoded_cache_bytes(mut self, bytes: u64) -> Self {
-        self.decoded_cache_bytes = bytes;
+        self.settings.decoded_cache_bytes = bytes;
         self
     }
 
@@ -298,7 +285,7 @@ impl CacheLayerBuilder {
     /// the same few values on every request, so entries are still shared. Replaces the default
     /// list; `key_headers([] as [HeaderName; 0])` keys on none.
     pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.key_headers = names.into_iter().collect();
+        self.defaults.key_headers = names.into_iter().collect();
         self
     }
 
@@ -308,21 +295,21 @@ impl CacheLayerBuilder {
     /// than the one in the key. Rules add their own with [`Rule::bypass_header`]; a rule that
     /// keys on one of these with [`Rule::vary`] caches such requests. Replaces the default list.
     pub fn bypass_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.bypass_headers = names.into_iter().collect();
+        self.defaults.bypass_headers = names.into_iter().collect();
         self
     }
 
     /// Whether `Surrogate-Key` response headers (space-separated, as Fastly reads them) count
     /// as cache groups, like `Cache-Groups` does (default off).
     pub fn surrogate_keys(mut self, read: bool) -> Self {
-        self.surrogate_keys = read;
+        self.settings.surrogate_keys = read;
         self
     }
 
     /// Removes `Cache-Groups`, `Cache-Group-Invalidation` and `Surrogate-Key` from responses
     /// on their way out, for origins that do not want their groups seen by clients.
     pub fn strip_cache_group_headers(mut self) -> Self {
-        self.status.strip_groups = true;
+        self.settings.status.strip_groups = true;
         self
     }
 
@@ -334,7 +321,7 @@ impl CacheLayerBuilder {
     /// which is what the cache is there to prevent (browsers send `max-age=0` on reload).
     /// Turn it on for internal clients you trust.
     pub fn honor_request_no_cache(mut self, honor: bool) -> Self {
-        self.honor_request_no_cache = honor;
+        self.settings.honor_request_no_cache = honor;
         self
     }
 
@@ -344,7 +331,7 @@ impl CacheLayerBuilder {
     /// caches (default on). This works without any mutation rule, for every query of the path;
     /// declared tags still cover what a path cannot (`/users` after `PUT /users/1`).
     pub fn invalidate_on_unsafe_requests(mut self, invalidate: bool) -> Self {
-        self.invalidate_unsafe = invalidate;
+        self.settings.invalidate_unsafe = invalidate;
         self
     }
 
@@ -360,19 +347,19 @@ impl CacheLayerBuilder {
     /// your application (or a middleware in front of it) honours; otherwise a write made
     /// through one evicts nothing, and reads may see the old entries until they expire.
     pub fn method_override_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.method_override_headers = names.into_iter().collect();
+        self.settings.method_override_headers = names.into_iter().collect();
         self
     }
 
     /// The response header that tells `HIT`, `MISS` or `BYPASS` (default `x-cache`).
     pub fn x_cache_header(mut self, name: HeaderName) -> Self {
-        self.status.x_cache = Some(name);
+        self.settings.status.x_cache = Some(name);
         self
     }
 
     /// Adds no `X-Cache` header to responses.
     pub fn without_x_cache_header(mut self) -> Self {
-        self.status.x_cache = None;
+        self.settings.status.x_cache = None;
         self
     }
 
@@ -380,13 +367,13 @@ impl CacheLayerBuilder {
     /// `tower-redis-cache`): `Cache-Status: tower-redis-cache; hit; ttl=42`. A token: letters,
     /// digits and `!#$%&'*+-.^_`|~:/`, starting with a letter.
     pub fn cache_status_name(mut self, name: impl Into<String>) -> Self {
-        self.status.cache_status = Some(name.into());
+        self.settings.status.cache_status = Some(name.into());
         self
     }
 
     /// Adds no `Cache-Status` header to responses.
     pub fn without_cache_status(mut self) -> Self {
-        self.status.cache_status = None;
+        self.settings.status.cache_status = None;
         self
     }
 
@@ -394,14 +381,14 @@ impl CacheLayerBuilder {
     /// find it in Redis while debugging (default off: keys are digests, but they still tell
     /// clients which requests share entries).
     pub fn cache_status_key(mut self, show: bool) -> Self {
-        self.status.cache_status_key = show;
+        self.settings.status.cache_status_key = show;
         self
     }
 
     /// The clock entries' freshness and `Age` are judged by (default: the system's). Tests give
     /// a [`ManualClock`](crate::clock::ManualClock) to step past a TTL without waiting for it.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.settings.clock = Arc::new(clock);
         self
     }
 
@@ -411,16 +398,20 @@ impl CacheLayerBuilder {
     /// conflicting pattern, a tag naming a parameter the pattern does not capture, two rules
     /// for one method, settings that contradict each other.
     pub fn build(self) -> Result<CacheLayer, BuildError> {
-        let prefix_ok = !self.key_prefix.is_empty()
-            && self.key_prefix.len() <= 64
-            && self.key_prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+        let prefix_ok = !self.settings.key_prefix.is_empty()
+            && self.settings.key_prefix.len() <= 64
+            && self
+                .settings
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
         if !prefix_ok {
             return Err(BuildError::option(
                 "key_prefix",
                 "must be 1 to 64 visible ASCII characters, without `{` or `}`",
             ));
         }
-        if let Some(name) = &self.status.cache_status {
+        if let Some(name) = &self.settings.status.cache_status {
             let token = name.starts_with(|c: char| c.is_ascii_alphabetic())
                 && name
                     .bytes()
@@ -432,19 +423,19 @@ impl CacheLayerBuilder {
                 ));
             }
         }
-        if self.ttl_jitter > 50 {
+        if self.settings.ttl_jitter > 50 {
             return Err(BuildError::option("ttl_jitter", "must be a percentage from 0 to 50"));
         }
-        if self.miss_lock_timeout.is_some_and(|t| t.is_zero()) {
+        if self.settings.miss_lock_timeout.is_some_and(|t| t.is_zero()) {
             return Err(BuildError::option("miss_lock_timeout", "must be more than zero"));
         }
-        if self.default_ttl.is_zero() {
+        if self.defaults.ttl.is_zero() {
             return Err(BuildError::option("default_ttl", "must be more than zero"));
         }
-        if self.store_timeout.is_zero() {
+        if self.settings.store_timeout.is_zero() {
             return Err(BuildError::option("store_timeout", "must be more than zero"));
         }
-        if let Some(breaker) = self.breaker {
+        if let Some(breaker) = self.settings.breaker {
             if breaker.failures == 0 || breaker.open_for.is_zero() {
                 return Err(BuildError::option(
                     "circuit_breaker",
@@ -452,44 +443,20 @@ impl CacheLayerBuilder {
                 ));
             }
         }
-        if self.max_body_bytes == 0 {
+        if self.settings.max_body_bytes == 0 {
             return Err(BuildError::option("max_body_bytes", "must be more than zero"));
         }
-        if self.max_capture_bytes < self.max_body_bytes {
+        if self.settings.max_capture_bytes < self.settings.max_body_bytes {
             return Err(BuildError::option(
                 "max_capture_bytes",
                 "must be at least max_body_bytes, or no body that size could ever be stored",
             ));
         }
-        if self.cache_statuses.is_empty() {
+        if self.defaults.statuses.is_empty() {
             return Err(BuildError::option("cache_statuses", "must name at least one status"));
         }
-        let defaults = RuleDefaults {
-            ttl: self.default_ttl,
-            statuses: self.cache_statuses,
-            identify: self.identify,
-            key_headers: self.key_headers,
-            bypass_headers: self.bypass_headers,
-        };
-        let routes = RouteTable::build(self.routes, self.bypass, &defaults)?;
-        let settings = Settings {
-            key_prefix: self.key_prefix,
-            store_timeout: self.store_timeout,
-            max_body_bytes: self.max_body_bytes,
-            max_capture_bytes: self.max_capture_bytes,
-            ttl_jitter: self.ttl_jitter,
-            invalidate_unsafe: self.invalidate_unsafe,
-            method_override_headers: self.method_override_headers,
-            miss_lock_timeout: self.miss_lock_timeout,
-            honor_request_no_cache: self.honor_request_no_cache,
-            stale_if_error_timeout: self.stale_if_error_timeout,
-            compress_above: self.compress_above,
-            decoded_cache_bytes: self.decoded_cache_bytes,
-            surrogate_keys: self.surrogate_keys,
-            clock: self.clock,
-            status: self.status,
-        };
-        let shared = Shared::new(self.store, routes, settings, self.breaker);
+        let routes = RouteTable::build(self.routes, self.bypass, &self.defaults)?;
+        let shared = Shared::new(self.store, routes, self.settings);
         Ok(CacheLayer { shared: Arc::new(shared) })
     }
 }

@@ -108,60 +108,41 @@
 #![forbid(unsafe_code)]
 #![deny(unreachable_pub, missing_docs)]
 
-mod answer;
+mod background;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod bench_internals;
-mod body;
-mod breaker;
-mod cache_control;
-mod capture;
 pub mod clock;
-mod compression;
-mod conditional;
-mod decoded;
 mod entry;
 mod error;
-mod fill;
-mod flight;
-mod freshness;
-mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod groups;
 pub mod grpc;
-mod guard;
 mod handle;
-mod invalidate;
-mod key;
 mod layer;
-mod policy;
+mod outcome;
+mod protocol;
 mod rules;
 mod service;
-mod stale;
-mod state;
-mod stats;
-mod status;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_util;
 pub mod user;
-mod vary;
 
-pub use self::body::CacheBody;
 pub use self::error::BuildError;
-pub use self::future::ResponseFuture;
 pub use self::grpc::GrpcCacheLayer;
 pub use self::handle::CacheHandle;
 pub use self::layer::{CacheLayer, CacheLayerBuilder};
 pub use self::rules::{escape_tag_param, Rule};
+pub use self::service::body::CacheBody;
+pub use self::service::future::ResponseFuture;
 pub use self::service::CacheService;
-pub use self::stats::Stats;
 #[doc(inline)]
 pub use self::store::{
     MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreError, TieredStore, TieredStoreBuilder,
 };
+pub use self::telemetry::Stats;
 #[doc(inline)]
 pub use self::user::{user_fn, IdentifyUser, UserFromExtension, UserFromHeader, UserId};

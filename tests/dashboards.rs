@@ -1,5 +1,5 @@
 //! The Grafana dashboard (`contrib/grafana/tower-redis-cache.json`) against the metrics the
-//! layer documents (the table in `src/telemetry.rs`, read here at build time): a renamed metric
+//! layer documents (the table in `src/telemetry/mod.rs`, read here at build time): a renamed metric
 //! or label, or a new metric without a panel, fails here rather than in someone's Grafana.
 //!
 //! Pure parsing: no network, no Prometheus, no Grafana.
@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-const TELEMETRY: &str = include_str!("../src/telemetry.rs");
+const TELEMETRY: &str = include_str!("../src/telemetry/mod.rs");
 const DASHBOARD: &str = include_str!("../contrib/grafana/tower-redis-cache.json");
 const PREFIX: &str = "tower_redis_cache_";
 /// The series a Prometheus histogram is exported as.
 const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
 
-/// A metric of the table in `src/telemetry.rs`.
+/// A metric of the table in `src/telemetry/mod.rs`.
 #[derive(Debug)]
 struct Documented {
     kind: String,
@@ -40,7 +40,7 @@ fn documented_metrics() -> BTreeMap<String, Documented> {
     }
     assert!(
         metrics.len() >= 10 && metrics.contains_key("tower_redis_cache_requests_total"),
-        "the metrics table of src/telemetry.rs did not parse: {metrics:?}"
+        "the metrics table of src/telemetry/mod.rs did not parse: {metrics:?}"
     );
     metrics
 }
@@ -151,7 +151,7 @@ fn every_query_names_only_documented_metrics() {
         for selector in selectors {
             assert!(
                 metric_of(&selector.series, &documented).is_some(),
-                "{source} names `{}`, which src/telemetry.rs does not document (histograms may \
+                "{source} names `{}`, which src/telemetry/mod.rs does not document (histograms may \
                  add {HISTOGRAM_SUFFIXES:?}): {expr}",
                 selector.series
             );
@@ -227,7 +227,7 @@ fn every_documented_metric_has_a_panel() {
         documented.keys().filter(|name| !shown.contains(name.as_str())).collect();
     assert!(
         missing.is_empty(),
-        "metrics documented in src/telemetry.rs with no panel: {missing:?}"
+        "metrics documented in src/telemetry/mod.rs with no panel: {missing:?}"
     );
 }
 

@@ -14,9 +14,9 @@ use tower_service::Service;
 
 use super::message::read_message;
 use super::RequestBody;
-use crate::body::CacheBody;
-use crate::state::Shared;
-use crate::CacheService;
+use crate::service::body::CacheBody;
+use crate::service::shared::Shared;
+use crate::service::CacheService;
 
 /// A [`CacheLayer`](crate::CacheLayer) for gRPC servers: it reads the request message of calls
 /// to methods with a [`Rule::grpc`](crate::Rule::grpc), so that they can be cached. Made by

@@ -175,7 +175,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use crate::key::{tag_key, MAX_PLAIN_TAG};
+    use crate::entry::key::{tag_key, MAX_PLAIN_TAG};
 
     /// Routes and their templates; parameters sit between `:` and the end of the tag or
     /// another `:`, the shape the crate documents (`user:{id}`).

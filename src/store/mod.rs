@@ -23,6 +23,8 @@
 //! version a miss records is still made before the inner service runs: made later, an eviction
 //! during the miss whose own version was then lost (memory pressure) would go unseen.
 
+pub(crate) mod breaker;
+pub(crate) mod guarded;
 mod memory;
 mod redis;
 mod tiered;

@@ -8,8 +8,9 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::capture::Capture;
-use crate::fill::{self, Filling};
+use super::capture::Capture;
+use super::fill::{self, Filling};
+use crate::background;
 
 pin_project! {
     /// The body of a response that passed through a [`CacheService`](crate::CacheService):
@@ -69,15 +70,10 @@ where
     /// keeps a copy, and forwarded to the client as it reads. Captured in line, as
     /// [`capturing`](Self::capturing), when there is no Tokio runtime to run the task on.
     pub(crate) fn filling(inner: B, capture: Capture) -> Self {
-        if inner.is_end_stream() {
+        if inner.is_end_stream() || !background::available() {
             return Self::capturing(inner, capture);
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                Self { kind: Kind::Filling { fill: fill::spawn(&runtime, inner, capture) } }
-            }
-            Err(_) => Self::capturing(inner, capture),
-        }
+        Self { kind: Kind::Filling { fill: fill::spawn(inner, capture) } }
     }
 }
 

@@ -2,24 +2,31 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::telemetry::LatencySummary;
+use super::LatencySummary;
+use crate::outcome::Counted;
 
 /// A snapshot of a layer's counters, from [`CacheHandle::stats`](crate::CacheHandle::stats).
 ///
-/// Every request that passes the layer counts once as a hit, a miss or a bypass.
+/// Every request that passes the layer counts once, as a hit, a miss, a stale answer or a
+/// bypass, when its response head is ready: `hits + misses + stale + bypasses` is the number of
+/// requests answered. The latencies count the same hits and misses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Requests answered from the store.
+    /// Requests answered from the store with a fresh entry, including misses that waited for
+    /// another request to fill the entry and were answered with it (`collapsed`).
     pub hits: u64,
-    /// Cacheable requests that went to the inner service.
+    /// Cacheable requests answered by the inner service, including stale entries it
+    /// revalidated with a `304`.
     pub misses: u64,
     /// Requests answered with a stale entry (`stale-while-revalidate`, `stale-if-error`).
+    /// The background refresh a `stale-while-revalidate` answer starts is not a request.
     pub stale: u64,
     /// Requests the cache stayed out of: no rule, a bypass rule, a credentialed request to a
-    /// route that is not per-user or shared, a mutation.
+    /// route that is not per-user or shared, a write (whatever it evicted).
     pub bypasses: u64,
-    /// Entries written to the store.
+    /// Entries written to the store (the markers that record learned `Vary` headers and cache
+    /// groups are not entries).
     pub stores: u64,
     /// Tags evicted (each tag of each successful eviction counts once).
     pub evictions: u64,
@@ -53,7 +60,7 @@ impl Stats {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub(super) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) stale: AtomicU64,
@@ -66,6 +73,17 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Counts one request answered.
+    pub(crate) fn count(&self, counted: Counted) {
+        let counter = match counted {
+            Counted::Hit => &self.hits,
+            Counted::Miss => &self.misses,
+            Counted::Stale => &self.stale,
+            Counted::Bypass => &self.bypasses,
+        };
+        Self::add(counter, 1);
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }

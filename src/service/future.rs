@@ -9,14 +9,16 @@ use std::time::Instant;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::CacheBody;
-use crate::state::Shared;
+use super::body::CacheBody;
+use super::shared::Shared;
+use crate::outcome::BypassReason;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What a bypassed request's response reports when it is ready.
 struct BypassReport {
     shared: Arc<Shared>,
+    reason: BypassReason,
     route: Option<Arc<str>>,
     started: Instant,
 }
@@ -50,10 +52,11 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn bypass(
         future: F,
         shared: Arc<Shared>,
+        reason: BypassReason,
         route: Option<Arc<str>>,
         started: Instant,
     ) -> Self {
-        let report = Some(BypassReport { shared, route, started });
+        let report = Some(BypassReport { shared, reason, route, started });
         Self { kind: Kind::Bypass { future, report } }
     }
 
@@ -81,8 +84,8 @@ where
             KindProj::Bypass { future, report } => {
                 let response = ready!(future.poll(cx))?;
                 let response = match report.take() {
-                    Some(BypassReport { shared, route, started }) => {
-                        shared.mark_bypass(response, route.as_deref(), started)
+                    Some(BypassReport { shared, reason, route, started }) => {
+                        shared.mark_bypass(response, reason, route.as_deref(), started)
                     }
                     None => response,
                 };

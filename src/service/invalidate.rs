@@ -8,10 +8,11 @@ use http::header::{HeaderValue, CONTENT_LOCATION, LOCATION};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::body::CacheBody;
-use crate::groups;
-use crate::key::uri_tag;
-use crate::state::Shared;
+use super::body::CacheBody;
+use super::shared::Shared;
+use crate::entry::key::uri_tag;
+use crate::outcome::BypassReason;
+use crate::protocol::groups;
 
 /// What a write invalidates, as decided before the inner service runs.
 pub(crate) struct Invalidation {
@@ -61,7 +62,8 @@ where
     // A failure is logged, counted and retried in the background; the write stands.
     let _ = shared.evict(&tags).await;
     let response = response.map(CacheBody::passthrough);
-    Ok(shared.mark_bypass(response, invalidation.route.as_deref(), invalidation.started))
+    let route = invalidation.route.as_deref();
+    Ok(shared.mark_bypass(response, BypassReason::Mutation, route, invalidation.started))
 }
 
 /// The path of a `Location`-style header value, if it names a path on `authority` (a

@@ -14,12 +14,13 @@ use std::time::Duration;
 use http::Response;
 use tokio::sync::watch;
 
-use crate::answer::{examine, serve_fresh, Usable};
-use crate::body::CacheBody;
-use crate::policy::Plan;
-
-use crate::state::Shared;
-use crate::status::Forwarded;
+use super::answer::{examine, serve_fresh, Usable};
+use super::body::CacheBody;
+use super::decide::Plan;
+use super::shared::Shared;
+use crate::background;
+use crate::entry::key::lease_key;
+use crate::outcome::Forwarded;
 use crate::store::Lookup;
 
 /// The flights in progress in this process, by entry key.
@@ -91,15 +92,17 @@ impl Drop for FlightGuard {
             self.shared.flights.in_progress.lock().unwrap_or_else(|e| e.into_inner());
         in_progress.remove(&self.key);
         drop(in_progress);
-        if let (Some(lease), Ok(runtime)) =
-            (self.lease.take(), tokio::runtime::Handle::try_current())
-        {
-            let shared = Arc::clone(&self.shared);
-            shared.flights.releasing().insert(lease.clone());
-            runtime.spawn(async move {
-                shared.release_lease(&lease).await;
-                shared.flights.releasing().remove(&lease);
-            });
+        let Some(lease) = self.lease.take() else { return };
+        let shared = Arc::clone(&self.shared);
+        self.shared.flights.releasing().insert(lease.clone());
+        let released = lease.clone();
+        let spawned = background::spawn(async move {
+            shared.store.release_lease(&released).await;
+            shared.flights.releasing().remove(&released);
+        });
+        // Without a runtime the lease expires by itself; nothing is on its way back.
+        if !spawned {
+            self.shared.flights.releasing().remove(&lease);
         }
     }
 }
@@ -141,9 +144,11 @@ pub(crate) async fn take_turn<B>(
             // Take the store lease, and look once more when it is taken, in one round trip: a
             // flight that ended between this request's lookup and its turn (or an instance
             // that let go of its lease) may have stored the entry already.
-            let lease = format!("{}:lease", plan.key);
-            let Some((leased, found)) =
-                shared.acquire_lease_then_lookup(&lease, timeout, &plan.key, &plan.tag_keys).await
+            let lease = lease_key(&plan.key);
+            let Some((leased, found)) = shared
+                .store
+                .acquire_lease_then_lookup(&lease, timeout, &plan.key, &plan.tag_keys)
+                .await
             else {
                 // The store failed: go on without a lease.
                 return Turn::Call(Some(leader));
@@ -180,7 +185,7 @@ async fn lookup_hit<B>(
     plan: &Plan,
     fwd: Forwarded,
 ) -> Option<Response<CacheBody<B>>> {
-    let found = shared.lookup(&plan.key, &plan.tag_keys).await?;
+    let found = shared.store.lookup(&plan.key, &plan.tag_keys).await?;
     fresh_hit(shared, plan, found, fwd)
 }
 
@@ -223,7 +228,7 @@ async fn wait_for_other_instance<B>(
         if let Some(hit) = lookup_hit(shared, plan, fwd).await {
             return Waited::Hit(hit);
         }
-        if shared.acquire_lease(lease, timeout).await == Some(true) {
+        if shared.store.acquire_lease(lease, timeout).await == Some(true) {
             return Waited::Lease;
         }
     }

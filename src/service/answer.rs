@@ -7,13 +7,12 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
 use http::{Response, StatusCode};
 
-use crate::body::CacheBody;
-use crate::conditional::not_modified_headers;
+use super::body::CacheBody;
+use super::decide::Plan;
+use super::shared::Shared;
 use crate::entry::Entry;
-use crate::policy::Plan;
-use crate::state::Shared;
-use crate::stats::Counters;
-use crate::status::{Forwarded, Outcome};
+use crate::outcome::{Forwarded, Outcome};
+use crate::protocol::conditional::not_modified_headers;
 use crate::store::{Lookup, TagVersion};
 
 /// Why a lookup is not a hit, and what a miss needs to store its response.
@@ -111,7 +110,7 @@ pub(crate) fn respond_from_entry<B>(
     shared.mark(response, outcome, plan, served)
 }
 
-/// Serves a fresh entry, counted as a hit; `collapsed` says why the request had missed when
+/// Serves a fresh entry (a hit); `collapsed` says why the request had missed when
 /// it found the entry only after waiting for another request to fill it.
 pub(crate) fn serve_fresh<B>(
     shared: &Shared,
@@ -120,7 +119,6 @@ pub(crate) fn serve_fresh<B>(
     now: u64,
     collapsed: Option<Forwarded>,
 ) -> Response<CacheBody<B>> {
-    Counters::add(&shared.counters.hits, 1);
     let ttl = entry.remaining(now);
     let outcome = match collapsed {
         None => Outcome::Hit { ttl },
@@ -129,7 +127,7 @@ pub(crate) fn serve_fresh<B>(
     respond_from_entry(shared, plan, entry, now, outcome)
 }
 
-/// Serves a stale entry, counted as such; `why` names the RFC 5861 directive that allows it.
+/// Serves a stale entry; `why` names the RFC 5861 directive that allows it.
 pub(crate) fn serve_stale<B>(
     shared: &Shared,
     plan: &Plan,
@@ -137,7 +135,6 @@ pub(crate) fn serve_stale<B>(
     staleness: Duration,
     why: &'static str,
 ) -> Response<CacheBody<B>> {
-    Counters::add(&shared.counters.stale, 1);
     respond_from_entry(shared, plan, entry, shared.now_ms(), Outcome::Stale { staleness, why })
 }
 

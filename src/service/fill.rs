@@ -43,7 +43,8 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::capture::Capture;
+use super::capture::Capture;
+use crate::background;
 
 /// What the task sends to the client's side.
 enum Message<B: Body> {
@@ -96,8 +97,9 @@ pub(crate) struct Filling<B> {
     ended: bool,
 }
 
-/// Starts reading `body` into `capture` on `runtime`; the returned side passes its frames on.
-pub(crate) fn spawn<B>(runtime: &tokio::runtime::Handle, body: B, capture: Capture) -> Filling<B>
+/// Starts reading `body` into `capture` in the background; the returned side passes its
+/// frames on. Call it only where [`background::available`].
+pub(crate) fn spawn<B>(body: B, capture: Capture) -> Filling<B>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Send + 'static,
@@ -105,7 +107,7 @@ where
     let hint = body.size_hint();
     let (sender, receiver) = mpsc::unbounded_channel();
     // In the request's span, so that what the capture logs is told apart.
-    runtime.spawn(fill(Box::pin(body), capture, sender).in_current_span());
+    background::spawn(fill(Box::pin(body), capture, sender).in_current_span());
     Filling { frames: Box::new(receiver), rest: None, hint, ended: false }
 }
 

@@ -1,5 +1,25 @@
-//! The cache service and its request path:
-//! lookup → decide → serve or call inner → capture → store.
+//! The cache service and its request path, one file per step:
+//! [`decide`] → lookup ([`learn`] follows markers) → [`answer`] from the store, or wait your
+//! turn ([`flight`]) and call the inner service → [`capture`] its response ([`fill`],
+//! [`body`]) → store. [`stale`] serves and revalidates stale entries; [`invalidate`] evicts
+//! after writes. [`shared`] is the state all of them read, and the one place outcomes are
+//! reported.
+//!
+//! This is the only folder that touches the shared state. May import every other folder:
+//! `protocol` (the HTTP rules), `entry` (the stored form), `store` (through the guarded store),
+//! `telemetry`, `rules`, `grpc` (message digests and status checks), `outcome`, `background`.
+
+pub(crate) mod answer;
+pub(crate) mod body;
+pub(crate) mod capture;
+pub(crate) mod decide;
+pub(crate) mod fill;
+pub(crate) mod flight;
+pub(crate) mod future;
+pub(crate) mod invalidate;
+pub(crate) mod learn;
+pub(crate) mod shared;
+pub(crate) mod stale;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,21 +31,19 @@ use http_body::Body;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::answer::{examine, serve_fresh, serve_stale, Miss, Usable};
-use crate::body::CacheBody;
-use crate::capture::capture_if_storable;
-use crate::conditional::add_validators;
-use crate::flight::{take_turn, Turn};
-use crate::future::ResponseFuture;
-use crate::groups;
-use crate::invalidate::{mutate, Invalidation};
-use crate::policy::{decide, BypassReason, Decision, Plan};
-use crate::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
-use crate::state::Shared;
-use crate::stats::Counters;
-use crate::status::{Forwarded, Outcome};
+use self::answer::{examine, serve_fresh, serve_stale, Miss, Usable};
+use self::body::CacheBody;
+use self::capture::capture_if_storable;
+use self::decide::{decide, Decision, Plan};
+use self::flight::{take_turn, Turn};
+use self::future::ResponseFuture;
+use self::invalidate::{mutate, Invalidation};
+use self::learn::{follow_groups_marker, follow_vary_marker};
+use self::shared::Shared;
+use self::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
+use crate::outcome::{Forwarded, Outcome};
+use crate::protocol::conditional::add_validators;
 use crate::telemetry::UNMATCHED;
-use crate::vary;
 
 /// Caches the responses of the inner service `S` according to its layer's rules.
 ///
@@ -95,12 +113,10 @@ where
         let has_body = !body.is_end_stream() && body.size_hint().exact() != Some(0);
         match decide(&shared, &parts, has_body, started) {
             Decision::Bypass { route, reason } => {
-                shared.count_bypass(route.as_deref(), reason);
                 let future = inner.call(Request::from_parts(parts, body));
-                ResponseFuture::bypass(future, shared, route, started)
+                ResponseFuture::bypass(future, shared, reason, route, started)
             }
             Decision::Mutation { route, evicts, uri, authority } => {
-                shared.count_bypass(route.as_deref(), BypassReason::Mutation);
                 let span = request_span(route.as_deref().unwrap_or(UNMATCHED), None);
                 let request = Request::from_parts(parts, body);
                 let invalidation = Invalidation { route, started, evicts, uri, authority };
@@ -142,12 +158,12 @@ where
     // before the inner service runs, which is what makes a later eviction win over this miss.
     let now = shared.now_ms();
     let mut stale = None;
-    let found = match shared.lookup(&plan.key, &plan.tag_keys).await {
-        Some(found) => vary::follow_marker(&shared, &mut plan, request.headers(), found).await,
+    let found = match shared.store.lookup(&plan.key, &plan.tag_keys).await {
+        Some(found) => follow_vary_marker(&shared, &mut plan, request.headers(), found).await,
         None => None,
     };
     let found = match found {
-        Some(found) => groups::follow_marker(&shared, &mut plan, found).await,
+        Some(found) => follow_groups_marker(&shared, &mut plan, found).await,
         None => None,
     };
     let (versions, fwd) = match found {
@@ -181,7 +197,7 @@ where
             // the entry is stored.
             Err(Miss { versions: None, fwd }) => {
                 plan.provisional_versions = true;
-                (shared.ensure_tag_versions(&plan.tag_keys).await, fwd)
+                (shared.store.ensure_tag_versions(&plan.tag_keys).await, fwd)
             }
         },
     };
@@ -195,7 +211,6 @@ where
             Turn::Call(leader) => flight = leader,
         }
     }
-    Counters::add(&shared.counters.misses, 1);
     // The values of the headers a response may turn out to vary on.
     let request_headers = request.headers().clone();
     let response = match stale {

@@ -1,10 +1,25 @@
-//! The stored form of a response.
+//! The entry format: what is written to the store and how it is read back, and the keys it is
+//! written under.
+//!
+//! - [`Entry`] (here): the stored form of a response.
+//! - [`key`]: entry keys, tag keys and lease keys, from the request.
+//! - [`compression`]: zstd bodies, and serving them to clients that do or do not accept it.
+//! - [`decoded`]: decoded entries kept for hits on the very same stored bytes.
+//!
+//! Pure functions of bytes and requests. May import: `store` (its [`TagVersion`]), `protocol`
+//! (header grammar), `grpc` and `user` (what a key holds); never `service`.
+//!
+//! # The stored form
 //!
 //! An entry is `TRC` plus a format version byte, the length of the metadata (`u32`, little
 //! endian), the metadata (postcard: status, headers, trailers, timestamps, tag versions, the
 //! body's length) and the body as it was sent. Keeping the body outside the metadata lets a hit serve it as a slice of
 //! the bytes the store returned, without a copy. Anything that does not decode (another
 //! program's value, a truncated write, an older format) is a miss, never an error.
+
+pub(crate) mod compression;
+pub(crate) mod decoded;
+pub(crate) mod key;
 
 use std::time::Duration;
 

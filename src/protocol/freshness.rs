@@ -1,7 +1,7 @@
 //! How long a stored response stays fresh (RFC 9111 section 4.2): the upstream's
 //! `Cache-Control: s-maxage`, else `max-age`, else `Expires` minus `Date`, else the rule's TTL;
 //! capped by the rule's `max_ttl`, less the `Age` the response already had, and spread by the
-//! layer's jitter. `Cache-Control` is read by [`crate::cache_control`], the dates and `Age` by
+//! layer's jitter. `Cache-Control` is read by [`crate::protocol::cache_control`], the dates and `Age` by
 //! the `headers` crate.
 
 use std::time::{Duration, SystemTime};
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use headers::{Age, Date, Expires, HeaderMapExt};
 use http::header::{HeaderMap, ETAG, EXPIRES, LAST_MODIFIED};
 
-use crate::cache_control::{CacheControl, MAX_DELTA_SECS};
+use crate::protocol::cache_control::{CacheControl, MAX_DELTA_SECS};
 use crate::rules::ReadRule;
 
 /// The freshness of one response.

@@ -4,20 +4,14 @@
 //! (space-separated) can count as `Cache-Groups` too. Groups are tags: `Cache-Groups: "user:42"`
 //! is evicted by a rule's `user:{id}` as by `Cache-Group-Invalidation: "user:42"`.
 //!
-//! A group is only as good as its version read *before* the response was computed (guarantee
-//! 2), and the lookup cannot know a response's groups before it has seen one. So a response
-//! with new groups teaches them (in process, and to other instances through a marker under its
-//! key) and is not stored; the next request reads their versions with the entry and stores.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! This is the parsing half; `service::learn` is the learning half: a group is only as good as
+//! its version read *before* the response was computed (guarantee 2), and the lookup cannot
+//! know a response's groups before it has seen one. So a response with new groups teaches them
+//! (in process, and to other instances through a marker under its key) and is not stored; the
+//! next request reads their versions with the entry and stores.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
-
-use crate::policy::Plan;
-use crate::state::Shared;
-use crate::store::Lookup;
 
 pub(crate) const CACHE_GROUPS: HeaderName = HeaderName::from_static("cache-groups");
 pub(crate) const CACHE_GROUP_INVALIDATION: HeaderName =
@@ -59,7 +53,7 @@ fn sf_strings(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
 }
 
 /// Without repeats, empties, and names in the layer's own `#` namespace.
-fn tidy(mut groups: Vec<String>) -> Vec<String> {
+pub(crate) fn tidy(mut groups: Vec<String>) -> Vec<String> {
     groups.retain(|g| !g.is_empty() && !g.starts_with('#'));
     groups.sort();
     groups.dedup();
@@ -73,32 +67,9 @@ pub(crate) fn strip(headers: &mut HeaderMap) {
     }
 }
 
-/// Learns that `plan`'s entry belongs to `groups`: for this process, and for the others
-/// through a marker under the entry's key (until an entry replaces it).
-pub(crate) fn learn(shared: &Arc<Shared>, plan: &Plan, groups: Vec<String>, keep_for: Duration) {
-    let mut all =
-        shared.learned_groups.get(&plan.key).map_or_else(Vec::new, |known| known.to_vec());
-    all.extend(groups);
-    let all = tidy(all);
-    let marker: Bytes = [&MARKER[..], all.join("\n").as_bytes()].concat().into();
-    shared.learned_groups.insert(plan.key.clone(), Arc::new(all));
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        let (shared, key) = (Arc::clone(shared), plan.key.clone());
-        runtime.spawn(async move { shared.put(&key, marker, keep_for).await });
-    }
-}
-
-/// When a lookup found a group marker instead of an entry, learns its groups and looks up
-/// again, now reading their versions too (the second round trip). Otherwise returns the lookup.
-pub(crate) async fn follow_marker(
-    shared: &Shared,
-    plan: &mut Plan,
-    found: Lookup,
-) -> Option<Lookup> {
-    let Some(groups) = found.entry.as_deref().and_then(decode_marker) else { return Some(found) };
-    plan.add_tags(shared, &groups);
-    shared.learned_groups.insert(plan.key.clone(), Arc::new(groups));
-    shared.lookup(&plan.key, &plan.tag_keys).await
+/// The stored form of an entry's groups: `TRCG` and the groups, one per line.
+pub(crate) fn encode_marker(groups: &[String]) -> Bytes {
+    [&MARKER[..], groups.join("\n").as_bytes()].concat().into()
 }
 
 /// The groups in a marker, or `None` when `bytes` are not one.

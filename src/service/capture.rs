@@ -9,18 +9,19 @@ use http::Response;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame};
 
-use crate::body::CacheBody;
-use crate::compression::compress;
-use crate::groups;
-use crate::grpc;
-use crate::policy::{storable, stored_headers, Plan};
-use crate::vary;
-
-use crate::conditional::strong_etag;
+use super::body::CacheBody;
+use super::decide::Plan;
+use super::flight::FlightGuard;
+use super::learn::{learn_groups, learn_vary};
+use super::shared::Shared;
+use crate::background;
+use crate::entry::compression::compress;
 use crate::entry::Entry;
-use crate::flight::FlightGuard;
-use crate::freshness::Freshness;
-use crate::state::Shared;
+use crate::grpc;
+use crate::protocol::conditional::strong_etag;
+use crate::protocol::freshness::Freshness;
+use crate::protocol::storable::{storable, stored_headers};
+use crate::protocol::{groups, vary};
 use crate::store::TagVersion;
 
 /// What will be stored once the body is complete: everything but the body and trailers.
@@ -178,29 +179,28 @@ pub(crate) fn store_entry(
     keep_for: Duration,
     after: AfterStore,
 ) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        tracing::debug!("no Tokio runtime to write the entry on; not stored");
-        return;
-    };
-    runtime.spawn(async move {
+    let write = async move {
         let mut entry = entry;
         if let Some(threshold) = shared.settings.compress_above {
             compress(&mut entry, threshold);
         }
         let value = entry.encode();
         let bytes = value.len();
-        if shared.put(&key, value, keep_for).await {
+        if shared.store.put(&key, value, keep_for).await {
             shared.telemetry.stored(&route, bytes);
             if !after.provisional.is_empty() {
-                shared.keep_tag_versions(&after.provisional).await;
+                shared.store.keep_tag_versions(&after.provisional).await;
             }
         }
         drop((after.flight, after.reservation));
-    });
+    };
+    if !background::spawn(write) {
+        tracing::debug!("no Tokio runtime to write the entry on; not stored");
+    }
 }
 
 /// Captures the body when the response may be stored, reading it in a task of its own so that
-/// the store does not wait for the client (see [`fill`](crate::fill)); says for how long the
+/// the store does not wait for the client (see [`fill`](crate::service::fill)); says for how long the
 /// entry will be fresh.
 pub(crate) fn capture_if_storable<B>(
     shared: &Arc<Shared>,
@@ -243,7 +243,11 @@ fn capture_with<B: Body<Data = Bytes>>(
 ) -> (Response<CacheBody<B>>, Option<Duration>) {
     let (parts, body) = response.into_parts();
     let settings = &shared.settings;
-    let checked = storable(&parts, plan, shared.now()).and_then(|freshness| {
+    let checked = match plan.head {
+        true => Err("HEAD responses have no body to store"),
+        false => storable(&parts, &plan.rule, plan.per_user, shared.now()),
+    };
+    let checked = checked.and_then(|freshness| {
         // A known length over the limit: do not even start a copy.
         if body.size_hint().lower() > settings.max_body_bytes as u64 {
             return Err("body over max_body_bytes");
@@ -259,15 +263,15 @@ fn capture_with<B: Body<Data = Bytes>>(
         }
         // Their versions were not read before the response was computed: learn them, and
         // store from the next request on.
-        groups::learn(shared, plan, new, freshness.keep_for());
+        learn_groups(shared, plan, new, freshness.keep_for());
         Err("new cache groups")
     });
     let (freshness, key) = match checked {
         Ok((freshness, extra)) if extra.is_empty() => (freshness, plan.key.clone()),
         // The response varies on headers the key did not cover yet: learn them.
         Ok((freshness, extra)) => {
-            let vary = vary::learn(shared, plan, &extra, freshness.keep_for());
-            (freshness, plan.key_base.key(&settings.key_prefix, request, &vary))
+            let vary = learn_vary(shared, plan, &extra, freshness.keep_for());
+            (freshness, plan.key_parts.key(&settings.key_prefix, request, &vary))
         }
         Err(reason) => {
             tracing::debug!(route = &*plan.rule.pattern, reason, "response not stored");

@@ -22,7 +22,7 @@
 //! - anything else is unreadable: a `;`, a quoted directive name, a space around `=`, an
 //!   unterminated quoted string, a byte that neither a token nor a quoted string may hold.
 //!
-//! What the layer does with what it reads (`crate::policy::storable`, `crate::freshness`):
+//! What the layer does with what it reads (`crate::service::decide::storable`, `crate::protocol::freshness`):
 //!
 //! | A response's `Cache-Control` | The layer |
 //! |---|---|
@@ -47,7 +47,7 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderMap, CACHE_CONTROL};
+use http::header::{HeaderMap, CACHE_CONTROL, PRAGMA};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod grammar;
@@ -264,6 +264,22 @@ impl CacheControl {
         } else if is("stale-if-error") {
             self.stale_if_error = self.stale_if_error.again(seconds());
         }
+    }
+}
+
+/// Whether a request asks not to be answered from a cache: `Cache-Control: no-cache` or
+/// `max-age=0`, or (without `Cache-Control`) `Pragma: no-cache`. An unreadable
+/// `Cache-Control` is ignored: a request can only ask for less caching, so misreading one
+/// costs a hit at worst.
+pub(crate) fn asks_for_origin(headers: &HeaderMap) -> bool {
+    match CacheControl::parse(headers) {
+        Ok(Some(cc)) => {
+            cc.no_cache() || cc.no_cache_fields() || cc.max_age() == Some(Duration::ZERO)
+        }
+        Ok(None) => {
+            headers.get_all(PRAGMA).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+        }
+        Err(_) => false,
     }
 }
 

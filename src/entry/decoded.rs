@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use crate::compression::for_client;
+use crate::entry::compression::for_client;
 use crate::entry::Entry;
 
 /// What every decoded entry costs besides its bodies, for the byte budget.
@@ -91,7 +91,7 @@ mod tests {
     use http::{HeaderMap, StatusCode};
 
     use super::*;
-    use crate::compression::compress;
+    use crate::entry::compression::compress;
 
     fn entry(body: &'static [u8]) -> Entry {
         Entry {

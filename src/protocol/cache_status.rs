@@ -1,65 +1,22 @@
 //! The headers that say what the cache did with a request: `X-Cache` (a de-facto standard,
 //! `HIT`, `MISS` or `BYPASS`) and `Cache-Status` (RFC 9211).
 
-use std::time::Duration;
-
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::groups;
+use crate::outcome::{Forwarded, Outcome};
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// What the cache did with one request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Outcome {
-    /// Served from the store; `ttl` is the entry's remaining freshness.
-    Hit { ttl: Duration },
-    /// Missed (`fwd`), then served the entry another request filled meanwhile, without
-    /// calling the inner service: RFC 9211's `collapsed`.
-    Collapsed { fwd: Forwarded, ttl: Duration },
-    /// Forwarded to the inner service.
-    Miss {
-        fwd: Forwarded,
-        /// The response is being stored (once its body completes within the limit) for `ttl`.
-        stored: Option<Duration>,
-    },
-    /// Served a stale entry, `staleness` past its freshness, as the RFC 5861 directive `why`
-    /// allows.
-    Stale { staleness: Duration, why: &'static str },
-    /// A stale entry was revalidated with the inner service (`304`), and served; stored again
-    /// for `ttl` when it may be.
-    Revalidated { ttl: Option<Duration> },
-    /// The cache stayed out of the way.
-    Bypass,
-}
-
-/// Why a cacheable request was forwarded, as RFC 9211's `fwd` parameter says it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Forwarded {
-    /// Nothing was stored under the request's key.
-    UriMiss,
-    /// Responses for the URI vary on request headers, and nothing was stored for this
-    /// request's values of them.
-    VaryMiss,
-    /// Something was stored, but could not be used: expired, evicted, unreadable.
-    Miss,
-    /// The store could not be asked.
-    Error,
-    /// A usable entry was there, but the request asked for the origin's response.
-    Request,
-    /// The entry was stale: the inner service was asked for a fresh one.
-    Stale,
-}
-
-impl Forwarded {
-    /// The `Cache-Status` parameters that say it.
-    fn param(self) -> &'static str {
-        match self {
-            Forwarded::UriMiss => "; fwd=uri-miss",
-            Forwarded::VaryMiss => "; fwd=vary-miss",
-            Forwarded::Miss => "; fwd=miss",
-            Forwarded::Error => "; fwd=miss; detail=store-error",
-            Forwarded::Request => "; fwd=request",
-            Forwarded::Stale => "; fwd=stale",
-        }
+/// The `Cache-Status` parameters that say why a request was forwarded.
+fn fwd_param(fwd: Forwarded) -> &'static str {
+    match fwd {
+        Forwarded::UriMiss => "; fwd=uri-miss",
+        Forwarded::VaryMiss => "; fwd=vary-miss",
+        Forwarded::Miss => "; fwd=miss",
+        Forwarded::Error => "; fwd=miss; detail=store-error",
+        Forwarded::Request => "; fwd=request",
+        Forwarded::Stale => "; fwd=stale",
     }
 }
 
@@ -80,7 +37,7 @@ impl StatusHeaders {
     /// caches nearer the origin wrote (RFC 9211 section 2).
     pub(crate) fn apply(&self, headers: &mut HeaderMap, outcome: Outcome, key: Option<&str>) {
         if self.strip_groups {
-            crate::groups::strip(headers);
+            groups::strip(headers);
         }
         if let Some(name) = &self.x_cache {
             let value = match outcome {
@@ -88,7 +45,7 @@ impl StatusHeaders {
                 Outcome::Miss { .. } => "MISS",
                 Outcome::Stale { .. } => "STALE",
                 Outcome::Revalidated { .. } => "REVALIDATED",
-                Outcome::Bypass => "BYPASS",
+                Outcome::Bypass(_) => "BYPASS",
             };
             headers.insert(name.clone(), HeaderValue::from_static(value));
         }
@@ -99,11 +56,11 @@ impl StatusHeaders {
         match outcome {
             Outcome::Hit { ttl } => value.push_str(&format!("; hit; ttl={}", ttl.as_secs())),
             Outcome::Collapsed { fwd, ttl } => {
-                value.push_str(fwd.param());
+                value.push_str(fwd_param(fwd));
                 value.push_str(&format!("; collapsed; ttl={}", ttl.as_secs()));
             }
             Outcome::Miss { fwd, stored } => {
-                value.push_str(fwd.param());
+                value.push_str(fwd_param(fwd));
                 if let Some(ttl) = stored {
                     value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));
                 }
@@ -118,7 +75,7 @@ impl StatusHeaders {
                     value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));
                 }
             }
-            Outcome::Bypass => value.push_str("; fwd=bypass"),
+            Outcome::Bypass(_) => value.push_str("; fwd=bypass"),
         }
         if let (true, Some(key)) = (self.cache_status_key, key) {
             value.push_str(&format!("; key=\"{key}\""));
@@ -131,7 +88,10 @@ impl StatusHeaders {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::outcome::BypassReason;
 
     fn headers(status: &StatusHeaders, outcome: Outcome, key: Option<&str>) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -164,7 +124,7 @@ mod tests {
                 "MISS",
                 "trc; fwd=miss; detail=store-error",
             ),
-            (Outcome::Bypass, "BYPASS", "trc; fwd=bypass"),
+            (Outcome::Bypass(BypassReason::NoRule), "BYPASS", "trc; fwd=bypass"),
             (
                 Outcome::Collapsed { fwd: Forwarded::UriMiss, ttl: Duration::from_secs(60) },
                 "HIT",
@@ -182,7 +142,7 @@ mod tests {
     #[test]
     fn the_key_is_shown_only_when_asked() {
         let debug = StatusHeaders { cache_status_key: true, ..both() };
-        let headers = headers(&debug, Outcome::Bypass, Some("trc:v1:e:ab"));
+        let headers = headers(&debug, Outcome::Bypass(BypassReason::Mutation), Some("trc:v1:e:ab"));
         assert_eq!(
             headers.get_all("cache-status").iter().next_back().unwrap(),
             "trc; fwd=bypass; key=\"trc:v1:e:ab\""

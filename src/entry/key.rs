@@ -19,7 +19,7 @@
 //! - the values of the headers the response varies on (the rule's `vary`, and those learned from
 //!   responses' `Vary`), normalised only where RFC 9110 makes two values equal.
 //!
-//! All but the last are hashed once per request into a [`KeyBase`], from which the key for any
+//! All but the last are hashed once per request into a [`KeyParts`], from which the key for any
 //! set of varying headers follows.
 //!
 //! Keys never hold raw tokens, cookies or paths, and their length is fixed by the prefix.
@@ -33,8 +33,8 @@ use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{HeaderName, Method};
 
-use crate::cache_control::is_tchar;
 use crate::grpc::MessageDigest;
+use crate::protocol::cache_control::is_tchar;
 use crate::user::UserId;
 
 /// The version of the key layout; bump it whenever what goes into a key changes.
@@ -56,11 +56,11 @@ static URI_TAG_HASHER: LazyLock<blake3::Hasher> =
 /// A request's entry key, all but the request headers it varies on: a digest of the rest, from
 /// which the key for any set of varying headers follows without hashing the rest again.
 #[derive(Clone, Copy)]
-pub(crate) struct KeyBase {
+pub(crate) struct KeyParts {
     digest: [u8; 32],
 }
 
-impl KeyBase {
+impl KeyParts {
     pub(crate) fn new(request: &Parts, user: Option<&UserId>) -> Self {
         Self::with_query(request, request.uri.query().unwrap_or(""), user)
     }
@@ -274,7 +274,7 @@ pub(crate) fn vary_union(a: &[HeaderName], b: &[HeaderName]) -> Vec<HeaderName> 
 /// The store key for the entry a request would be answered from.
 #[cfg(test)]
 fn entry_key(prefix: &str, request: &Parts, user: Option<&UserId>, vary: &[HeaderName]) -> String {
-    KeyBase::new(request, user).key(prefix, &request.headers, vary)
+    KeyParts::new(request, user).key(prefix, &request.headers, vary)
 }
 
 /// The store key holding a tag's version.
@@ -285,6 +285,11 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
         let digest = TAG_KEY_HASHER.clone().update(tag.as_bytes()).finalize();
         format!("{prefix}:{KEY_VERSION}:t:#{}", digest.to_hex())
     }
+}
+
+/// The store key of the miss lock's lease on the entry `key` (see `service::flight`).
+pub(crate) fn lease_key(key: &str) -> String {
+    format!("{key}:lease")
 }
 
 /// The tag every entry of a path carries, so that an unsafe request to that path (or naming it
@@ -710,7 +715,7 @@ mod tests {
 
         fn key(&self) -> String {
             let user = self.user.map(|n| UserId::digest(format!("user {n}")));
-            KeyBase::new(&self.parts(), user.as_ref()).key("c", &self.parts().headers, &self.vary)
+            KeyParts::new(&self.parts(), user.as_ref()).key("c", &self.parts().headers, &self.vary)
         }
 
         /// What the key is meant to distinguish, spelt one way.

@@ -11,14 +11,17 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tower_service::Service;
 
-use crate::answer::{examine, respond_from_entry, Usable};
-use crate::body::CacheBody;
-use crate::capture::{capture_in_line, store_entry, AfterStore};
+use super::answer::{examine, respond_from_entry, Usable};
+use super::body::CacheBody;
+use super::capture::{capture_in_line, store_entry, AfterStore};
+use super::decide::Plan;
+use super::flight::{FlightGuard, Flights, Role};
+use super::shared::Shared;
+use crate::background;
+use crate::entry::key::lease_key;
 use crate::entry::Entry;
-use crate::flight::{FlightGuard, Flights, Role};
-use crate::policy::{storable, Plan};
-use crate::state::Shared;
-use crate::status::Outcome;
+use crate::outcome::Outcome;
+use crate::protocol::storable::storable;
 use crate::store::TagVersion;
 
 /// A stale entry kept through the inner call: what a `304` refreshes, and the answer if the
@@ -55,8 +58,8 @@ pub(crate) fn revalidated<B>(
     parts.status = stale.status;
     parts.headers = headers;
     let now = shared.now_ms();
-    let freshness =
-        storable(&parts, plan, shared.now()).map(|f| f.jittered(shared.settings.ttl_jitter));
+    let freshness = storable(&parts, &plan.rule, plan.per_user, shared.now())
+        .map(|f| f.jittered(shared.settings.ttl_jitter));
     let entry = Entry {
         status: stale.status,
         headers: parts.headers,
@@ -112,13 +115,14 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let Role::Leader(mut flight) = Flights::join(&shared, &plan.key) else { return };
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-    runtime.spawn(async move {
-        let lease = format!("{}:lease", plan.key);
+    background::spawn(async move {
+        let lease = lease_key(&plan.key);
         let lease_time = shared.settings.miss_lock_timeout.unwrap_or(Duration::from_secs(5));
         // The lease, and a look at the entry once it is held, in one round trip.
-        let taken =
-            shared.acquire_lease_then_lookup(&lease, lease_time, &plan.key, &plan.tag_keys).await;
+        let taken = shared
+            .store
+            .acquire_lease_then_lookup(&lease, lease_time, &plan.key, &plan.tag_keys)
+            .await;
         match taken {
             Some((false, _)) => return, // another instance refreshes it
             Some((true, found)) => {

@@ -1,0 +1,206 @@
+//! Decide: what the layer does with a request (stay out of the way, invalidate after a write,
+//! or look it up), and for a lookup, its [`Plan`]: key, tags, and what the request allows.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName};
+use http::request;
+use http::Method;
+
+use super::shared::Shared;
+use crate::entry::compression::accepts_zstd;
+use crate::entry::key::{authority, kept_params, tag_key, uri_tag, vary_union, KeyParts};
+use crate::grpc::MessageDigest;
+use crate::outcome::BypassReason;
+use crate::protocol::cache_control::asks_for_origin;
+use crate::protocol::conditional::Conditions;
+use crate::protocol::guard;
+use crate::rules::{Matched, ReadRule, Scope};
+
+/// What the layer does with one request.
+pub(crate) enum Decision {
+    /// Stay out of the way, for `reason`; `route` is the pattern that matched, if any.
+    Bypass { route: Option<Arc<str>>, reason: BypassReason },
+    /// Call the inner service, then evict `evicts` if it succeeded (2xx), and invalidate the
+    /// target URI's entries (`uri`, with `Location` and `Content-Location`) if it did not fail.
+    Mutation {
+        route: Option<Arc<str>>,
+        evicts: Vec<String>,
+        uri: Option<String>,
+        authority: String,
+    },
+    /// Look the request up, and on a miss call the inner service and store its response.
+    Lookup(Plan),
+}
+
+/// Everything the request path needs to look up and store one cacheable request.
+pub(crate) struct Plan {
+    /// The entry's key: `key_parts` with the values of the `vary` request headers.
+    pub(crate) key: String,
+    /// Everything in the key but the values of the `vary` headers.
+    pub(crate) key_parts: KeyParts,
+    /// The request headers the entry varies on: the rule's, and those learned from responses.
+    pub(crate) vary: Vec<HeaderName>,
+    /// The key with the rule's `vary` headers only, where learned ones are written down for
+    /// other instances (see [`super::learn`]).
+    pub(crate) rule_vary_key: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) tag_keys: Vec<String>,
+    pub(crate) rule: Arc<ReadRule>,
+    /// Whether the entry belongs to one identified user (so `private` responses may go in it).
+    pub(crate) per_user: bool,
+    /// The request's `If-None-Match` / `If-Modified-Since`, for `304` answers on hits.
+    pub(crate) conditions: Option<Conditions>,
+    /// `HEAD`: answered from the `GET` entry, never stored from (its response has no body).
+    pub(crate) head: bool,
+    /// The request asked for a response from the origin (`Cache-Control: no-cache` or
+    /// `max-age=0`, `Pragma: no-cache`) and the layer honours that.
+    pub(crate) refresh: bool,
+    /// The client accepts `zstd`: compressed entries are served as they are stored.
+    pub(crate) accepts_zstd: bool,
+    /// When the layer was called with the request, for its latency.
+    pub(crate) started: Instant,
+    /// Some of the tags had no version, and this miss made them provisional ones: storing its
+    /// entry keeps them (see [`crate::store`]).
+    pub(crate) provisional_versions: bool,
+}
+
+impl Plan {
+    /// Adds tags the entry must also carry (cache groups), reading their versions from now on.
+    pub(crate) fn add_tags(&mut self, shared: &Shared, tags: &[String]) {
+        for tag in tags {
+            if !self.tags.contains(tag) {
+                self.tag_keys.push(tag_key(&shared.settings.key_prefix, tag));
+                self.tags.push(tag.clone());
+            }
+        }
+    }
+}
+
+/// What to do with `request`; `has_body` says whether a body comes with it.
+pub(crate) fn decide(
+    shared: &Shared,
+    request: &request::Parts,
+    has_body: bool,
+    started: Instant,
+) -> Decision {
+    let path = request.uri.path();
+    let invalidate_unsafe = shared.settings.invalidate_unsafe;
+    // A `GET` that asks for a `DELETE` through a method-override header the application
+    // honours invalidates like one (see `CacheLayerBuilder::method_override_headers`).
+    let overrides = &shared.settings.method_override_headers;
+    let overridden = guard::overridden_method(&request.method, &request.headers, overrides);
+    let method = overridden.as_ref().unwrap_or(&request.method);
+    let (rule, mut tags) = match shared.routes.classify(method, path) {
+        // An unsafe request anywhere may still invalidate: by `Location` (RFC 9111 section
+        // 4.4) or `Cache-Group-Invalidation` (RFC 9875) in its response.
+        Matched::Unmatched { pattern } if invalidate_unsafe && !method.is_safe() => {
+            return Decision::Mutation {
+                route: pattern,
+                evicts: Vec::new(),
+                uri: None,
+                authority: authority(request),
+            };
+        }
+        Matched::Unmatched { pattern } => {
+            let reason =
+                if method.is_safe() { BypassReason::NoRule } else { BypassReason::Mutation };
+            return Decision::Bypass { route: pattern, reason };
+        }
+        Matched::Bypass { pattern } => {
+            return Decision::Bypass { route: Some(pattern), reason: BypassReason::BypassRule };
+        }
+        Matched::Write { pattern, evicts, reads_cached } => {
+            let uri = (invalidate_unsafe && reads_cached).then(|| uri_tag(path));
+            if evicts.is_empty() && uri.is_none() && !invalidate_unsafe {
+                return Decision::Bypass { route: Some(pattern), reason: BypassReason::Mutation };
+            }
+            return Decision::Mutation {
+                route: Some(pattern),
+                evicts,
+                uri,
+                authority: authority(request),
+            };
+        }
+        Matched::Read { rule, tags } => (rule, tags),
+    };
+    let bypass = |reason| Decision::Bypass { route: Some(Arc::clone(&rule.pattern)), reason };
+    // Paths other servers could read differently (cache deception), and headers that change
+    // the answer without being in the key (cache poisoning): see `crate::guard`.
+    if guard::ambiguous_path(path) {
+        return bypass(BypassReason::AmbiguousPath);
+    }
+    if rule.bypass_headers.iter().any(|h| request.headers.contains_key(h)) {
+        return bypass(BypassReason::BypassHeader);
+    }
+    // A gRPC call's message is keyed (its digest, below); any other body is not.
+    if has_body && !rule.grpc {
+        return bypass(BypassReason::RequestBody);
+    }
+    if invalidate_unsafe {
+        tags.push(uri_tag(path));
+    }
+    let user = match &rule.scope {
+        Scope::PerUser { identify, share_anonymous } => match identify.identify(request) {
+            Some(user) => Some(user),
+            None if *share_anonymous && !has_credentials(request) => None,
+            None => return bypass(BypassReason::UnidentifiedUser),
+        },
+        // A credentialed request may get a response made for that user: RFC 9111 section 3.5.
+        Scope::Default if has_credentials(request) => return bypass(BypassReason::Credentials),
+        Scope::Default | Scope::Shared => None,
+    };
+
+    let mut key_parts = match &rule.query_params {
+        None => KeyParts::new(request, user.as_ref()),
+        Some(keep) => {
+            let query = request.uri.query().unwrap_or("");
+            KeyParts::with_query(request, &kept_params(query, keep), user.as_ref())
+        }
+    };
+    if rule.grpc {
+        // Only `GrpcCacheService` reads the message, and puts its digest here.
+        match request.extensions.get::<MessageDigest>() {
+            Some(message) => key_parts = key_parts.with_message(message),
+            None => return bypass(BypassReason::UnreadMessage),
+        }
+    }
+    let prefix = &shared.settings.key_prefix;
+    let rule_vary_key = key_parts.key(prefix, &request.headers, &rule.vary);
+    let (key, vary) = match shared.learned.vary.get(&rule_vary_key) {
+        Some(learned) => {
+            let vary = vary_union(&rule.vary, &learned);
+            (key_parts.key(prefix, &request.headers, &vary), vary)
+        }
+        None => (rule_vary_key.clone(), rule.vary.clone()),
+    };
+    if let Some(groups) = shared.learned.groups.get(&key) {
+        tags.extend(groups.iter().filter(|g| !tags.contains(g)).cloned().collect::<Vec<_>>());
+    }
+    let tag_keys = shared.tag_keys(&tags);
+    if shared.store.eviction_pending(&tag_keys) {
+        return bypass(BypassReason::EvictionPending);
+    }
+    Decision::Lookup(Plan {
+        key,
+        key_parts,
+        vary,
+        rule_vary_key,
+        tag_keys,
+        tags,
+        rule: Arc::clone(rule),
+        per_user: user.is_some(),
+        conditions: Conditions::from_request(&request.headers),
+        refresh: shared.settings.honor_request_no_cache && asks_for_origin(&request.headers),
+        accepts_zstd: accepts_zstd(&request.headers),
+        head: request.method == Method::HEAD,
+        started,
+        provisional_versions: false,
+    })
+}
+
+fn has_credentials(request: &request::Parts) -> bool {
+    request.headers.contains_key(header::AUTHORIZATION)
+        || request.headers.contains_key(header::COOKIE)
+}

@@ -1,0 +1,296 @@
+//! [`GuardedStore`]: any [`Store`] behind the guards the request path relies on.
+//!
+//! - **A timeout** on every call, so that a slow store adds at most `timeout` to a request.
+//! - **The circuit breaker** ([`breaker`](super::breaker)): while the store is failing, calls
+//!   are not made at all.
+//! - **Failures become "no answer".** A call that fails, times out or is not made returns
+//!   `None`; it is logged (at most once a second) and reported, and the request carries on
+//!   without the cache.
+//! - **Evictions are never lost.** A failed eviction is retried in the background until the
+//!   store takes it, and until then [`eviction_pending`](GuardedStore::eviction_pending) says
+//!   so for its tags, so that the request path bypasses the entries that carry them.
+//!
+//! What happens is reported through [`StoreEvents`], so that this module knows nothing of how
+//! it is counted.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::breaker::{Breaker, BreakerSettings, Change, Health};
+use super::{Lookup, Store, StoreError, TagVersion};
+use crate::background;
+
+/// The store operations, as [`StoreEvents`] names them.
+pub(crate) const OPERATIONS: [&str; 8] = [
+    "lookup",
+    "ensure_tag_versions",
+    "keep_tag_versions",
+    "put",
+    "evict_tags",
+    "acquire_lease",
+    "release_lease",
+    "acquire_lease_then_lookup",
+];
+
+/// How a store call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreCall {
+    Answered,
+    Failed,
+    TimedOut,
+    /// Not made: the circuit breaker was open.
+    Skipped,
+}
+
+/// Where a [`GuardedStore`] reports what happened.
+pub(crate) trait StoreEvents: Send + Sync + 'static {
+    /// A call to `operation` ended as `call`, after `elapsed` (zero when it was not made).
+    fn store_call(&self, operation: &'static str, call: StoreCall, elapsed: Duration);
+    /// The circuit breaker opened or closed.
+    fn breaker(&self, change: Change);
+    /// The store took the eviction of `tags` tags.
+    fn evicted(&self, tags: usize);
+}
+
+/// A [`Store`] behind a timeout, a circuit breaker and eviction retries.
+pub(crate) struct GuardedStore {
+    store: Arc<dyn Store>,
+    timeout: Duration,
+    breaker: Breaker,
+    events: Arc<dyn StoreEvents>,
+    failed_evictions: FailedEvictions,
+    error_log: ErrorLog,
+}
+
+/// Tag keys whose eviction failed (store down or slow) and is being retried. Until it
+/// succeeds, requests for entries carrying them bypass the cache: an entry stored before the
+/// write may still be in the store, and serving it would be a stale read after the write.
+#[derive(Default)]
+struct FailedEvictions {
+    any: AtomicBool,
+    state: Mutex<FailedState>,
+}
+
+#[derive(Default)]
+struct FailedState {
+    tag_keys: HashSet<String>,
+    retrying: bool,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+impl GuardedStore {
+    /// `store`, each call bounded by `timeout`, behind a breaker (`None`: every call is made).
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        timeout: Duration,
+        breaker: Option<BreakerSettings>,
+        events: Arc<dyn StoreEvents>,
+    ) -> Self {
+        Self {
+            store,
+            timeout,
+            breaker: Breaker::new(breaker),
+            events,
+            failed_evictions: FailedEvictions::default(),
+            error_log: ErrorLog::new(),
+        }
+    }
+
+    /// Runs one store operation under the timeout, unless the circuit breaker is open. `None`
+    /// means it was not made, failed or timed out, which has been logged and reported.
+    async fn run<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
+        let Some(admission) = self.breaker.admit() else {
+            self.events.store_call(operation, StoreCall::Skipped, Duration::ZERO);
+            return None;
+        };
+        let started = Instant::now();
+        let span = tracing::debug_span!("cache_store", operation);
+        let timed = tokio::time::timeout(self.timeout, call);
+        let (result, health, call) = match tracing::Instrument::instrument(timed, span).await {
+            Ok(Ok(value)) => (Ok(value), Health::Answered, StoreCall::Answered),
+            Ok(Err(error)) if error.is_unavailable() => {
+                (Err(error.to_string()), Health::Unavailable, StoreCall::Failed)
+            }
+            Ok(Err(error)) => (Err(error.to_string()), Health::Answered, StoreCall::Failed),
+            Err(_) => (
+                Err(format!("timed out after {:?}", self.timeout)),
+                Health::Unavailable,
+                StoreCall::TimedOut,
+            ),
+        };
+        self.events.store_call(operation, call, started.elapsed());
+        let change = admission.finish(health);
+        match change {
+            Change::Opened => tracing::error!(
+                "cache store failing: circuit breaker open, requests skip the cache"
+            ),
+            Change::Closed => tracing::info!("cache store answering again: circuit breaker closed"),
+            Change::None => {}
+        }
+        if change != Change::None {
+            self.events.breaker(change);
+        }
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                // At most one a second: an outage must not flood the logs (metrics count all).
+                if let Some(suppressed) = self.error_log.may_log() {
+                    tracing::warn!(operation, %error, suppressed, "cache store operation failed; carrying on without the cache");
+                }
+                None
+            }
+        }
+    }
+
+    /// See [`Store::lookup`].
+    pub(crate) async fn lookup(&self, key: &str, tag_keys: &[String]) -> Option<Lookup> {
+        self.run("lookup", self.store.lookup(key, tag_keys)).await
+    }
+
+    /// See [`Store::ensure_tag_versions`]; `None` also when the store answered for too few.
+    pub(crate) async fn ensure_tag_versions(&self, tag_keys: &[String]) -> Option<Vec<TagVersion>> {
+        let versions =
+            self.run("ensure_tag_versions", self.store.ensure_tag_versions(tag_keys)).await?;
+        (versions.len() == tag_keys.len()).then_some(versions)
+    }
+
+    /// See [`Store::keep_tag_versions`].
+    pub(crate) async fn keep_tag_versions(&self, tag_keys: &[String]) {
+        self.run("keep_tag_versions", self.store.keep_tag_versions(tag_keys)).await;
+    }
+
+    /// Stores `value` under `key`; `true` when the store took it.
+    pub(crate) async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> bool {
+        self.run("put", self.store.put(key, value, ttl)).await.is_some()
+    }
+
+    /// Takes the lease `key` (`None` when the store failed).
+    pub(crate) async fn acquire_lease(&self, key: &str, ttl: Duration) -> Option<bool> {
+        self.run("acquire_lease", self.store.acquire_lease(key, ttl)).await
+    }
+
+    /// Takes the lease `lease`, then looks the entry up (`None` when the store failed).
+    pub(crate) async fn acquire_lease_then_lookup(
+        &self,
+        lease: &str,
+        ttl: Duration,
+        key: &str,
+        tag_keys: &[String],
+    ) -> Option<(bool, Lookup)> {
+        let call = self.store.acquire_lease_then_lookup(lease, ttl, key, tag_keys);
+        self.run("acquire_lease_then_lookup", call).await
+    }
+
+    /// Gives the lease `key` back.
+    pub(crate) async fn release_lease(&self, key: &str) {
+        self.run("release_lease", self.store.release_lease(key)).await;
+    }
+
+    /// Evicts the tags `tag_keys`. On failure they are remembered, reported pending and retried
+    /// in the background until the store takes the eviction.
+    pub(crate) async fn evict(self: &Arc<Self>, tag_keys: &[String]) -> Result<(), StoreError> {
+        if tag_keys.is_empty() {
+            return Ok(());
+        }
+        if self.run("evict_tags", self.store.evict_tags(tag_keys)).await.is_some() {
+            self.events.evicted(tag_keys.len());
+            return Ok(());
+        }
+        self.remember_failed_evictions(tag_keys);
+        Err(StoreError::msg("eviction failed; it is retried in the background"))
+    }
+
+    /// Whether any of `tag_keys` has an eviction that has not reached the store yet.
+    pub(crate) fn eviction_pending(&self, tag_keys: &[String]) -> bool {
+        if !self.failed_evictions.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let state = self.failed_evictions.lock();
+        tag_keys.iter().any(|key| state.tag_keys.contains(key))
+    }
+
+    fn remember_failed_evictions(self: &Arc<Self>, tag_keys: &[String]) {
+        let mut state = self.failed_evictions.lock();
+        state.tag_keys.extend(tag_keys.iter().cloned());
+        self.failed_evictions.any.store(true, Ordering::Release);
+        if !state.retrying {
+            state.retrying = background::spawn(Arc::clone(self).retry_failed_evictions());
+        }
+    }
+
+    async fn retry_failed_evictions(self: Arc<Self>) {
+        let mut delay = RETRY_MIN;
+        loop {
+            tokio::time::sleep(delay).await;
+            let tag_keys: Vec<String> =
+                self.failed_evictions.lock().tag_keys.iter().cloned().collect();
+            if self.run("evict_tags", self.store.evict_tags(&tag_keys)).await.is_none() {
+                delay = (delay * 2).min(RETRY_MAX);
+                continue;
+            }
+            self.events.evicted(tag_keys.len());
+            let mut state = self.failed_evictions.lock();
+            for key in &tag_keys {
+                state.tag_keys.remove(key);
+            }
+            if state.tag_keys.is_empty() {
+                state.retrying = false;
+                self.failed_evictions.any.store(false, Ordering::Release);
+                tracing::info!("pending cache evictions reached the store");
+                return;
+            }
+            delay = RETRY_MIN;
+        }
+    }
+}
+
+impl FailedEvictions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FailedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Rate-limits store error logs to one a second, counting the ones left out.
+struct ErrorLog {
+    started: Instant,
+    /// The second (since `started`) an error was last logged.
+    logged_at: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl ErrorLog {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            logged_at: AtomicU64::new(u64::MAX),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether an error may be logged now; if so, how many were left out since the last one.
+    fn may_log(&self) -> Option<u64> {
+        let second = self.started.elapsed().as_secs();
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if last == second
+            || self
+                .logged_at
+                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
