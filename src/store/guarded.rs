@@ -294,3 +294,251 @@ impl ErrorLog {
         Some(self.suppressed.swap(0, Ordering::Relaxed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    /// How the fake store answers.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Mode {
+        Answers,
+        /// Unreachable: the error a store gives when it is down.
+        Fails,
+        /// Never answers.
+        Stalls,
+        /// Answers with an error of its own (a full Redis refusing writes).
+        Refuses,
+    }
+
+    struct FakeStore {
+        mode: Mutex<Mode>,
+        calls: AtomicUsize,
+        evicted: Mutex<Vec<String>>,
+        /// The most tag versions it answers `ensure_tag_versions` with.
+        versions: AtomicUsize,
+    }
+
+    impl FakeStore {
+        fn new(mode: Mode) -> Arc<Self> {
+            Arc::new(Self {
+                mode: Mutex::new(mode),
+                calls: AtomicUsize::new(0),
+                evicted: Mutex::new(Vec::new()),
+                versions: AtomicUsize::new(usize::MAX),
+            })
+        }
+
+        fn set(&self, mode: Mode) {
+            *self.mode.lock().unwrap() = mode;
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        async fn answer<T>(&self, value: T) -> Result<T, StoreError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mode = *self.mode.lock().unwrap();
+            match mode {
+                Mode::Answers => Ok(value),
+                Mode::Fails => Err(StoreError::msg("connection refused").unavailable()),
+                Mode::Stalls => std::future::pending().await,
+                Mode::Refuses => Err(StoreError::msg("OOM command not allowed")),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Store for FakeStore {
+        async fn lookup(&self, _: &str, tags: &[String]) -> Result<Lookup, StoreError> {
+            self.answer(Lookup { entry: None, versions: vec![None; tags.len()] }).await
+        }
+
+        async fn ensure_tag_versions(
+            &self,
+            tags: &[String],
+        ) -> Result<Vec<TagVersion>, StoreError> {
+            let n = tags.len().min(self.versions.load(Ordering::SeqCst));
+            self.answer((0..n).map(|_| super::super::fresh_version()).collect()).await
+        }
+
+        async fn put(&self, _: &str, _: Bytes, _: Duration) -> Result<(), StoreError> {
+            self.answer(()).await
+        }
+
+        async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
+            self.answer(()).await?;
+            self.evicted.lock().unwrap().extend(tags.iter().cloned());
+            Ok(())
+        }
+    }
+
+    /// What the guarded store reported, in order.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Event>>);
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        Call(&'static str, StoreCall),
+        Breaker(Change),
+        Evicted(usize),
+    }
+
+    impl StoreEvents for Recorded {
+        fn store_call(&self, operation: &'static str, call: StoreCall, _: Duration) {
+            self.0.lock().unwrap().push(Event::Call(operation, call));
+        }
+
+        fn breaker(&self, change: Change) {
+            self.0.lock().unwrap().push(Event::Breaker(change));
+        }
+
+        fn evicted(&self, tags: usize) {
+            self.0.lock().unwrap().push(Event::Evicted(tags));
+        }
+    }
+
+    impl Recorded {
+        fn take(&self) -> Vec<Event> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    const OPEN_FOR: Duration = Duration::from_secs(2);
+
+    fn guarded(store: &Arc<FakeStore>, breaker: bool) -> (Arc<GuardedStore>, Arc<Recorded>) {
+        let events = Arc::new(Recorded::default());
+        let breaker = breaker.then_some(BreakerSettings { failures: 3, open_for: OPEN_FOR });
+        let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
+        let events_dyn: Arc<dyn StoreEvents> = Arc::clone(&events) as Arc<dyn StoreEvents>;
+        (Arc::new(GuardedStore::new(store, TIMEOUT, breaker, events_dyn)), events)
+    }
+
+    fn tags(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_store_is_no_answer_until_the_breaker_opens_then_is_not_called() {
+        let store = FakeStore::new(Mode::Fails);
+        let (guarded, events) = guarded(&store, true);
+        for _ in 0..3 {
+            assert!(guarded.lookup("k", &[]).await.is_none());
+        }
+        let failed = Event::Call("lookup", StoreCall::Failed);
+        let opened = Event::Breaker(Change::Opened);
+        assert_eq!(events.take(), [failed.clone(), failed.clone(), failed, opened]);
+
+        // Open: nothing reaches the store, and each call says it was skipped.
+        assert!(!guarded.put("k", Bytes::new(), TIMEOUT).await);
+        assert_eq!(store.calls(), 3);
+        assert_eq!(events.take(), [Event::Call("put", StoreCall::Skipped)]);
+
+        // After `open_for`, one call probes; the store is back, so the breaker closes.
+        store.set(Mode::Answers);
+        tokio::time::advance(OPEN_FOR).await;
+        assert!(guarded.lookup("k", &[]).await.is_some());
+        let answered = Event::Call("lookup", StoreCall::Answered);
+        assert_eq!(events.take(), [answered, Event::Breaker(Change::Closed)]);
+        assert!(guarded.lookup("k", &[]).await.is_some());
+        assert_eq!(store.calls(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalling_store_times_out_and_counts_as_unavailable() {
+        let store = FakeStore::new(Mode::Stalls);
+        let (guarded, events) = guarded(&store, true);
+        let started = tokio::time::Instant::now();
+        assert!(guarded.lookup("k", &[]).await.is_none());
+        assert_eq!(started.elapsed(), TIMEOUT, "given up at the timeout, not before or after");
+        assert_eq!(events.take(), [Event::Call("lookup", StoreCall::TimedOut)]);
+        for _ in 0..2 {
+            assert!(!guarded.put("k", Bytes::new(), TIMEOUT).await);
+        }
+        let events = events.take();
+        assert_eq!(events.last(), Some(&Event::Breaker(Change::Opened)), "{events:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_store_is_no_answer_but_never_opens_the_breaker() {
+        let store = FakeStore::new(Mode::Refuses);
+        let (guarded, events) = guarded(&store, true);
+        for _ in 0..10 {
+            assert!(!guarded.put("k", Bytes::new(), TIMEOUT).await);
+        }
+        assert_eq!(store.calls(), 10, "every call is made");
+        assert_eq!(events.take(), vec![Event::Call("put", StoreCall::Failed); 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_breaker_every_call_is_made() {
+        let store = FakeStore::new(Mode::Fails);
+        let (guarded, events) = guarded(&store, false);
+        for _ in 0..10 {
+            assert!(guarded.lookup("k", &[]).await.is_none());
+        }
+        assert_eq!(store.calls(), 10);
+        assert!(!events.take().iter().any(|e| matches!(e, Event::Breaker(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_few_tag_versions_are_no_answer() {
+        let store = FakeStore::new(Mode::Answers);
+        store.versions.store(1, Ordering::SeqCst);
+        let (guarded, _) = guarded(&store, true);
+        assert_eq!(guarded.ensure_tag_versions(&tags(&["t:a"])).await.map(|v| v.len()), Some(1));
+        assert!(guarded.ensure_tag_versions(&tags(&["t:a", "t:b"])).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_eviction_is_pending_and_retried_until_the_store_takes_it() {
+        let store = FakeStore::new(Mode::Fails);
+        let (guarded, events) = guarded(&store, false);
+        assert!(guarded.evict(&tags(&["t:a"])).await.is_err());
+        assert!(guarded.evict(&tags(&["t:b"])).await.is_err());
+        assert!(guarded.eviction_pending(&tags(&["t:x", "t:a"])));
+        assert!(!guarded.eviction_pending(&tags(&["t:x"])));
+        events.take();
+
+        // Still failing: retried with a growing delay, still pending.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(guarded.eviction_pending(&tags(&["t:b"])));
+        assert!(store.evicted.lock().unwrap().is_empty());
+        let retries = events.take();
+        assert!(retries.len() >= 3, "{retries:?}");
+        assert!(retries.iter().all(|e| *e == Event::Call("evict_tags", StoreCall::Failed)));
+
+        // Back: the retry takes both tags at once, and nothing is pending any more.
+        store.set(Mode::Answers);
+        tokio::time::sleep(RETRY_MAX).await;
+        assert!(!guarded.eviction_pending(&tags(&["t:a", "t:b"])));
+        let mut evicted = store.evicted.lock().unwrap().clone();
+        evicted.sort();
+        assert_eq!(evicted, ["t:a", "t:b"]);
+        assert_eq!(events.take().last(), Some(&Event::Evicted(2)));
+
+        // The retry task has ended: a new failure starts another one.
+        store.set(Mode::Fails);
+        assert!(guarded.evict(&tags(&["t:c"])).await.is_err());
+        store.set(Mode::Answers);
+        tokio::time::sleep(RETRY_MAX).await;
+        assert!(!guarded.eviction_pending(&tags(&["t:c"])));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successful_eviction_is_reported_and_an_empty_one_is_not_made() {
+        let store = FakeStore::new(Mode::Answers);
+        let (guarded, events) = guarded(&store, true);
+        guarded.evict(&[]).await.unwrap();
+        assert_eq!(store.calls(), 0);
+        guarded.evict(&tags(&["t:a", "t:b"])).await.unwrap();
+        let answered = Event::Call("evict_tags", StoreCall::Answered);
+        assert_eq!(events.take(), [answered, Event::Evicted(2)]);
+    }
+}
