@@ -91,7 +91,7 @@ impl CacheLayer {
     }
 
     /// The state the benchmarks of the request path's steps run against.
-    #[cfg(feature = "internals")]
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }

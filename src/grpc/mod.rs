@@ -38,6 +38,9 @@
 //!   status is `2xx`, which a gRPC error's is too: an error may evict for nothing, but a write
 //!   that succeeded is never missed.
 
+// The gRPC front of the layer: `layer.rs` reads a call's message and hands the request to the
+// cache service (it imports `service`); `message.rs` and `body.rs` are pure framing and status
+// checks, which `service` and `entry` import through this file (so this file imports nothing).
 mod body;
 mod layer;
 mod message;

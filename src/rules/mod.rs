@@ -8,6 +8,9 @@
 //!
 //! Everything is checked when the layer is built, and a mistake is a
 //! [`BuildError`](crate::BuildError) that names the route.
+//!
+//! Rules are compiled once into a [`RouteTable`] that the request path reads. May import:
+//! `user` (how per-user routes identify users) and `error`; nothing of the request path.
 
 mod table;
 mod template;

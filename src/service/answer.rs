@@ -148,3 +148,121 @@ fn tags_match(entry: &Entry, tags: &[String], versions: &[TagVersion]) -> bool {
             .zip(tags.iter().zip(versions))
             .all(|((t, v), (tag, version))| t == tag && v == version)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use http::{HeaderMap, Request};
+
+    use super::*;
+    use crate::service::decide::{decide, Decision};
+    use crate::{CacheLayer, MemoryStore, Rule};
+
+    const NOW: u64 = 1_000_000_000;
+
+    fn plan_for(rule: Rule) -> (Arc<Shared>, Plan) {
+        let layer = CacheLayer::builder(MemoryStore::default()).route("/users", rule).build();
+        let shared = Arc::clone(layer.unwrap().shared());
+        let (parts, ()) = Request::get("/users").body(()).unwrap().into_parts();
+        let Decision::Lookup(plan) = decide(&shared, &parts, false, Instant::now()) else {
+            panic!("a GET on a read rule is looked up");
+        };
+        (shared, plan)
+    }
+
+    /// An entry of `plan`, stored `age` ago, fresh for `ttl`, with its tags at `versions`.
+    fn stored(plan: &Plan, age: Duration, ttl: Duration, versions: &[TagVersion]) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            trailers: None,
+            stored_at_ms: NOW - age.as_millis() as u64,
+            ttl,
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::ZERO,
+            revalidate_for: Duration::ZERO,
+            tags: plan.tags.iter().cloned().zip(versions.iter().copied()).collect(),
+            identity_len: None,
+            body: Bytes::from_static(b"[]"),
+        }
+    }
+
+    fn lookup(entry: Option<&Entry>, versions: &[Option<TagVersion>]) -> Lookup {
+        Lookup { entry: entry.map(Entry::encode), versions: versions.to_vec() }
+    }
+
+    fn miss(
+        result: Result<(Usable, Vec<TagVersion>), Miss>,
+    ) -> (Option<Vec<TagVersion>>, Forwarded) {
+        match result {
+            Ok(_) => panic!("expected a miss"),
+            Err(Miss { versions, fwd }) => (versions, fwd),
+        }
+    }
+
+    #[test]
+    fn nothing_stored_is_a_uri_miss_that_carries_the_versions_it_read() {
+        let (shared, plan) = plan_for(Rule::get().tag("users"));
+        let versions = vec![Some(7); plan.tags.len()];
+        let found = examine(&shared, &plan, lookup(None, &versions), NOW);
+        assert_eq!(miss(found), (Some(vec![7; plan.tags.len()]), Forwarded::UriMiss));
+
+        // A tag without a version: the miss must make one before it may store.
+        let mut unversioned = versions.clone();
+        unversioned[0] = None;
+        let found = examine(&shared, &plan, lookup(None, &unversioned), NOW);
+        assert_eq!(miss(found), (None, Forwarded::UriMiss));
+    }
+
+    #[test]
+    fn a_fresh_entry_is_used_only_while_its_tag_versions_are_current() {
+        let (shared, plan) = plan_for(Rule::get().tag("users"));
+        let versions = vec![7; plan.tags.len()];
+        let entry = stored(&plan, Duration::from_secs(1), Duration::from_secs(60), &versions);
+        let current: Vec<_> = versions.iter().copied().map(Some).collect();
+        match examine(&shared, &plan, lookup(Some(&entry), &current), NOW) {
+            Ok((Usable::Fresh(served), read)) => {
+                assert_eq!(served.body, entry.body);
+                assert_eq!(read, versions);
+            }
+            _ => panic!("a fresh entry with current tag versions is a hit"),
+        }
+
+        // `users` was evicted since: its version moved on, and the entry is a plain miss.
+        let evicted = vec![Some(8); plan.tags.len()];
+        let found = examine(&shared, &plan, lookup(Some(&entry), &evicted), NOW);
+        assert_eq!(miss(found), (Some(vec![8; plan.tags.len()]), Forwarded::Miss));
+    }
+
+    #[test]
+    fn a_stale_entry_is_usable_within_its_window_only() {
+        let (shared, plan) = plan_for(Rule::get().tag("users"));
+        let versions = vec![7; plan.tags.len()];
+        let current: Vec<_> = versions.iter().copied().map(Some).collect();
+        let ttl = Duration::from_secs(60);
+
+        let within = stored(&plan, Duration::from_secs(70), ttl, &versions);
+        match examine(&shared, &plan, lookup(Some(&within), &current), NOW) {
+            Ok((Usable::Stale { staleness, .. }, _)) => {
+                assert_eq!(staleness, Duration::from_secs(10))
+            }
+            _ => panic!("10 s stale, within a 30 s stale-while-revalidate window"),
+        }
+
+        let beyond = stored(&plan, Duration::from_secs(100), ttl, &versions);
+        let found = examine(&shared, &plan, lookup(Some(&beyond), &current), NOW);
+        assert_eq!(miss(found).1, Forwarded::Miss);
+    }
+
+    #[test]
+    fn bytes_that_are_not_an_entry_are_a_miss() {
+        let (shared, plan) = plan_for(Rule::get());
+        let found = Lookup {
+            entry: Some(Bytes::from_static(b"not an entry")),
+            versions: vec![Some(1); plan.tags.len()],
+        };
+        assert_eq!(miss(examine(&shared, &plan, found, NOW)).1, Forwarded::Miss);
+    }
+}

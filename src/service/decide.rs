@@ -127,7 +127,7 @@ pub(crate) fn decide(
     };
     let bypass = |reason| Decision::Bypass { route: Some(Arc::clone(&rule.pattern)), reason };
     // Paths other servers could read differently (cache deception), and headers that change
-    // the answer without being in the key (cache poisoning): see `crate::guard`.
+    // the answer without being in the key (cache poisoning): see `crate::protocol::guard`.
     if guard::ambiguous_path(path) {
         return bypass(BypassReason::AmbiguousPath);
     }

@@ -23,6 +23,9 @@
 //! version a miss records is still made before the inner service runs: made later, an eviction
 //! during the miss whose own version was then lost (memory pressure) would go unseen.
 
+// The stores (`memory.rs`, `redis.rs`, `tiered.rs`) behind the public `Store` trait, and what
+// the request path puts in front of any of them: `guarded.rs` (timeout, circuit breaker in
+// `breaker.rs`, eviction retries). Imports only `background`; reports through `StoreEvents`.
 pub(crate) mod breaker;
 pub(crate) mod guarded;
 mod memory;

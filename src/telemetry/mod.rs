@@ -27,12 +27,19 @@
 //! number of series is bounded by the routes configured; requests no route matches have
 //! `route="unmatched"`. `operation` is one of the [`Store`](crate::Store) methods.
 //!
+//! Every response's outcome is reported once, when its head is ready, and the request series,
+//! the bypass reasons and [`Stats`] are all derived from that one report, so they agree:
+//! `hit` and `collapsed` are [`Stats::hits`], `miss` and `revalidated` are [`Stats::misses`].
+//!
 //! Each series is registered with the recorder when it first happens (so series that never
 //! happen, such as hits on a bypass pattern, are never exported), and then kept: install the
 //! recorder before the layer serves, even if after it is built.
 
+// One report per response (`Telemetry::answered`), from which `stats.rs` (the counters of
+// `Stats`), `latency.rs` (hit and miss histograms) and `recorder.rs` (the `metrics` series)
+// are all derived. Imports `outcome` and the store's event types; never the request path.
 mod latency;
-mod metrics;
+mod recorder;
 mod stats;
 
 use std::sync::Arc;
@@ -46,7 +53,7 @@ pub use self::latency::LatencySummary;
 pub use self::stats::Stats;
 
 use self::latency::Latencies;
-use self::metrics::Metrics;
+use self::recorder::Metrics;
 use self::stats::Counters;
 
 /// The `route` label of requests no route matches.

@@ -9,7 +9,9 @@ use crate::outcome::Counted;
 ///
 /// Every request that passes the layer counts once, as a hit, a miss, a stale answer or a
 /// bypass, when its response head is ready: `hits + misses + stale + bypasses` is the number of
-/// requests answered. The latencies count the same hits and misses.
+/// requests answered. The latencies count the same hits and misses. A request whose inner
+/// service fails with an error rather than a response, or whose caller drops it before its
+/// response head, is not counted: it was not answered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
