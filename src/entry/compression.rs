@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use http::header::{self, HeaderMap, HeaderValue};
 use zstd::bulk::{Compressor, Decompressor};
 
-use crate::entry::Entry;
+use super::Entry;
 
 const ZSTD: HeaderValue = HeaderValue::from_static("zstd");
 /// zstd's default level: a good ratio at hundreds of MB/s.

@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use crate::entry::compression::for_client;
-use crate::entry::Entry;
+use super::compression::for_client;
+use super::Entry;
 
 /// What every decoded entry costs besides its bodies, for the byte budget.
 const OVERHEAD: u32 = 512;
@@ -90,8 +90,8 @@ mod tests {
 
     use http::{HeaderMap, StatusCode};
 
+    use super::compression::compress;
     use super::*;
-    use crate::entry::compression::compress;
 
     fn entry(body: &'static [u8]) -> Entry {
         Entry {

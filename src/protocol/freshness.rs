@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use headers::{Age, Date, Expires, HeaderMapExt};
 use http::header::{HeaderMap, ETAG, EXPIRES, LAST_MODIFIED};
 
-use crate::protocol::cache_control::{CacheControl, MAX_DELTA_SECS};
+use super::cache_control::{CacheControl, MAX_DELTA_SECS};
 use crate::rules::ReadRule;
 
 /// The freshness of one response.
