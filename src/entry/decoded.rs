@@ -90,8 +90,8 @@ mod tests {
 
     use http::{HeaderMap, StatusCode};
 
-    use super::compression::compress;
     use super::*;
+    use crate::entry::compression::compress;
 
     fn entry(body: &'static [u8]) -> Entry {
         Entry {
