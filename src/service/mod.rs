@@ -5,7 +5,8 @@
 //! after writes. [`shared`] is the state all of them read, and the one place outcomes are
 //! reported.
 //!
-//! This is the only folder that touches the shared state. May import every other folder:
+//! The shared state is made by the layer and read here (and by the gRPC front and the handle,
+//! which hand work to this folder); no other folder sees it. May import every other folder:
 //! `protocol` (the HTTP rules), `entry` (the stored form), `store` (through the guarded store),
 //! `telemetry`, `rules`, `grpc` (message digests and status checks), `outcome`, `background`.
 
