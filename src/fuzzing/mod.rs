@@ -7,6 +7,10 @@
 //! A wrapper never panics on its own account, whatever its input: input the crate could never
 //! be given (an invalid header name, an unknown status) is skipped. It panics only when an
 //! invariant fails (an `assert!`), or when the crate itself panics.
+//!
+//! One file per fuzz target's subject: `entries.rs` (the stored form), `keys.rs` (keys and
+//! tags), `cache_control.rs` (the parser against the grammar), `responses.rs` (whether and how a
+//! response is stored). They may import any folder; nothing imports them.
 
 mod cache_control;
 mod entries;
