@@ -234,3 +234,59 @@ async fn wait_for_other_instance<B>(
     }
     Waited::TimedOut
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheLayer, MemoryStore, Rule};
+
+    fn shared() -> Arc<Shared> {
+        let layer = CacheLayer::builder(MemoryStore::default()).route("/users", Rule::get());
+        Arc::clone(layer.build().unwrap().shared())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_leader_per_key_and_its_followers_wake_when_it_ends() {
+        let shared = shared();
+        let Role::Leader(leader) = Flights::join(&shared, "k") else { panic!("first is leader") };
+        let Role::Follower(done) = Flights::join(&shared, "k") else { panic!("then followers") };
+        assert!(matches!(Flights::join(&shared, "other"), Role::Leader(_)), "keys are apart");
+
+        let waiting = tokio::spawn(wait(done, Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        drop(leader);
+        assert!(waiting.await.unwrap(), "the flight ended before the timeout");
+        assert!(matches!(Flights::join(&shared, "k"), Role::Leader(_)), "a new flight may start");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_waits_no_longer_than_the_timeout() {
+        let shared = shared();
+        let Role::Leader(_leader) = Flights::join(&shared, "k") else { panic!() };
+        let Role::Follower(done) = Flights::join(&shared, "k") else { panic!() };
+        let started = tokio::time::Instant::now();
+        assert!(!wait(done, Duration::from_millis(300)).await);
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_lease_given_back_is_taken_over_by_this_process_s_next_leader() {
+        let shared = shared();
+        let Role::Leader(mut leader) = Flights::join(&shared, "k") else { panic!() };
+        leader.hold_lease(lease_key("k"));
+        drop(leader);
+        // On this current-thread runtime the release has not run yet: the lease is on its way
+        // back, and the next leader here takes it over, once.
+        assert!(shared.flights.took_back(&lease_key("k")));
+        assert!(!shared.flights.took_back(&lease_key("k")), "taken over at most once");
+    }
+
+    #[test]
+    fn without_a_runtime_a_lease_is_left_to_expire() {
+        let shared = shared();
+        let Role::Leader(mut leader) = Flights::join(&shared, "k") else { panic!() };
+        leader.hold_lease(lease_key("k"));
+        drop(leader);
+        assert!(!shared.flights.took_back(&lease_key("k")), "nothing is on its way back");
+    }
+}

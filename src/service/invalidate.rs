@@ -75,3 +75,21 @@ fn same_host_path(value: &HeaderValue, authority: &str) -> Option<String> {
         _ => uri.path().starts_with('/').then(|| uri.path().to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(value: &'static str) -> Option<String> {
+        same_host_path(&HeaderValue::from_static(value), "api.example")
+    }
+
+    #[test]
+    fn only_paths_on_the_request_s_host_are_invalidated() {
+        assert_eq!(path("/users/1").as_deref(), Some("/users/1"));
+        assert_eq!(path("https://API.example/users/1?x=1").as_deref(), Some("/users/1"));
+        assert_eq!(path("https://other.example/users/1"), None);
+        assert_eq!(path("users/1"), None, "a relative reference names no path of its own");
+        assert_eq!(path("not a uri"), None);
+    }
+}
