@@ -15,16 +15,19 @@
 //! Counting, not timing: `dhat` records a backtrace per allocation, so this binary is slow,
 //! and its times mean nothing.
 
+#[path = "support/service.rs"]
+mod service;
 mod support;
+
+use service::{inner, request};
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use tower::{Layer, Service, ServiceExt};
 use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
 
@@ -33,37 +36,6 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 /// Requests per path.
 const REQUESTS: u64 = 1_000;
-
-/// The inner service: a fixed JSON body, answered at once.
-fn inner(
-    body: Bytes,
-) -> impl Service<
-    Request<Empty<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |_request: Request<Empty<Bytes>>| {
-        let body = body.clone();
-        async move {
-            let mut response = Response::new(Full::new(body));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok::<_, Infallible>(response)
-        }
-    })
-}
-
-fn request(uri: &str, accepts_zstd: bool) -> Request<Empty<Bytes>> {
-    let mut request = Request::get(uri).header(HOST, "api.example.com");
-    if accepts_zstd {
-        request = request.header("accept-encoding", "zstd");
-    }
-    request.body(Empty::new()).expect("a valid request")
-}
 
 /// One request through `service`, its body collected; returns its `X-Cache`.
 async fn send<S, B>(service: &mut S, request: Request<Empty<Bytes>>) -> Option<String>

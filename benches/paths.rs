@@ -23,7 +23,11 @@
 //! - `hit_prometheus`: `hit` with a Prometheus recorder (`metrics-exporter-prometheus`) taking
 //!   the layer's metrics, against `hit` with none: what the metrics cost.
 
+#[path = "support/service.rs"]
+mod service;
 mod support;
+
+use service::{inner, request};
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -31,44 +35,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
 use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
-
-/// The inner service: a fixed JSON body, answered at once.
-fn inner(
-    body: Bytes,
-) -> impl Service<
-    Request<Empty<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |_request: Request<Empty<Bytes>>| {
-        let body = body.clone();
-        async move {
-            let mut response = Response::new(Full::new(body));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Ok::<_, Infallible>(response)
-        }
-    })
-}
-
-fn request(uri: &str, accepts_zstd: bool) -> Request<Empty<Bytes>> {
-    let mut request = Request::get(uri).header(HOST, "api.example.com");
-    if accepts_zstd {
-        request = request.header("accept-encoding", "zstd");
-    }
-    request.body(Empty::new()).expect("a valid request")
-}
 
 /// One request through `service`, its body collected; returns the body and the `X-Cache` value.
 async fn send<S, B>(service: &mut S, request: Request<Empty<Bytes>>) -> (Bytes, Option<String>)
