@@ -50,7 +50,9 @@ impl DecodedEntries {
     pub(crate) fn decode(&self, key: &str, raw: Bytes) -> Option<Arc<Decoded>> {
         let Some(cache) = &self.cache else { return Decoded::new(raw).map(Arc::new) };
         if let Some(known) = cache.get(key) {
-            if known.raw == raw {
+            // The same buffer (an in-process store's) needs no comparing.
+            let same = known.raw.as_ptr() == raw.as_ptr() && known.raw.len() == raw.len();
+            if same || known.raw == raw {
                 return Some(known);
             }
         }
@@ -70,7 +72,12 @@ impl Decoded {
     /// client: decompressed once, and its headers for zstd clients rewritten once.
     pub(crate) fn for_client(&self, accepts_zstd: bool, max_len: usize) -> Option<Entry> {
         self.for_clients[usize::from(accepts_zstd)]
-            .get_or_init(|| for_client(self.entry.clone(), accepts_zstd, max_len))
+            .get_or_init(|| {
+                // Its tags were checked on the entry as stored; the served copy, cloned for
+                // every hit, needs none.
+                let entry = Entry { tags: Vec::new(), ..self.entry.clone() };
+                for_client(entry, accepts_zstd, max_len)
+            })
             .clone()
     }
 

@@ -1,6 +1,8 @@
 //! The headers that say what the cache did with a request: `X-Cache` (a de-facto standard,
 //! `HIT`, `MISS` or `BYPASS`) and `Cache-Status` (RFC 9211).
 
+use std::fmt::Write;
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::groups;
@@ -52,33 +54,39 @@ impl StatusHeaders {
         let Some(cache) = &self.cache_status else {
             return;
         };
-        let mut value = cache.clone();
-        match outcome {
-            Outcome::Hit { ttl } => value.push_str(&format!("; hit; ttl={}", ttl.as_secs())),
+        // Written in place: `write!` to a `String` cannot fail.
+        let mut value = String::with_capacity(cache.len() + 48);
+        value.push_str(cache);
+        let _ = match outcome {
+            Outcome::Hit { ttl } => write!(value, "; hit; ttl={}", ttl.as_secs()),
             Outcome::Collapsed { fwd, ttl } => {
-                value.push_str(fwd_param(fwd));
-                value.push_str(&format!("; collapsed; ttl={}", ttl.as_secs()));
+                write!(value, "{}; collapsed; ttl={}", fwd_param(fwd), ttl.as_secs())
             }
             Outcome::Miss { fwd, stored } => {
                 value.push_str(fwd_param(fwd));
-                if let Some(ttl) = stored {
-                    value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));
+                match stored {
+                    Some(ttl) => write!(value, "; stored; ttl={}", ttl.as_secs()),
+                    None => Ok(()),
                 }
             }
             // A negative ttl says how stale a served response is (RFC 9211 section 2.6).
             Outcome::Stale { staleness, why } => {
-                value.push_str(&format!("; hit; ttl=-{}; detail={why}", staleness.as_secs()))
+                write!(value, "; hit; ttl=-{}; detail={why}", staleness.as_secs())
             }
             Outcome::Revalidated { ttl } => {
                 value.push_str("; fwd=stale; fwd-status=304");
-                if let Some(ttl) = ttl {
-                    value.push_str(&format!("; stored; ttl={}", ttl.as_secs()));
+                match ttl {
+                    Some(ttl) => write!(value, "; stored; ttl={}", ttl.as_secs()),
+                    None => Ok(()),
                 }
             }
-            Outcome::Bypass(_) => value.push_str("; fwd=bypass"),
-        }
+            Outcome::Bypass(_) => {
+                value.push_str("; fwd=bypass");
+                Ok(())
+            }
+        };
         if let (true, Some(key)) = (self.cache_status_key, key) {
-            value.push_str(&format!("; key=\"{key}\""));
+            let _ = write!(value, "; key=\"{key}\"");
         }
         if let Ok(value) = HeaderValue::try_from(value) {
             headers.append(CACHE_STATUS, value);

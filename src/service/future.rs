@@ -26,9 +26,9 @@ struct BypassReport {
 pin_project! {
     /// The response future of [`CacheService`](crate::CacheService).
     ///
-    /// Requests the cache stays out of run the inner future as it is, with no allocation;
-    /// cacheable requests and mutations, which await the store around the inner call, run as
-    /// one boxed future.
+    /// Requests the cache stays out of run the inner future as it is, with no allocation; hits
+    /// answered from this process's memory are ready at once; other cacheable requests and
+    /// mutations, which await the store around the inner call, run as one boxed future.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         kind: Kind<F, B, E>,
@@ -45,6 +45,8 @@ pin_project! {
             report: Option<BypassReport>,
         },
         Cache { future: BoxFuture<Result<Response<CacheBody<B>>, E>> },
+        // A hit served in `call` (taken when polled).
+        Ready { response: Option<Response<CacheBody<B>>> },
     }
 }
 
@@ -58,6 +60,10 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     ) -> Self {
         let report = Some(BypassReport { shared, reason, route, started });
         Self { kind: Kind::Bypass { future, report } }
+    }
+
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
+        Self { kind: Kind::Ready { response: Some(response) } }
     }
 
     pub(crate) fn boxed(
@@ -92,6 +98,9 @@ where
                 Poll::Ready(Ok(response.map(CacheBody::passthrough)))
             }
             KindProj::Cache { future } => future.as_mut().poll(cx),
+            KindProj::Ready { response } => {
+                Poll::Ready(Ok(response.take().expect("ResponseFuture polled after completion")))
+            }
         }
     }
 }

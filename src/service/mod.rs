@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 use tracing::Instrument;
@@ -39,11 +39,12 @@ use self::decide::{decide, Decision, Plan};
 use self::flight::{take_turn, Turn};
 use self::future::ResponseFuture;
 use self::invalidate::{mutate, Invalidation};
-use self::learn::{follow_groups_marker, follow_vary_marker};
+use self::learn::{follow_groups_marker, follow_vary_marker, is_marker};
 use self::shared::Shared;
 use self::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
 use crate::outcome::{Forwarded, Outcome};
 use crate::protocol::conditional::add_validators;
+use crate::store::TagVersion;
 use crate::telemetry::UNMATCHED;
 
 /// Caches the responses of the inner service `S` according to its layer's rules.
@@ -123,11 +124,23 @@ where
                 let invalidation = Invalidation { route, started, evicts, uri, authority };
                 ResponseFuture::boxed(mutate(shared, inner, request, invalidation).instrument(span))
             }
-            Decision::Lookup(plan) => {
+            Decision::Lookup(mut plan) => {
                 let span = request_span(&plan.rule.pattern, Some(&plan.key));
+                // The fast lane: a fresh entry in this process's memory is served right here,
+                // with no future to box and no timer.
+                let now = shared.now_ms();
+                let early = match look_up_in_process(&shared, &mut plan, now) {
+                    Some(Ok((Usable::Fresh(entry), _))) => {
+                        let _entered = span.enter();
+                        return ResponseFuture::ready(serve_fresh(
+                            &shared, &plan, entry, now, None,
+                        ));
+                    }
+                    early => early,
+                };
                 let request = Request::from_parts(parts, body);
                 ResponseFuture::boxed(
-                    serve_cacheable(shared, inner, request, plan).instrument(span),
+                    serve_cacheable(shared, inner, request, plan, early).instrument(span),
                 )
             }
         }
@@ -141,12 +154,44 @@ fn request_span(route: &str, key: Option<&str>) -> tracing::Span {
     tracing::debug_span!("cache", route, key, outcome = tracing::field::Empty)
 }
 
-/// A cacheable read: lookup → serve the hit, or call inner and capture its response.
+/// What a lookup found, examined: an entry the request may use with its tags' current
+/// versions, or why it missed.
+type Examined = Result<(Usable, Vec<TagVersion>), Miss>;
+
+/// Lookup: the entry and its tags' current versions, in one round trip, following the markers
+/// that say the key is another (learned `Vary`, cache groups). `None` when the store failed.
+/// The versions are read before the inner service runs, which is what makes a later eviction
+/// win over a miss.
+async fn look_up(
+    shared: &Shared,
+    plan: &mut Plan,
+    request: &HeaderMap,
+    now: u64,
+) -> Option<Examined> {
+    let found = shared.store.lookup(&plan.key, &plan.tag_keys).await?;
+    let found = follow_vary_marker(shared, plan, request, found).await?;
+    let found = follow_groups_marker(shared, plan, found).await?;
+    Some(examine(shared, plan, found, now))
+}
+
+/// The same lookup, when the store can answer it from this process's memory at once (see
+/// [`Store::lookup_in_process`](crate::Store::lookup_in_process)) and finds no marker.
+fn look_up_in_process(shared: &Shared, plan: &mut Plan, now: u64) -> Option<Examined> {
+    let found = shared.store.lookup_in_process(&plan.key, &plan.tag_keys)?;
+    if found.entry.as_deref().is_some_and(is_marker) {
+        return None;
+    }
+    Some(examine(shared, plan, found, now))
+}
+
+/// A cacheable read: lookup (unless `early` did it) → serve the hit, or call inner and capture
+/// its response.
 async fn serve_cacheable<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     mut inner: S,
     mut request: Request<ReqBody>,
     mut plan: Plan,
+    early: Option<Examined>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -155,22 +200,16 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
 {
-    // The entry and its tags' current versions, in one round trip. The versions are read
-    // before the inner service runs, which is what makes a later eviction win over this miss.
     let now = shared.now_ms();
+    let examined = match early {
+        Some(examined) => Some(examined),
+        None => look_up(&shared, &mut plan, request.headers(), now).await,
+    };
     let mut stale = None;
-    let found = match shared.store.lookup(&plan.key, &plan.tag_keys).await {
-        Some(found) => follow_vary_marker(&shared, &mut plan, request.headers(), found).await,
-        None => None,
-    };
-    let found = match found {
-        Some(found) => follow_groups_marker(&shared, &mut plan, found).await,
-        None => None,
-    };
-    let (versions, fwd) = match found {
+    let (versions, fwd) = match examined {
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
-        Some(found) => match examine(&shared, &plan, found, now) {
+        Some(examined) => match examined {
             Ok((Usable::Fresh(entry), _)) => {
                 return Ok(serve_fresh(&shared, &plan, entry, now, None))
             }

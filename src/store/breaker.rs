@@ -9,7 +9,8 @@
 //! Errors the store answers with (a write refused because Redis is full, a read-only replica)
 //! do not count: the store is there and fast, and its reads still serve hits.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,6 +39,9 @@ enum State {
 pub(crate) struct Breaker {
     settings: Option<BreakerSettings>,
     state: Mutex<State>,
+    /// Whether `state` is anything but closed, readable without the lock (see
+    /// [`Breaker::is_closed`]).
+    tripped: AtomicBool,
 }
 
 /// A store call the breaker let through. Report how it went with [`finish`](Self::finish);
@@ -69,7 +73,14 @@ pub(crate) enum Change {
 
 impl Breaker {
     pub(crate) fn new(settings: Option<BreakerSettings>) -> Self {
-        Self { settings, state: Mutex::new(State::Closed { failures_in_a_row: 0 }) }
+        let state = Mutex::new(State::Closed { failures_in_a_row: 0 });
+        Self { settings, state, tripped: AtomicBool::new(false) }
+    }
+
+    /// Whether the breaker is closed, read without taking its lock: answers that cost no store
+    /// call (a tiered store's L1) are given only while it is.
+    pub(crate) fn is_closed(&self) -> bool {
+        !self.tripped.load(Ordering::Acquire)
     }
 
     /// Lets a store call through, or `None` while the breaker is open.
@@ -82,15 +93,21 @@ impl Breaker {
         match *state {
             State::Closed { .. } => admission(false),
             State::Open { until } if Instant::now() >= until => {
-                *state = State::Probing;
+                self.enter(&mut state, State::Probing);
                 admission(true)
             }
             State::Open { .. } | State::Probing => None,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the locked `state` to `new`.
+    fn enter(&self, state: &mut MutexGuard<'_, State>, new: State) {
+        self.tripped.store(!matches!(new, State::Closed { .. }), Ordering::Release);
+        **state = new;
     }
 }
 
@@ -103,11 +120,11 @@ impl Admission<'_> {
         let open = State::Open { until: Instant::now() + settings.open_for };
         match (self.probe, health, &mut *state) {
             (true, Health::Answered, _) => {
-                *state = State::Closed { failures_in_a_row: 0 };
+                self.breaker.enter(&mut state, State::Closed { failures_in_a_row: 0 });
                 Change::Closed
             }
             (true, Health::Unavailable, _) => {
-                *state = open;
+                self.breaker.enter(&mut state, open);
                 Change::None
             }
             (false, Health::Answered, State::Closed { failures_in_a_row }) => {
@@ -119,7 +136,7 @@ impl Admission<'_> {
                 if *failures_in_a_row < settings.failures {
                     return Change::None;
                 }
-                *state = open;
+                self.breaker.enter(&mut state, open);
                 Change::Opened
             }
             // A call let through before the breaker opened, ending after: the probe decides.
@@ -131,7 +148,8 @@ impl Admission<'_> {
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         if self.probe && !self.finished {
-            *self.breaker.lock() = State::Open { until: Instant::now() };
+            let mut state = self.breaker.lock();
+            self.breaker.enter(&mut state, State::Open { until: Instant::now() });
         }
     }
 }

@@ -158,6 +158,18 @@ impl GuardedStore {
         self.run("lookup", self.store.lookup(key, tag_keys)).await
     }
 
+    /// See [`Store::lookup_in_process`]: no timeout, since it makes no I/O, and nothing while
+    /// the breaker is open (a tiered store's L1 may have missed invalidations meanwhile).
+    pub(crate) fn lookup_in_process(&self, key: &str, tag_keys: &[String]) -> Option<Lookup> {
+        if !self.breaker.is_closed() {
+            return None;
+        }
+        let started = Instant::now();
+        let found = self.store.lookup_in_process(key, tag_keys)?;
+        self.events.store_call("lookup", StoreCall::Answered, started.elapsed());
+        Some(found)
+    }
+
     /// See [`Store::ensure_tag_versions`]; `None` also when the store answered for too few.
     pub(crate) async fn ensure_tag_versions(&self, tag_keys: &[String]) -> Option<Vec<TagVersion>> {
         let versions =

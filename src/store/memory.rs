@@ -150,6 +150,16 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// The entry under `key` and the versions of `tags`, as they are now.
+    fn read(&self, key: &str, tags: &[String]) -> Lookup {
+        Lookup {
+            entry: self.entries.get(key).map(|value| value.bytes),
+            versions: tags.iter().map(|tag| self.versions.get(tag).map(|v| v.version)).collect(),
+        }
+    }
+}
+
 impl Default for MemoryStore {
     /// A store bounded to 64 MiB.
     fn default() -> Self {
@@ -169,10 +179,11 @@ impl std::fmt::Debug for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
-        Ok(Lookup {
-            entry: self.entries.get(key).map(|value| value.bytes),
-            versions: tags.iter().map(|tag| self.versions.get(tag).map(|v| v.version)).collect(),
-        })
+        Ok(self.read(key, tags))
+    }
+
+    fn lookup_in_process(&self, key: &str, tags: &[String]) -> Option<Lookup> {
+        Some(self.read(key, tags))
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {

@@ -70,6 +70,17 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the entry under `key` and the current versions of `tags`, in one round trip.
     async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError>;
 
+    /// The same lookup, answered at once from this process's memory when the store can: an
+    /// in-process store always, a tiered one when its L1 holds the entry and every version.
+    /// `None` sends the request to [`lookup`](Self::lookup).
+    ///
+    /// A hit answered here never leaves the caller's task: no future, no timer, no timeout.
+    /// Answer only what costs no I/O and cannot fail. The default answers nothing.
+    fn lookup_in_process(&self, key: &str, tags: &[String]) -> Option<Lookup> {
+        let _ = (key, tags);
+        None
+    }
+
     /// Gives each tag that has no version a fresh, provisional one (it lasts
     /// [`PROVISIONAL_TAG_VERSION_TTL`] unless kept), keeps the versions that exist, and returns
     /// the current version of every tag, in order.
@@ -131,6 +142,10 @@ pub trait Store: Send + Sync + 'static {
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn lookup(&self, key: &str, tags: &[String]) -> Result<Lookup, StoreError> {
         (**self).lookup(key, tags).await
+    }
+
+    fn lookup_in_process(&self, key: &str, tags: &[String]) -> Option<Lookup> {
+        (**self).lookup_in_process(key, tags)
     }
 
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {

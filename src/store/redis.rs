@@ -127,6 +127,13 @@ impl RedisStore {
         keys.push(key);
         keys.extend(tags.iter().map(String::as_str));
         let one_command = !client.is_clustered() || one_slot(&keys);
+        if one_command && lease.is_none() && !read_ttl {
+            // A plain lookup (every hit's): one command, with no pipeline around it.
+            let values: Vec<Value> =
+                client.mget(keys).await.map_err(redis_error("Redis lookup failed"))?;
+            let lookup = entry_and_versions(values, tags)?;
+            return Ok(ReadReply { lookup, ttl: None, leased: false });
+        }
         let pipeline = client.pipeline();
         if let Some((lease, ttl)) = lease {
             let _: () = pipeline
@@ -152,10 +159,10 @@ impl RedisStore {
             false => None,
         };
         // `SET NX` answers `OK` when it set the key, nil when the key was there.
-        let unexpected =
-            || StoreError::msg("Redis lookup returned an unexpected number of replies");
         let leased = match lease {
-            Some(_) if values.is_empty() => return Err(unexpected()),
+            Some(_) if values.is_empty() => {
+                return Err(StoreError::msg("Redis lookup returned no reply to SET NX"))
+            }
             Some(_) => !values.remove(0).is_null(),
             None => false,
         };
@@ -165,13 +172,8 @@ impl RedisStore {
                 _ => return Err(StoreError::msg("Redis MGET returned an unexpected reply")),
             };
         }
-        if values.len() != tags.len() + 1 {
-            return Err(unexpected());
-        }
-        let versions = values.split_off(1).into_iter().map(parse_version).collect();
-        let entry = values.pop().and_then(Value::into_bytes);
         Ok(ReadReply {
-            lookup: Lookup { entry, versions },
+            lookup: entry_and_versions(values, tags)?,
             ttl: ttl.map(Duration::from_millis),
             leased,
         })
@@ -295,6 +297,16 @@ pub(super) fn redis_error(context: &'static str) -> impl FnOnce(fred::error::Err
 /// A `PX` expiry of `ttl`, at least a millisecond.
 pub(super) fn px(ttl: Duration) -> Expiration {
     Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
+}
+
+/// The replies to reading an entry and its tags, in that order, as a [`Lookup`].
+fn entry_and_versions(mut values: Vec<Value>, tags: &[String]) -> Result<Lookup, StoreError> {
+    if values.len() != tags.len() + 1 {
+        return Err(StoreError::msg("Redis lookup returned an unexpected number of replies"));
+    }
+    let versions = values.split_off(1).into_iter().map(parse_version).collect();
+    let entry = values.pop().and_then(Value::into_bytes);
+    Ok(Lookup { entry, versions })
 }
 
 /// Whether all `keys` hash to one cluster slot, so that one command may name them all.

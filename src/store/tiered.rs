@@ -547,6 +547,10 @@ impl Store for TieredStore {
         Ok(self.read_through(key, tags, None).await?.lookup)
     }
 
+    fn lookup_in_process(&self, key: &str, tags: &[String]) -> Option<Lookup> {
+        self.l1.get(key, tags)
+    }
+
     async fn ensure_tag_versions(&self, tags: &[String]) -> Result<Vec<TagVersion>, StoreError> {
         let snapshot = self.l1.snapshot(tags.iter().map(String::as_str));
         let versions = self.l2.ensure_tag_versions(tags).await?;

@@ -20,7 +20,9 @@
 //! Traces: every cacheable request and every write runs in a `cache` span (level `DEBUG`) with
 //! the fields `route` (the pattern), `outcome` and `key` (the end of the entry key's digest,
 //! which identifies the entry without saying anything about the request or its user); each
-//! store call runs in a child `cache_store` span with its `operation`. Store errors are `WARN`
+//! store call runs in a child `cache_store` span with its `operation` (but lookups an
+//! in-process store answers at once, which call nothing: see
+//! [`Store::lookup_in_process`](crate::Store::lookup_in_process)). Store errors are `WARN`
 //! events, at most one a second, with the number left out since the last one.
 //!
 //! `route` is the pattern of the rule that matched (`/users/{id}`), never the path, so the
