@@ -15,7 +15,8 @@
 //! | `CACHE_STORE`    | see below               | `none`, `memory`, `redis` or `tiered`                   |
 //! | `REDIS_URL`      | unset: in-process store | cache in Redis, e.g. `redis://127.0.0.1:6379`           |
 //! | `CACHE_L1_BYTES` | `67108864` (64 MiB)     | `tiered` only: the in-process cache in front of Redis   |
-//! | `REDIS_POOL_SIZE`| `4`                     | `redis` and `tiered`: connections to Redis              |
+//! | `CACHE_REFRESH_AHEAD` | `on`               | `off` lets hot entries expire into a miss (see `CacheLayerBuilder::refresh_ahead`) |
+//! | `REDIS_POOL_SIZE`| half the cores (1–8)    | `redis` and `tiered`: connections to Redis              |
 //! | `RUST_LOG`       | `info`                  | log filter (`tracing_subscriber` env-filter syntax)     |
 //!
 //! `CACHE_STORE` picks where responses are cached:
@@ -101,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
 /// The cache layer over the store that `CACHE_STORE` (or, unset, `REDIS_URL`) names; `None` for
 /// `CACHE_STORE=none`.
 async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
+    let refresh_ahead = refresh_ahead_from_env()?;
     let choice = env_var("CACHE_STORE").map(|choice| choice.trim().to_ascii_lowercase());
     let choice = choice.as_deref().unwrap_or(match env_var("REDIS_URL") {
         Some(_) => "redis",
@@ -118,17 +120,20 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
         }
         "memory" => {
             tracing::info!("caching in process");
-            cache_layer(MemoryStore::default(), ttl)?
+            cache_layer(MemoryStore::default(), ttl, refresh_ahead)?
         }
         "redis" => {
             let url = redis_url()?;
-            let store = RedisStore::builder(url.as_str())
-                .pool_size(redis_pool_size()?)
+            let mut builder = RedisStore::builder(url.as_str());
+            if let Some(size) = redis_pool_size()? {
+                builder = builder.pool_size(size);
+            }
+            let store = builder
                 .build()
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             tracing::info!(%url, "caching in Redis");
-            cache_layer(store, ttl)?
+            cache_layer(store, ttl, refresh_ahead)?
         }
         "tiered" => {
             let url = redis_url()?;
@@ -143,12 +148,15 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
             let pool_size = redis_pool_size()?;
             let store = TieredStore::builder(url.as_str())
                 .l1_max_bytes(l1_max_bytes)
-                .redis(|redis| redis.pool_size(pool_size))
+                .redis(|redis| match pool_size {
+                    Some(size) => redis.pool_size(size),
+                    None => redis,
+                })
                 .build()
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             tracing::info!(%url, l1_max_bytes, "caching in process, in front of Redis");
-            cache_layer(store, ttl)?
+            cache_layer(store, ttl, refresh_ahead)?
         }
         other => bail!("CACHE_STORE must be none, memory, redis or tiered, not `{other}`"),
     };
@@ -160,7 +168,11 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
 /// Anonymous requests share entries; a request with `Authorization` or `Cookie` gets entries of
 /// its own, keyed by a digest of both headers (a session cookie alone must not land a personal
 /// page in the shared entries). `Cache-Control: private` responses are stored only per user.
-fn cache_layer(store: impl Store, ttl: Duration) -> Result<CacheLayer, BuildError> {
+fn cache_layer(
+    store: impl Store,
+    ttl: Duration,
+    refresh_ahead: bool,
+) -> Result<CacheLayer, BuildError> {
     let rule = || {
         Rule::get()
             .ttl(ttl)
@@ -170,17 +182,27 @@ fn cache_layer(store: impl Store, ttl: Duration) -> Result<CacheLayer, BuildErro
             // stored (a response varying on any other header is not).
             .vary(["accept", "accept-encoding", "accept-language"])
     };
-    CacheLayer::builder(store).default_ttl(ttl).route("/", rule()).route("/{*path}", rule()).build()
+    let builder = CacheLayer::builder(store).default_ttl(ttl);
+    let builder = if refresh_ahead { builder } else { builder.without_refresh_ahead() };
+    builder.route("/", rule()).route("/{*path}", rule()).build()
 }
 
-/// `REDIS_POOL_SIZE`: how many connections to Redis (default 4, the store's own default).
-fn redis_pool_size() -> anyhow::Result<usize> {
-    match env_var("REDIS_POOL_SIZE") {
-        Some(size) => size.trim().parse().ok().filter(|&size| size > 0).with_context(|| {
-            format!("REDIS_POOL_SIZE must be a positive number of connections, not `{size}`")
-        }),
-        None => Ok(4),
+/// `CACHE_REFRESH_AHEAD`: `on` (the default) or `off`.
+fn refresh_ahead_from_env() -> anyhow::Result<bool> {
+    match env_var("CACHE_REFRESH_AHEAD").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => bail!("CACHE_REFRESH_AHEAD must be on or off, not `{other}`"),
     }
+}
+
+/// `REDIS_POOL_SIZE`: how many connections to Redis; `None` (unset) keeps the store's default.
+fn redis_pool_size() -> anyhow::Result<Option<usize>> {
+    let Some(size) = env_var("REDIS_POOL_SIZE") else { return Ok(None) };
+    let parsed = size.trim().parse().ok().filter(|&size| size > 0);
+    parsed.map(Some).with_context(|| {
+        format!("REDIS_POOL_SIZE must be a positive number of connections, not `{size}`")
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ mod tests {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             revalidate_for: Duration::ZERO,
+            computed_in: Duration::ZERO,
             tags: vec![("users".into(), 7)],
             identity_len: None,
             body: Bytes::from_static(body),

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::TagVersion;
 
-const MAGIC: &[u8; 4] = b"TRC\x03";
+const MAGIC: &[u8; 4] = b"TRC\x04";
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
 /// A response as stored.
@@ -50,6 +50,10 @@ pub(crate) struct Entry {
     /// How long past its freshness the entry may be revalidated with the inner service, by its
     /// own validators (`ETag`, `Last-Modified`), instead of fetched again.
     pub(crate) revalidate_for: Duration,
+    /// How long making the response took (from the layer's call to the end of its body): what
+    /// refreshing it costs, which says how early to refresh it (see
+    /// [`refreshes_early`](Self::refreshes_early)).
+    pub(crate) computed_in: Duration,
     /// Each tag with the version it had before the response was computed.
     pub(crate) tags: Vec<(String, TagVersion)>,
     /// When the body is stored zstd-compressed, its length uncompressed.
@@ -67,6 +71,7 @@ struct Meta {
     stale_while_revalidate_ms: u64,
     stale_if_error_ms: u64,
     revalidate_for_ms: u64,
+    computed_in_us: u64,
     tags: Vec<(String, TagVersion)>,
     identity_len: Option<u64>,
     /// So that a body cut short (a truncated write, a damaged value) is a miss, not served.
@@ -86,6 +91,19 @@ impl Entry {
         Duration::from_millis(expires.saturating_sub(now_ms))
     }
 
+    /// Whether a hit at `now_ms` should refresh the fresh entry ahead of its expiry, by
+    /// probabilistic early expiration (XFetch: Vattani, Chierichetti and Lowenstein, "Optimal
+    /// Probabilistic Cache Stampede Prevention", VLDB 2015): it expires early when
+    /// `computed_in × beta × −ln(draw)` reaches the time it has left, `draw` being uniform in
+    /// `(0, 1]`. Under steady traffic some hit refreshes it shortly before it expires, about
+    /// as long before as refreshing takes; a key seldom read is seldom refreshed early.
+    pub(crate) fn refreshes_early(&self, now_ms: u64, beta: f64, draw: f64) -> bool {
+        let reach = self.computed_in.as_secs_f64() * beta;
+        let remaining = self.remaining(now_ms).as_secs_f64();
+        // Drawn only this close to expiry: −ln(draw) > 40 has odds of 1 in 10^17.
+        reach > 0.0 && remaining < reach * 40.0 && reach * -draw.ln() >= remaining
+    }
+
     /// The entry's age in whole seconds, for the `Age` header.
     pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.stored_at_ms) / 1000
@@ -101,6 +119,7 @@ impl Entry {
             stale_while_revalidate_ms: millis(self.stale_while_revalidate),
             stale_if_error_ms: millis(self.stale_if_error),
             revalidate_for_ms: millis(self.revalidate_for),
+            computed_in_us: u64::try_from(self.computed_in.as_micros()).unwrap_or(u64::MAX),
             tags: self.tags.clone(),
             identity_len: self.identity_len,
             body_len: self.body.len() as u64,
@@ -138,6 +157,7 @@ impl Entry {
             stale_while_revalidate: Duration::from_millis(meta.stale_while_revalidate_ms),
             stale_if_error: Duration::from_millis(meta.stale_if_error_ms),
             revalidate_for: Duration::from_millis(meta.revalidate_for_ms),
+            computed_in: Duration::from_micros(meta.computed_in_us),
             tags: meta.tags,
             identity_len: meta.identity_len,
             body: bytes.slice(body_start..),
@@ -188,6 +208,7 @@ mod tests {
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(300),
             revalidate_for: Duration::from_secs(60),
+            computed_in: Duration::ZERO,
             tags: vec![("users".into(), 7), ("user:1".into(), u64::MAX)],
             identity_len: None,
             body: Bytes::from_static(b"[{\"id\":1}]"),
@@ -238,5 +259,20 @@ mod tests {
         assert_eq!(entry.age_secs(entry.stored_at_ms - 10), 0);
         assert_eq!(entry.staleness(entry.stored_at_ms + 59_999), None);
         assert_eq!(entry.staleness(entry.stored_at_ms + 61_000), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn entries_refresh_early_only_near_expiry_and_by_what_making_them_cost() {
+        let mut entry = sample();
+        entry.stored_at_ms = 0;
+        entry.ttl = Duration::from_secs(10);
+        entry.computed_in = Duration::from_millis(20);
+        let near = 10_000 - 1; // a millisecond left
+        assert!(entry.refreshes_early(near, 1.0, 0.5), "−ln 0.5 × 20 ms > 1 ms");
+        assert!(!entry.refreshes_early(near, 1.0, 0.999), "−ln 0.999 × 20 ms < 1 ms");
+        assert!(!entry.refreshes_early(0, 1.0, 1e-300), "nine seconds left is never near");
+        assert!(entry.refreshes_early(9_000, 100.0, 0.5), "a larger beta refreshes earlier");
+        entry.computed_in = Duration::ZERO;
+        assert!(!entry.refreshes_early(near, 1.0, 1e-300), "free to make: expires on time");
     }
 }

@@ -126,6 +126,7 @@ pub fn encoded_entry(fields: &EntryFields) -> Option<Vec<u8>> {
         stale_while_revalidate: Duration::from_millis(fields.stale_while_revalidate_ms),
         stale_if_error: Duration::from_millis(fields.stale_if_error_ms),
         revalidate_for: Duration::from_millis(fields.revalidate_for_ms),
+        computed_in: Duration::ZERO,
         tags: fields.tags.clone(),
         identity_len: None,
         body: Bytes::copy_from_slice(&fields.body),

@@ -225,6 +225,7 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
         stale_while_revalidate: fresh.stale_while_revalidate,
         stale_if_error: fresh.stale_if_error,
         revalidate_for: fresh.revalidate_for,
+        computed_in: Duration::ZERO,
         tags: plan.tags.iter().map(|tag| (tag.clone(), 1)).collect(),
         identity_len: None,
         body,

@@ -183,6 +183,7 @@ mod tests {
             stale_while_revalidate: Duration::from_secs(30),
             stale_if_error: Duration::ZERO,
             revalidate_for: Duration::ZERO,
+            computed_in: Duration::ZERO,
             tags: plan.tags.iter().cloned().zip(versions.iter().copied()).collect(),
             identity_len: None,
             body: Bytes::from_static(b"[]"),

@@ -1,7 +1,7 @@
 //! The copy of a response taken while it streams to the client, and its trip to the store.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::ETAG;
@@ -40,6 +40,8 @@ struct PendingEntry {
     provisional: Vec<String>,
     /// A gRPC call's response, stored only if it turns out to be one successful message.
     grpc: bool,
+    /// When the layer was called with the request, for how long making the response took.
+    started: Instant,
 }
 
 /// A bounded copy of a body in flight. Dropping it (body error, over a limit, or the client gone
@@ -90,6 +92,7 @@ impl Capture {
             provisional,
             flight,
             grpc,
+            started,
         } = self.pending;
         let body = self.buf.freeze();
         let trailers = self.trailers;
@@ -116,6 +119,7 @@ impl Capture {
             stale_while_revalidate: freshness.stale_while_revalidate,
             stale_if_error: freshness.stale_if_error,
             revalidate_for: freshness.revalidate_for,
+            computed_in: started.elapsed(),
             tags,
             identity_len: None,
             body,
@@ -292,6 +296,7 @@ fn capture_with<B: Body<Data = Bytes>>(
         },
         key,
         grpc: plan.rule.grpc,
+        started: plan.started,
     };
     let Some(capture) = Capture::new(pending, settings.max_body_bytes, body.size_hint().lower())
     else {

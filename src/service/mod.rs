@@ -130,11 +130,18 @@ where
                 // with no future to box and no timer.
                 let now = shared.now_ms();
                 let early = match look_up_in_process(&shared, &mut plan, now) {
-                    Some(Ok((Usable::Fresh(entry), _))) => {
+                    Some(Ok((Usable::Fresh(entry), versions))) => {
                         let _entered = span.enter();
-                        return ResponseFuture::ready(serve_fresh(
-                            &shared, &plan, entry, now, None,
-                        ));
+                        let refresh = shared.refreshes_early(&entry, now);
+                        let stored_at = entry.stored_at_ms;
+                        let hit = serve_fresh(&shared, &plan, entry, now, None);
+                        if refresh {
+                            let request = Request::from_parts(parts, body);
+                            refresh_in_background(
+                                shared, inner, request, plan, versions, stored_at,
+                            );
+                        }
+                        return ResponseFuture::ready(hit);
                     }
                     early => early,
                 };
@@ -210,15 +217,22 @@ where
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
         Some(examined) => match examined {
-            Ok((Usable::Fresh(entry), _)) => {
-                return Ok(serve_fresh(&shared, &plan, entry, now, None))
+            Ok((Usable::Fresh(entry), versions)) => {
+                let refresh = shared.refreshes_early(&entry, now);
+                let stored_at = entry.stored_at_ms;
+                let hit = serve_fresh(&shared, &plan, entry, now, None);
+                if refresh {
+                    refresh_in_background(shared, inner, request, plan, versions, stored_at);
+                }
+                return Ok(hit);
             }
             Ok((Usable::Stale { entry, staleness }, versions)) => {
                 if staleness < entry.stale_while_revalidate {
                     // Serve it now; this request refreshes it in the background.
+                    let stored_at = entry.stored_at_ms;
                     let stale =
                         serve_stale(&shared, &plan, entry, staleness, "stale-while-revalidate");
-                    refresh_in_background(shared, inner, request, plan, versions);
+                    refresh_in_background(shared, inner, request, plan, versions, stored_at);
                     return Ok(stale);
                 }
                 // Ask the inner service whether it changed, when the entry can tell it what it

@@ -13,6 +13,7 @@ use super::learn::Learned;
 use crate::clock::{unix_ms, Clock};
 use crate::entry::decoded::DecodedEntries;
 use crate::entry::key::tag_key;
+use crate::entry::Entry;
 use crate::outcome::{BypassReason, Outcome};
 use crate::protocol::cache_status::StatusHeaders;
 use crate::rules::RouteTable;
@@ -38,6 +39,8 @@ pub(crate) struct Settings {
     pub(crate) miss_lock_timeout: Option<Duration>,
     /// How long to wait for the inner service when a stale entry could answer if it fails.
     pub(crate) stale_if_error_timeout: Option<Duration>,
+    /// XFetch's `beta` for refreshing fresh entries ahead of expiry; `None` turns it off.
+    pub(crate) refresh_ahead: Option<f64>,
     /// Whether `Surrogate-Key` response headers count as cache groups.
     pub(crate) surrogate_keys: bool,
     /// Where the time of day comes from (see [`crate::clock`]).
@@ -88,6 +91,15 @@ impl Shared {
             decoded: DecodedEntries::new(settings.decoded_cache_bytes),
             settings,
         }
+    }
+
+    /// Whether this hit on the fresh `entry` should refresh it ahead of its expiry (see
+    /// [`Entry::refreshes_early`]).
+    pub(crate) fn refreshes_early(&self, entry: &Entry, now_ms: u64) -> bool {
+        self.settings.refresh_ahead.is_some_and(|beta| {
+            // `1 - [0, 1)` is in `(0, 1]`, where the logarithm is finite.
+            entry.refreshes_early(now_ms, beta, 1.0 - fastrand::f64())
+        })
     }
 
     /// The time of day by the layer's clock.

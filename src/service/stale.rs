@@ -100,14 +100,16 @@ where
     }
 }
 
-/// Refreshes a stale entry in the background with the request that found it, unless another
-/// request (in this process, or in another instance holding the store lease) already is.
+/// Refreshes an entry (stale, or fresh and refreshed ahead of its expiry) in the background with
+/// the request that found it, unless another request (in this process, or in another instance
+/// holding the store lease) already is. `found_stored_at` is when the entry it found was stored.
 pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     mut inner: S,
     request: Request<ReqBody>,
     plan: Plan,
     versions: Vec<TagVersion>,
+    found_stored_at: u64,
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -127,9 +129,13 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
             Some((false, _)) => return, // another instance refreshes it
             Some((true, found)) => {
                 flight.hold_lease(lease);
-                // A refresh that ran between our lookup and our lease has done the work already.
-                if let Ok((Usable::Fresh(_), _)) = examine(&shared, &plan, found, shared.now_ms()) {
-                    return;
+                // A refresh that ran between our lookup and our lease has done the work already:
+                // the entry is fresh, and another than the one this request found.
+                let now = shared.now_ms();
+                if let Ok((Usable::Fresh(entry), _)) = examine(&shared, &plan, found, now) {
+                    if entry.stored_at_ms != found_stored_at {
+                        return;
+                    }
                 }
             }
             // The store failed: refresh without a lease.

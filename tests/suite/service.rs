@@ -1531,6 +1531,67 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_backgro
     assert_eq!(h.cache.stats().stale, 5);
 }
 
+/// Stores `/news` as `text` from an inner service that takes `delay` to answer.
+async fn miss_taking(h: &mut Harness, delay: Duration, text: &'static str) {
+    assert_ready_ok!(h.svc.poll_ready());
+    let call = tokio::spawn(h.svc.call(get("/news")));
+    let (_, reply) = h.inner.next_request().await.unwrap();
+    tokio::time::sleep(delay).await;
+    reply.send_response(ok(text));
+    body_text(call.await.unwrap().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+#[tokio::test]
+async fn hot_entries_are_refreshed_in_the_background_shortly_before_they_expire() {
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
+    miss_taking(&mut h, Duration::from_millis(20), "v1").await;
+    // A millisecond before expiry, an entry that took 20 ms to make: each hit refreshes it
+    // with odds of 95%, and one refresh at a time runs.
+    clock.advance(TTL - Duration::from_millis(1));
+    for _ in 0..10 {
+        assert_ready_ok!(h.svc.poll_ready());
+        let hit = h.svc.call(get("/news")).await.unwrap();
+        assert_eq!(hit.headers()["x-cache"], "HIT");
+        assert_eq!(body_text(hit).await, "v1");
+    }
+    let next = tokio::time::timeout(Duration::from_secs(5), h.inner.next_request());
+    let (_, refresh) = next.await.expect("a hit refreshes the entry").unwrap();
+    refresh.send_response(ok("v2"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(h.inner.poll_request().is_pending(), "exactly one refresh");
+    // Past the old entry's expiry, the refreshed one answers.
+    clock.advance(Duration::from_secs(1));
+    let fresh = h.get("/news", "unused").await;
+    assert_eq!((fresh.x_cache(), &fresh.body[..]), ("HIT", &b"v2"[..]));
+    assert!(h.inner.poll_request().is_pending(), "a fresh entry is not refreshed again");
+    let stats = h.cache.stats();
+    assert_eq!((stats.hits, stats.misses), (11, 1));
+}
+
+#[tokio::test]
+async fn without_refresh_ahead_entries_expire_into_a_miss() {
+    let (builder, clock) = clocked(builder_for(test_store().await).without_refresh_ahead());
+    let mut h = Harness::new(builder.route("/news", Rule::get().ttl(TTL)).build().unwrap());
+    miss_taking(&mut h, Duration::from_millis(20), "v1").await;
+    clock.advance(TTL - Duration::from_millis(1));
+    for _ in 0..10 {
+        assert_eq!(h.get("/news", "unused").await.x_cache(), "HIT");
+    }
+    assert!(h.inner.poll_request().is_pending(), "no refresh");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(h.get("/news", "v2").await.x_cache(), "MISS");
+}
+
+#[test]
+fn refresh_ahead_needs_a_positive_beta() {
+    for beta in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let built = CacheLayer::builder(MemoryStore::default()).refresh_ahead(beta).build();
+        let error = built.expect_err("rejected").to_string();
+        assert!(error.contains("refresh_ahead"), "{error}");
+    }
+}
+
 #[tokio::test]
 async fn stale_if_error_serves_the_stale_entry_when_the_inner_service_fails() {
     let (mut h, clock) = stale_rules(Rule::get().ttl(TTL).stale_if_error(Duration::from_secs(30))).await;
