@@ -11,6 +11,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH};
 
 use super::compression::for_client;
 use super::Entry;
@@ -19,9 +20,25 @@ use super::Entry;
 const OVERHEAD: u32 = 512;
 
 /// Decoded entries by store key, bounded by bytes. With a budget of zero, nothing is kept.
+///
+/// A `quick_cache` rather than a `moka` cache: every hit reads it, and its reads only take a
+/// shard's read lock, where moka's also record the access for its eviction policy.
 pub(crate) struct DecodedEntries {
-    cache: Option<moka::sync::Cache<String, Arc<Decoded>>>,
+    cache: Option<quick_cache::sync::Cache<String, Arc<Decoded>, ByWeight>>,
 }
+
+/// Weighs a decoded entry by the bytes it holds (see [`Decoded::weight`]).
+#[derive(Clone)]
+pub(crate) struct ByWeight;
+
+impl quick_cache::Weighter<String, Arc<Decoded>> for ByWeight {
+    fn weight(&self, key: &String, decoded: &Arc<Decoded>) -> u64 {
+        u64::from(decoded.weight(key))
+    }
+}
+
+/// What a typical decoded entry weighs, to size the cache's table.
+const TYPICAL_WEIGHT: u64 = 4096;
 
 /// One entry, decoded from `raw`.
 pub(crate) struct Decoded {
@@ -37,10 +54,8 @@ impl DecodedEntries {
     /// Keeps up to `max_bytes` of decoded entries (stored bytes plus decompressed bodies).
     pub(crate) fn new(max_bytes: u64) -> Self {
         let cache = (max_bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|key: &String, decoded: &Arc<Decoded>| decoded.weight(key))
-                .build()
+            let items = usize::try_from(max_bytes / TYPICAL_WEIGHT).unwrap_or(usize::MAX).max(16);
+            quick_cache::sync::Cache::with_weighter(items, max_bytes, ByWeight)
         });
         Self { cache }
     }
@@ -69,14 +84,17 @@ impl Decoded {
     }
 
     /// The entry as a client gets it (see [`for_client`]), made at most once for each kind of
-    /// client: decompressed once, and its headers for zstd clients rewritten once.
+    /// client: decompressed once, and its headers for zstd clients rewritten once, with its
+    /// `Content-Length`.
     pub(crate) fn for_client(&self, accepts_zstd: bool, max_len: usize) -> Option<Entry> {
         self.for_clients[usize::from(accepts_zstd)]
             .get_or_init(|| {
                 // Its tags were checked on the entry as stored; the served copy, cloned for
-                // every hit, needs none.
+                // every hit, needs none, and its head is made here once: its length.
                 let entry = Entry { tags: Vec::new(), ..self.entry.clone() };
-                for_client(entry, accepts_zstd, max_len)
+                let mut entry = for_client(entry, accepts_zstd, max_len)?;
+                entry.headers.insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+                Some(entry)
             })
             .clone()
     }

@@ -32,6 +32,7 @@ use std::sync::LazyLock;
 use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{HeaderName, Method};
+use smallvec::SmallVec;
 
 use crate::grpc::MessageDigest;
 use crate::protocol::cache_control::is_tchar;
@@ -121,15 +122,10 @@ impl KeyParts {
 }
 
 /// The inputs of a digest, each length-prefixed so that no two different inputs run together,
-/// gathered before hashing: at these sizes BLAKE3 costs more per call than per byte.
-struct Fields(Vec<u8>);
-
-impl Default for Fields {
-    /// Room for a typical request's fields, so that gathering them seldom grows the buffer.
-    fn default() -> Self {
-        Self(Vec::with_capacity(512))
-    }
-}
+/// gathered before hashing: at these sizes BLAKE3 costs more per call than per byte. A typical
+/// request's fields fit on the stack; longer ones move to the heap.
+#[derive(Default)]
+struct Fields(SmallVec<[u8; 512]>);
 
 impl Fields {
     fn push(&mut self, bytes: &[u8]) {

@@ -95,8 +95,8 @@ pub(crate) fn respond_from_entry<B>(
         response.headers_mut().insert(AGE, age);
         return shared.mark(response, outcome, plan, None);
     }
-    let length = HeaderValue::from(entry.body.len());
-    let served = (!plan.head).then_some(entry.body.len());
+    let length = entry.body.len();
+    let served = (!plan.head).then_some(length);
     let body = if plan.head {
         CacheBody::cached(Bytes::new(), None)
     } else {
@@ -105,7 +105,10 @@ pub(crate) fn respond_from_entry<B>(
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
-    response.headers_mut().insert(CONTENT_LENGTH, length);
+    // Decoded entries carry theirs (see `Decoded::for_client`); a `HEAD` has the `GET`'s.
+    if !response.headers().contains_key(CONTENT_LENGTH) {
+        response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
     response.headers_mut().insert(AGE, age);
     shared.mark(response, outcome, plan, served)
 }

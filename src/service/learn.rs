@@ -90,13 +90,13 @@ pub(crate) fn learn_vary(
     all
 }
 
-/// When a lookup found a `Vary` marker instead of an entry, learns from it and looks up the
-/// key it points to (the second round trip). Otherwise returns the lookup as it was.
 /// Whether stored bytes are a marker (of learned `Vary` or cache groups) rather than an entry.
 pub(crate) fn is_marker(stored: &[u8]) -> bool {
     vary::decode(stored).is_some() || groups::decode_marker(stored).is_some()
 }
 
+/// When a lookup found a `Vary` marker instead of an entry, learns from it and looks up the
+/// key it points to (the second round trip). Otherwise returns the lookup as it was.
 pub(crate) async fn follow_vary_marker(
     shared: &Shared,
     plan: &mut Plan,
