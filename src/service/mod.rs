@@ -5,6 +5,10 @@
 //! after writes. [`shared`] is the state all of them read, and the one place outcomes are
 //! reported.
 //!
+//! A hit that the store answers from this process's memory (an in-process store, a tiered
+//! store's L1) is served in `CacheService`'s `call` itself: no future is boxed, no timer set.
+//! Every other request runs [`serve_cacheable`] as one boxed future.
+//!
 //! The shared state is made by the layer and read here (and by the gRPC front and the handle,
 //! which hand work to this folder); no other folder sees it. May import every other folder:
 //! `protocol` (the HTTP rules), `entry` (the stored form), `store` (through the guarded store),
