@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side hit-path comparison of builds of the `proxy` example: the static ceiling, then
-# each build with each store, in turn, for ROUNDS rounds, on one machine in one run. This is how
-# BENCHMARKS.md compares the code before and after a change; bench/load.sh is the full benchmark.
+# each build with each store, then tower-http-cache (bench/peers' `peer_proxy`) with each of its
+# backends, in turn, for ROUNDS rounds, on one machine in one run. Each row's "× ceiling" is its
+# requests/s over the static ceiling's in the same round. This is how BENCHMARKS.md compares the
+# code before and after a change, and with the nearest Rust peer; bench/load.sh is the full
+# benchmark, and bench/ratio_chart.py draws this table.
 #
 #   git stash; cargo build --release --example proxy; mkdir -p /tmp/before
 #   cp target/release/examples/proxy /tmp/before/; git stash pop
@@ -9,8 +12,9 @@
 #   cp target/release/examples/proxy /tmp/after/
 #   bash bench/ab.sh /tmp/before /tmp/after
 #
-# Each DIR holds a `proxy` binary. Per run it prints requests/s and the CPU time per request of
-# the proxy (or the static server), of wrk and of Redis.
+# Each DIR holds a `proxy` binary (or a script that runs one with settings of its own). Per run it
+# prints requests/s, its ratio to the static ceiling, wrk's p50 and p99, and the CPU time per
+# request of the proxy (or the static server), of wrk and of Redis.
 #
 # Environment (all optional):
 #   STORES    stores to run (default "memory tiered redis")
@@ -40,17 +44,7 @@ if [ -n "$PEERS" ]; then
 fi
 peer_bin=bench/peers/target/release/peer_proxy
 upstream_bin=target/release/examples/slow_upstream
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
+source bench/common.sh
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
@@ -95,6 +89,17 @@ print(f"| {label} | {rps:,.0f} | {ratio:.2f} | {ms(50):.2f} | {ms(99):.2f} "
 PY
 }
 
+# serve PID LABEL LOG URL: waits for the server PID to answer URL, primes the entry wrk reads
+# (wrk sends no `Accept`, which the proxy keys on), measures it as LABEL and stops it.
+serve() {
+  local pid=$1 label=$2 log=$3 url=$4
+  pids+=("$pid")
+  wait_http "$url" || { cat "$log" >&2; exit 1; }
+  curl -sf -H 'Accept:' -o /dev/null "$url"
+  measure "$label" "$pid" "$url"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 echo "| run | req/s | × ceiling | p50 ms | p99 ms | server CPU µs/req | wrk CPU µs/req | Redis CPU µs/req |"
 echo "|---|--:|--:|--:|--:|--:|--:|--:|"
 for round in $(seq 1 "$ROUNDS"); do
@@ -105,10 +110,7 @@ for round in $(seq 1 "$ROUNDS"); do
       CACHE_STORE=$store REDIS_URL="redis://127.0.0.1:$redis_port" \
         UPSTREAM_URL="http://127.0.0.1:$upstream_port" BIND="127.0.0.1:$port" \
         CACHE_TTL_SECS=3600 RUST_LOG=warn "$dir/proxy" >"$work/proxy.log" 2>&1 &
-      proxy_pid=$!; pids+=("$proxy_pid")
-      wait_http "http://127.0.0.1:$port/users" || { cat "$work/proxy.log" >&2; exit 1; }
-      measure "round $round: $store, $dir" "$proxy_pid" "http://127.0.0.1:$port/users"
-      kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true
+      serve $! "round $round: $store, $dir" "$work/proxy.log" "http://127.0.0.1:$port/users"
     done
   done
   for backend in $PEERS; do
@@ -116,9 +118,7 @@ for round in $(seq 1 "$ROUNDS"); do
     PEER_BACKEND=$backend REDIS_URL="redis://127.0.0.1:$redis_port" \
       UPSTREAM_URL="http://127.0.0.1:$upstream_port" BIND="127.0.0.1:$port" \
       CACHE_TTL_SECS=3600 RUST_LOG=warn "$peer_bin" >"$work/peer.log" 2>&1 &
-    peer_pid=$!; pids+=("$peer_pid")
-    wait_http "http://127.0.0.1:$port/users" || { cat "$work/peer.log" >&2; exit 1; }
-    measure "round $round: tower-http-cache, $backend" "$peer_pid" "http://127.0.0.1:$port/users"
-    kill "$peer_pid"; wait "$peer_pid" 2>/dev/null || true
+    serve $! "round $round: tower-http-cache, $backend" "$work/peer.log" \
+      "http://127.0.0.1:$port/users"
   done
 done

@@ -23,16 +23,7 @@ CONNS=${CONNS:-32}
 TTL=${TTL:-10}
 
 cargo build --release --quiet --example slow_upstream --example proxy
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
+source bench/common.sh
 
 # Counts each response's X-Cache value; `done` prints them after wrk's own summary.
 # Counts the responses that waited for the upstream, by their Cache-Status (RFC 9211): a miss
