@@ -29,7 +29,7 @@ pub(crate) struct DecodedEntries {
 
 /// Weighs a decoded entry by the bytes it holds (see [`Decoded::weight`]).
 #[derive(Clone)]
-pub(crate) struct ByWeight;
+struct ByWeight;
 
 impl quick_cache::Weighter<String, Arc<Decoded>> for ByWeight {
     fn weight(&self, key: &String, decoded: &Arc<Decoded>) -> u64 {

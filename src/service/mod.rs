@@ -46,6 +46,7 @@ use self::invalidate::{mutate, Invalidation};
 use self::learn::{follow_groups_marker, follow_vary_marker, is_marker};
 use self::shared::Shared;
 use self::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
+use crate::entry::Entry;
 use crate::outcome::{Forwarded, Outcome};
 use crate::protocol::conditional::add_validators;
 use crate::store::TagVersion;
@@ -128,23 +129,16 @@ where
                 let invalidation = Invalidation { route, started, evicts, uri, authority };
                 ResponseFuture::boxed(mutate(shared, inner, request, invalidation).instrument(span))
             }
-            Decision::Lookup(mut plan) => {
+            Decision::Lookup(plan) => {
                 let span = request_span(&plan.rule.pattern, Some(&plan.key));
                 // The fast lane: a fresh entry in this process's memory is served right here,
                 // with no future to box and no timer.
                 let now = shared.now_ms();
-                let early = match look_up_in_process(&shared, &mut plan, now) {
+                let early = match look_up_in_process(&shared, &plan, now) {
                     Some(Ok((Usable::Fresh(entry), versions))) => {
                         let _entered = span.enter();
-                        let refresh = shared.refreshes_early(&entry, now);
-                        let stored_at = entry.stored_at_ms;
-                        let hit = serve_fresh(&shared, &plan, entry, now, None);
-                        if refresh {
-                            let request = Request::from_parts(parts, body);
-                            refresh_in_background(
-                                shared, inner, request, plan, versions, stored_at,
-                            );
-                        }
+                        let request = Request::from_parts(parts, body);
+                        let hit = serve_hit(shared, inner, request, plan, entry, versions, now);
                         return ResponseFuture::ready(hit);
                     }
                     early => early,
@@ -187,12 +181,38 @@ async fn look_up(
 
 /// The same lookup, when the store can answer it from this process's memory at once (see
 /// [`Store::lookup_in_process`](crate::Store::lookup_in_process)) and finds no marker.
-fn look_up_in_process(shared: &Shared, plan: &mut Plan, now: u64) -> Option<Examined> {
+fn look_up_in_process(shared: &Shared, plan: &Plan, now: u64) -> Option<Examined> {
     let found = shared.store.lookup_in_process(&plan.key, &plan.tag_keys)?;
     if found.entry.as_deref().is_some_and(is_marker) {
         return None;
     }
     Some(examine(shared, plan, found, now))
+}
+
+/// Serves a fresh entry (a hit). When the hit expires it early (see
+/// [`Shared::refreshes_early`]), `request` also refreshes it in the background.
+fn serve_hit<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    request: Request<ReqBody>,
+    plan: Plan,
+    entry: Entry,
+    versions: Vec<TagVersion>,
+    now: u64,
+) -> Response<CacheBody<ResBody>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let refresh = shared.refreshes_early(&entry, now);
+    let stored_at = entry.stored_at_ms;
+    let hit = serve_fresh(&shared, &plan, entry, now, None);
+    if refresh {
+        refresh_in_background(shared, inner, request, plan, versions, stored_at);
+    }
+    hit
 }
 
 /// A cacheable read: lookup (unless `early` did it) → serve the hit, or call inner and capture
@@ -220,44 +240,35 @@ where
     let (versions, fwd) = match examined {
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
-        Some(examined) => match examined {
-            Ok((Usable::Fresh(entry), versions)) => {
-                let refresh = shared.refreshes_early(&entry, now);
+        Some(Ok((Usable::Fresh(entry), versions))) => {
+            return Ok(serve_hit(shared, inner, request, plan, entry, versions, now));
+        }
+        Some(Ok((Usable::Stale { entry, staleness }, versions))) => {
+            if staleness < entry.stale_while_revalidate {
+                // Serve it now; this request refreshes it in the background.
                 let stored_at = entry.stored_at_ms;
-                let hit = serve_fresh(&shared, &plan, entry, now, None);
-                if refresh {
-                    refresh_in_background(shared, inner, request, plan, versions, stored_at);
-                }
-                return Ok(hit);
+                let stale = serve_stale(&shared, &plan, entry, staleness, "stale-while-revalidate");
+                refresh_in_background(shared, inner, request, plan, versions, stored_at);
+                return Ok(stale);
             }
-            Ok((Usable::Stale { entry, staleness }, versions)) => {
-                if staleness < entry.stale_while_revalidate {
-                    // Serve it now; this request refreshes it in the background.
-                    let stored_at = entry.stored_at_ms;
-                    let stale =
-                        serve_stale(&shared, &plan, entry, staleness, "stale-while-revalidate");
-                    refresh_in_background(shared, inner, request, plan, versions, stored_at);
-                    return Ok(stale);
-                }
-                // Ask the inner service whether it changed, when the entry can tell it what it
-                // has; the client's own conditions, if any, go through untouched.
-                let revalidating = staleness < entry.revalidate_for
-                    && plan.conditions.is_none()
-                    && !plan.head
-                    && add_validators(request.headers_mut(), &entry.headers);
-                stale = Some(StaleEntry { entry, staleness, revalidating });
-                (Some(versions), Forwarded::Stale)
-            }
-            Err(Miss { versions: Some(versions), fwd }) => (Some(versions), fwd),
-            // HEAD responses are never stored, so they need no versions.
-            Err(Miss { versions: None, fwd }) if plan.head => (None, fwd),
-            // First use of a tag (or its version was lost): give it one, provisional until
-            // the entry is stored.
-            Err(Miss { versions: None, fwd }) => {
-                plan.provisional_versions = true;
-                (shared.store.ensure_tag_versions(&plan.tag_keys).await, fwd)
-            }
-        },
+            // Ask the inner service whether it changed, when the entry can tell it what it
+            // has; the client's own conditions, if any, go through untouched.
+            let revalidating = staleness < entry.revalidate_for
+                && plan.conditions.is_none()
+                && !plan.head
+                && add_validators(request.headers_mut(), &entry.headers);
+            stale = Some(StaleEntry { entry, staleness, revalidating });
+            (Some(versions), Forwarded::Stale)
+        }
+        Some(Err(Miss { versions: Some(versions), fwd })) => (Some(versions), fwd),
+        // HEAD responses are never stored, so they need no versions.
+        Some(Err(Miss { versions: None, fwd })) if plan.head => (None, fwd),
+        // First use of a tag (or its version was lost): give it one, provisional until the
+        // entry is stored.
+        Some(Err(Miss { versions: None, fwd })) => {
+            plan.provisional_versions = true;
+            (shared.store.ensure_tag_versions(&plan.tag_keys).await, fwd)
+        }
     };
     // Stampede protection: one request per key fills the entry; the others wait for it.
     let mut flight = None;

@@ -173,13 +173,16 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(call(Health::Unavailable), Change::None);
         }
+        assert!(breaker.is_closed());
         assert_eq!(call(Health::Unavailable), Change::Opened);
         assert!(breaker.admit().is_none());
+        assert!(!breaker.is_closed());
 
         tokio::time::advance(Duration::from_secs(2)).await;
         let probe = breaker.admit().unwrap();
         assert!(probe.probe);
         assert!(breaker.admit().is_none(), "one probe at a time");
+        assert!(!breaker.is_closed(), "probing is not closed");
         assert_eq!(probe.finish(Health::Unavailable), Change::None);
         assert!(breaker.admit().is_none(), "open again");
 
@@ -188,6 +191,7 @@ mod tests {
         let probe = breaker.admit().expect("an abandoned probe is replaced at once");
         assert!(probe.probe);
         assert_eq!(probe.finish(Health::Answered), Change::Closed);
+        assert!(breaker.is_closed());
         assert!(!breaker.admit().unwrap().probe);
     }
 
