@@ -206,7 +206,8 @@ where
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    let refresh = shared.refreshes_early(&entry, now);
+    // A `HEAD`'s response stores nothing, so it refreshes nothing.
+    let refresh = !plan.head && shared.refreshes_early(&entry, now);
     let stored_at = entry.stored_at_ms;
     let hit = serve_fresh(&shared, &plan, entry, now, None);
     if refresh {

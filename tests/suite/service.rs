@@ -1570,6 +1570,19 @@ async fn hot_entries_are_refreshed_in_the_background_shortly_before_they_expire(
 }
 
 #[tokio::test]
+async fn head_hits_do_not_refresh_ahead_since_their_responses_store_nothing() {
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
+    miss_taking(&mut h, Duration::from_millis(20), "v1").await;
+    clock.advance(TTL - Duration::from_millis(1));
+    for _ in 0..10 {
+        let head = h.send(request(Method::HEAD, "/news"), |_| ok("")).await;
+        assert_eq!(head.x_cache(), "HIT");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(h.inner.poll_request().is_pending(), "no refresh");
+}
+
+#[tokio::test]
 async fn without_refresh_ahead_entries_expire_into_a_miss() {
     let (builder, clock) = clocked(builder_for(test_store().await).without_refresh_ahead());
     let mut h = Harness::new(builder.route("/news", Rule::get().ttl(TTL)).build().unwrap());
