@@ -246,10 +246,13 @@ where
         }
         Some(Ok((Usable::Stale { entry, staleness }, versions))) => {
             if staleness < entry.stale_while_revalidate {
-                // Serve it now; this request refreshes it in the background.
+                // Serve it now; this request refreshes it in the background, unless it is a
+                // `HEAD`, whose response would store nothing.
                 let stored_at = entry.stored_at_ms;
                 let stale = serve_stale(&shared, &plan, entry, staleness, "stale-while-revalidate");
-                refresh_in_background(shared, inner, request, plan, versions, stored_at);
+                if !plan.head {
+                    refresh_in_background(shared, inner, request, plan, versions, stored_at);
+                }
                 return Ok(stale);
             }
             // Ask the inner service whether it changed, when the entry can tell it what it

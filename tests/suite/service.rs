@@ -1606,6 +1606,22 @@ fn refresh_ahead_needs_a_positive_beta() {
 }
 
 #[tokio::test]
+async fn a_stale_head_is_served_without_a_refresh_that_would_store_nothing() {
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL).stale_while_revalidate(Duration::from_secs(30))).await;
+    h.get("/news", "v1").await;
+    clock.advance(STALE);
+    let head = h.send(request(Method::HEAD, "/news"), |_| ok("")).await;
+    assert_eq!(head.x_cache(), "STALE");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(h.inner.poll_request().is_pending(), "no refresh for a HEAD");
+    // A GET refreshes it.
+    assert_eq!(h.get("/news", "unused").await.x_cache(), "STALE");
+    let next = tokio::time::timeout(Duration::from_secs(5), h.inner.next_request());
+    let (_, refresh) = next.await.expect("the GET refreshes the entry").unwrap();
+    refresh.send_response(ok("v2"));
+}
+
+#[tokio::test]
 async fn stale_if_error_serves_the_stale_entry_when_the_inner_service_fails() {
     let (mut h, clock) = stale_rules(Rule::get().ttl(TTL).stale_if_error(Duration::from_secs(30))).await;
     h.get("/news", "v1").await;
