@@ -154,6 +154,13 @@ impl Harness {
     async fn get(&mut self, path: &str, text: &'static str) -> Outcome {
         self.send(get(path), |_| ok(text)).await
     }
+
+    /// Sends `req` in this task and returns its response, leaving the inner service unanswered:
+    /// a request that reaches it (a background refresh) waits there for the test to see.
+    async fn call_unanswered(&mut self, req: Req) -> Response<CacheBody<Body>> {
+        assert_ready_ok!(self.svc.poll_ready());
+        self.svc.call(req).await.expect("no error")
+    }
 }
 
 #[tokio::test]
@@ -1512,8 +1519,7 @@ async fn stale_while_revalidate_serves_at_once_and_refreshes_once_in_the_backgro
     // Five requests find it stale: all get it at once, without waiting for the inner service
     // (which is not answering yet).
     for _ in 0..5 {
-        assert_ready_ok!(h.svc.poll_ready());
-        let stale = h.svc.call(get("/news")).await.unwrap();
+        let stale = h.call_unanswered(get("/news")).await;
         assert_eq!(stale.headers()["x-cache"], "STALE");
         assert_eq!(
             stale.headers()["cache-status"],
@@ -1550,8 +1556,7 @@ async fn hot_entries_are_refreshed_in_the_background_shortly_before_they_expire(
     // with odds of 95%, and one refresh at a time runs.
     clock.advance(TTL - Duration::from_millis(1));
     for _ in 0..10 {
-        assert_ready_ok!(h.svc.poll_ready());
-        let hit = h.svc.call(get("/news")).await.unwrap();
+        let hit = h.call_unanswered(get("/news")).await;
         assert_eq!(hit.headers()["x-cache"], "HIT");
         assert_eq!(body_text(hit).await, "v1");
     }
@@ -1574,10 +1579,8 @@ async fn head_hits_do_not_refresh_ahead_since_their_responses_store_nothing() {
     let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
     miss_taking(&mut h, Duration::from_millis(20), "v1").await;
     clock.advance(TTL - Duration::from_millis(1));
-    // Called directly, so that a refresh would wait at the inner service for the test to see.
     for _ in 0..10 {
-        assert_ready_ok!(h.svc.poll_ready());
-        let head = h.svc.call(request(Method::HEAD, "/news")).await.unwrap();
+        let head = h.call_unanswered(request(Method::HEAD, "/news")).await;
         assert_eq!(head.headers()["x-cache"], "HIT");
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1591,8 +1594,7 @@ async fn without_refresh_ahead_entries_expire_into_a_miss() {
     miss_taking(&mut h, Duration::from_millis(20), "v1").await;
     clock.advance(TTL - Duration::from_millis(1));
     for _ in 0..10 {
-        assert_ready_ok!(h.svc.poll_ready());
-        let hit = h.svc.call(get("/news")).await.unwrap();
+        let hit = h.call_unanswered(get("/news")).await;
         assert_eq!(hit.headers()["x-cache"], "HIT");
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1615,15 +1617,12 @@ async fn a_stale_head_is_served_without_a_refresh_that_would_store_nothing() {
     let (mut h, clock) = stale_rules(Rule::get().ttl(TTL).stale_while_revalidate(Duration::from_secs(30))).await;
     h.get("/news", "v1").await;
     clock.advance(STALE);
-    // Called directly, so that a refresh would wait at the inner service for the test to see.
-    assert_ready_ok!(h.svc.poll_ready());
-    let head = h.svc.call(request(Method::HEAD, "/news")).await.unwrap();
+    let head = h.call_unanswered(request(Method::HEAD, "/news")).await;
     assert_eq!(head.headers()["x-cache"], "STALE");
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(h.inner.poll_request().is_pending(), "no refresh for a HEAD");
     // A GET refreshes it.
-    assert_ready_ok!(h.svc.poll_ready());
-    let stale = h.svc.call(get("/news")).await.unwrap();
+    let stale = h.call_unanswered(get("/news")).await;
     assert_eq!(stale.headers()["x-cache"], "STALE");
     let next = tokio::time::timeout(Duration::from_secs(5), h.inner.next_request());
     let (_, refresh) = next.await.expect("the GET refreshes the entry").unwrap();
