@@ -16,6 +16,9 @@ use http::header::{HeaderValue, CONTENT_LENGTH};
 use super::compression::for_client;
 use super::Entry;
 
+/// How many headers an answer adds to an entry's: `Age`, `X-Cache`, `Cache-Status`.
+const ANSWER_HEADERS: usize = 3;
+
 /// What every decoded entry costs besides its bodies, for the byte budget.
 const OVERHEAD: u32 = 512;
 
@@ -94,6 +97,9 @@ impl Decoded {
                 let entry = Entry { tags: Vec::new(), ..self.entry.clone() };
                 let mut entry = for_client(entry, accepts_zstd, max_len)?;
                 entry.headers.insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+                // Room in the header table for what every answer adds (`Age`, the status
+                // headers): a clone keeps the table's size, so adding them does not rehash it.
+                entry.headers.reserve(ANSWER_HEADERS);
                 Some(entry)
             })
             .clone()

@@ -32,7 +32,6 @@ use std::sync::LazyLock;
 use http::header::{self, HeaderMap};
 use http::request::Parts;
 use http::{HeaderName, Method};
-use smallvec::SmallVec;
 
 use crate::grpc::MessageDigest;
 use crate::protocol::cache_control::is_tchar;
@@ -91,7 +90,7 @@ impl KeyParts {
                 fields.push(user.as_bytes());
             }
         }
-        Self { digest: *REQUEST_HASHER.clone().update(&fields.0).finalize().as_bytes() }
+        Self { digest: *REQUEST_HASHER.clone().update(fields.as_bytes()).finalize().as_bytes() }
     }
 
     /// The same, for a gRPC call whose request message has the digest `message`.
@@ -100,14 +99,14 @@ impl KeyParts {
         let mut fields = Fields::default();
         fields.push(&self.digest);
         fields.push(&message.0);
-        Self { digest: *REQUEST_HASHER.clone().update(&fields.0).finalize().as_bytes() }
+        Self { digest: *REQUEST_HASHER.clone().update(fields.as_bytes()).finalize().as_bytes() }
     }
 
     /// The entry key when the response varies on the request headers `vary` (sorted), whose
     /// values are taken from `headers`, normalised as [`vary_value`] says.
     pub(crate) fn key(&self, prefix: &str, headers: &HeaderMap, vary: &[HeaderName]) -> String {
         let mut fields = Fields::default();
-        fields.0.extend_from_slice(&self.digest);
+        fields.extend(&self.digest);
         for name in vary {
             fields.push(name.as_str().as_bytes());
             let values = headers.get_all(name);
@@ -116,21 +115,59 @@ impl KeyParts {
                 fields.push(&vary_value(name, value.as_bytes()));
             }
         }
-        let digest = ENTRY_KEY_HASHER.clone().update(&fields.0).finalize();
+        let digest = ENTRY_KEY_HASHER.clone().update(fields.as_bytes()).finalize();
         [prefix, ":", KEY_VERSION, ":e:", &digest.to_hex()].concat()
     }
 }
 
 /// The inputs of a digest, each length-prefixed so that no two different inputs run together,
 /// gathered before hashing: at these sizes BLAKE3 costs more per call than per byte. A typical
-/// request's fields fit on the stack; longer ones move to the heap.
-#[derive(Default)]
-struct Fields(SmallVec<[u8; 512]>);
+/// request's fields fit in a buffer on the stack; longer ones move to the heap.
+///
+/// A plain array, not a `SmallVec`: the many short copies (an 8-byte length, then a name) are
+/// most of a key's cost, and a fixed buffer lets them compile to plain stores.
+struct Fields {
+    stack: [u8; FIELDS_ON_STACK],
+    len: usize,
+    /// Everything, once it outgrew `stack`.
+    heap: Vec<u8>,
+}
+
+const FIELDS_ON_STACK: usize = 512;
+
+impl Default for Fields {
+    fn default() -> Self {
+        Self { stack: [0; FIELDS_ON_STACK], len: 0, heap: Vec::new() }
+    }
+}
 
 impl Fields {
     fn push(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        self.0.extend_from_slice(bytes);
+        self.extend(&(bytes.len() as u64).to_le_bytes());
+        self.extend(bytes);
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        match self.stack.get_mut(self.len..end) {
+            Some(free) if self.heap.is_empty() => {
+                free.copy_from_slice(bytes);
+                self.len = end;
+            }
+            _ => {
+                if self.heap.is_empty() {
+                    self.heap.extend_from_slice(&self.stack[..self.len]);
+                }
+                self.heap.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self.heap.is_empty() {
+            true => &self.stack[..self.len],
+            false => &self.heap,
+        }
     }
 }
 
@@ -492,6 +529,35 @@ mod tests {
 
     fn key(uri: &str) -> String {
         entry_key("c", &parts(uri, &[]), None, &[])
+    }
+
+    /// Keys are shared by every instance and outlive deploys: a change to how they are made
+    /// misses every entry at once (and, for tag keys, would split evictions between versions).
+    /// These were made by the code before the key buffer changed; a change that alters them must
+    /// bump `KEY_VERSION`.
+    #[test]
+    fn keys_stay_what_earlier_releases_made() {
+        let user = UserId::digest(b"alice");
+        let request = parts(
+            "http://Example.com/users/%7ea?b=2&a=1",
+            &[("accept-encoding", "gzip, br"), ("connection", "x-trace"), ("x-trace", "1")],
+        );
+        let vary = [header::ACCEPT_ENCODING, header::ACCEPT];
+        assert_eq!(
+            entry_key("trc", &request, Some(&user), &vary),
+            "trc:v1:e:60c2605c3d39d6f833652864a4dff52da3330e5d9ac17cf28fdb63076faa6dcf"
+        );
+        // Fields longer than the stack buffer.
+        let long = parts(&format!("/{}", "p".repeat(600)), &[]);
+        assert_eq!(
+            entry_key("trc", &long, None, &[]),
+            "trc:v1:e:55cc00d8f8b4f274d20facb93acbebe866d4fc4f43a2a1f458a81620ce280652"
+        );
+        assert_eq!(uri_tag("/users/%7ea"), "#uri:c8db1693ae23b14b925eb2b9aed8d32a");
+        assert_eq!(
+            tag_key("trc", &"t".repeat(200)),
+            "trc:v1:t:#d62dda89010de02054794ca3ee9361da2b9b6034f5a12e3d4cfa799cf328b8de"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::groups;
+use super::value::ValueText;
 use crate::outcome::{Forwarded, Outcome};
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -54,16 +55,16 @@ impl StatusHeaders {
         let Some(cache) = &self.cache_status else {
             return;
         };
-        // Written in place: `write!` to a `String` cannot fail.
-        let mut value = String::with_capacity(cache.len() + 48);
-        value.push_str(cache);
+        // Written in place: `write!` to a `ValueText` cannot fail.
+        let mut value = ValueText::default();
+        let _ = value.write_str(cache);
         let _ = match outcome {
             Outcome::Hit { ttl } => write!(value, "; hit; ttl={}", ttl.as_secs()),
             Outcome::Collapsed { fwd, ttl } => {
                 write!(value, "{}; collapsed; ttl={}", fwd_param(fwd), ttl.as_secs())
             }
             Outcome::Miss { fwd, stored } => {
-                value.push_str(fwd_param(fwd));
+                let _ = value.write_str(fwd_param(fwd));
                 match stored {
                     Some(ttl) => write!(value, "; stored; ttl={}", ttl.as_secs()),
                     None => Ok(()),
@@ -74,21 +75,18 @@ impl StatusHeaders {
                 write!(value, "; hit; ttl=-{}; detail={why}", staleness.as_secs())
             }
             Outcome::Revalidated { ttl } => {
-                value.push_str("; fwd=stale; fwd-status=304");
+                let _ = value.write_str("; fwd=stale; fwd-status=304");
                 match ttl {
                     Some(ttl) => write!(value, "; stored; ttl={}", ttl.as_secs()),
                     None => Ok(()),
                 }
             }
-            Outcome::Bypass(_) => {
-                value.push_str("; fwd=bypass");
-                Ok(())
-            }
+            Outcome::Bypass(_) => value.write_str("; fwd=bypass"),
         };
         if let (true, Some(key)) = (self.cache_status_key, key) {
             let _ = write!(value, "; key=\"{key}\"");
         }
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if let Some(value) = value.finish() {
             headers.append(CACHE_STATUS, value);
         }
     }

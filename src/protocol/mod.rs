@@ -12,4 +12,5 @@ pub(crate) mod freshness;
 pub(crate) mod groups;
 pub(crate) mod guard;
 pub(crate) mod storable;
+pub(crate) mod value;
 pub(crate) mod vary;

@@ -31,7 +31,8 @@ pub(crate) struct ReadRule {
     pub(crate) stale_if_error: Duration,
     pub(crate) tags: Vec<TagTemplate>,
     pub(crate) scope: Scope,
-    pub(crate) vary: Vec<HeaderName>,
+    /// Sorted, without repeats; shared with every request's plan that learned nothing more.
+    pub(crate) vary: Arc<[HeaderName]>,
     /// Requests carrying any of these headers bypass the cache.
     pub(crate) bypass_headers: Vec<HeaderName>,
     /// The query parameters that are part of the key; `None` for all of them.
@@ -54,7 +55,7 @@ impl ReadRule {
             stale_if_error: Duration::ZERO,
             tags: Vec::new(),
             scope: Scope::Default,
-            vary: Vec::new(),
+            vary: Arc::new([]),
             bypass_headers: Vec::new(),
             query_params: None,
             statuses: vec![StatusCode::OK],
@@ -356,7 +357,7 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
             stale_if_error: rule.stale_if_error.unwrap_or_default(),
             tags: templates(&rule.tags)?,
             scope,
-            vary,
+            vary: vary.into(),
             bypass_headers,
             query_params: rule.query_params,
             statuses,
@@ -475,7 +476,7 @@ mod tests {
             Matched::Read { rule, tags } => {
                 assert!(rule.grpc);
                 assert_eq!(tags, ["users"]);
-                assert_eq!(rule.vary, ["content-type", "grpc-accept-encoding"]);
+                assert_eq!(rule.vary[..], ["content-type", "grpc-accept-encoding"]);
             }
             _ => panic!("a call to a gRPC method is its read"),
         }

@@ -13,6 +13,7 @@ use super::shared::Shared;
 use crate::entry::Entry;
 use crate::outcome::{Forwarded, Outcome};
 use crate::protocol::conditional::not_modified_headers;
+use crate::protocol::value;
 use crate::store::{Lookup, TagVersion};
 
 /// Why a lookup is not a hit, and what a miss needs to store its response.
@@ -87,7 +88,7 @@ pub(crate) fn respond_from_entry<B>(
     now: u64,
     outcome: Outcome,
 ) -> Response<CacheBody<B>> {
-    let age = HeaderValue::from(entry.age_secs(now));
+    let age = value::number(entry.age_secs(now));
     if plan.conditions.as_ref().is_some_and(|c| c.not_modified(&entry.headers)) {
         let mut response = Response::new(CacheBody::cached(Bytes::new(), None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;

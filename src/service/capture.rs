@@ -291,7 +291,7 @@ fn capture_with<B: Body<Data = Bytes>>(
         flight,
         tags: plan.tags.iter().cloned().zip(versions).collect(),
         provisional: match plan.provisional_versions {
-            true => plan.tag_keys.clone(),
+            true => plan.tag_keys.to_vec(),
             false => Vec::new(),
         },
         key,

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderMap, HeaderName};
 use http::request;
 use http::Method;
+use smallvec::SmallVec;
 
 use super::shared::Shared;
 use crate::entry::compression::accepts_zstd;
@@ -41,12 +42,13 @@ pub(crate) struct Plan {
     /// Everything in the key but the values of the `vary` headers.
     pub(crate) key_parts: KeyParts,
     /// The request headers the entry varies on: the rule's, and those learned from responses.
-    pub(crate) vary: Vec<HeaderName>,
+    pub(crate) vary: Arc<[HeaderName]>,
     /// The key with the rule's `vary` headers only, where learned ones are written down for
-    /// other instances (see [`super::learn`]).
-    pub(crate) rule_vary_key: String,
+    /// other instances (see [`super::learn`]); `None` while it is `key` (nothing learned).
+    pub(crate) rule_vary_key: Option<String>,
     pub(crate) tags: Vec<String>,
-    pub(crate) tag_keys: Vec<String>,
+    /// The store keys of `tags`' versions; on the stack for the usual one or two tags.
+    pub(crate) tag_keys: SmallVec<[String; 2]>,
     pub(crate) rule: Arc<ReadRule>,
     /// Whether the entry belongs to one identified user (so `private` responses may go in it).
     pub(crate) per_user: bool,
@@ -67,6 +69,21 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The key with the rule's `vary` headers only: the field, or `key` while nothing was
+    /// learned.
+    pub(crate) fn rule_vary_key(&self) -> &str {
+        self.rule_vary_key.as_deref().unwrap_or(&self.key)
+    }
+
+    /// Makes the key the one for `vary` (the rule's headers and learned ones), keeping the rule's
+    /// key.
+    pub(crate) fn vary_on(&mut self, shared: &Shared, request: &HeaderMap, vary: Vec<HeaderName>) {
+        let key = self.key_parts.key(&shared.settings.key_prefix, request, &vary);
+        let rule_vary_key = std::mem::replace(&mut self.key, key);
+        self.rule_vary_key.get_or_insert(rule_vary_key);
+        self.vary = vary.into();
+    }
+
     /// Adds tags the entry must also carry (cache groups), reading their versions from now on.
     pub(crate) fn add_tags(&mut self, shared: &Shared, tags: &[String]) {
         for tag in tags {
@@ -167,18 +184,18 @@ pub(crate) fn decide(
         }
     }
     let prefix = &shared.settings.key_prefix;
-    let rule_vary_key = key_parts.key(prefix, &request.headers, &rule.vary);
-    let (key, vary) = match shared.learned.vary.get(&rule_vary_key) {
+    let key = key_parts.key(prefix, &request.headers, &rule.vary);
+    let (key, vary, rule_vary_key) = match shared.learned.vary.get(&key) {
         Some(learned) => {
             let vary = vary_union(&rule.vary, &learned);
-            (key_parts.key(prefix, &request.headers, &vary), vary)
+            (key_parts.key(prefix, &request.headers, &vary), vary.into(), Some(key))
         }
-        None => (rule_vary_key.clone(), rule.vary.clone()),
+        None => (key, Arc::clone(&rule.vary), None),
     };
     if let Some(groups) = shared.learned.groups.get(&key) {
         tags.extend(groups.iter().filter(|g| !tags.contains(g)).cloned().collect::<Vec<_>>());
     }
-    let tag_keys = shared.tag_keys(&tags);
+    let tag_keys: SmallVec<_> = tags.iter().map(|tag| tag_key(prefix, tag)).collect();
     if shared.store.eviction_pending(&tag_keys) {
         return bypass(BypassReason::EvictionPending);
     }

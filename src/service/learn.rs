@@ -85,8 +85,8 @@ pub(crate) fn learn_vary(
     let learned: Vec<HeaderName> =
         all.iter().filter(|n| !plan.rule.vary.contains(n)).cloned().collect();
     let marker = vary::encode(&learned);
-    shared.learned.vary.insert(plan.rule_vary_key.clone(), Arc::new(learned));
-    write_marker(shared, plan.rule_vary_key.clone(), marker, keep_for);
+    shared.learned.vary.insert(plan.rule_vary_key().to_owned(), Arc::new(learned));
+    write_marker(shared, plan.rule_vary_key().to_owned(), marker, keep_for);
     all
 }
 
@@ -106,9 +106,8 @@ pub(crate) async fn follow_vary_marker(
     let Some(learned) = found.entry.as_deref().and_then(vary::decode) else {
         return Some(found);
     };
-    plan.vary = vary_union(&plan.rule.vary, &learned);
-    plan.key = plan.key_parts.key(&shared.settings.key_prefix, request, &plan.vary);
-    shared.learned.vary.insert(plan.rule_vary_key.clone(), Arc::new(learned));
+    plan.vary_on(shared, request, vary_union(&plan.rule.vary, &learned));
+    shared.learned.vary.insert(plan.rule_vary_key().to_owned(), Arc::new(learned));
     shared.store.lookup(&plan.key, &plan.tag_keys).await
 }
 

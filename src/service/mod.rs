@@ -111,44 +111,54 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // Keep the instance that was polled ready; the clone takes its place (tower#547).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream() && body.size_hint().exact() != Some(0);
         match decide(&shared, &parts, has_body, started) {
             Decision::Bypass { route, reason } => {
-                let future = inner.call(Request::from_parts(parts, body));
+                let future = self.take_inner().call(Request::from_parts(parts, body));
                 ResponseFuture::bypass(future, shared, reason, route, started)
             }
             Decision::Mutation { route, evicts, uri, authority } => {
                 let span = request_span(route.as_deref().unwrap_or(UNMATCHED), None);
                 let request = Request::from_parts(parts, body);
                 let invalidation = Invalidation { route, started, evicts, uri, authority };
+                let inner = self.take_inner();
                 ResponseFuture::boxed(mutate(shared, inner, request, invalidation).instrument(span))
             }
             Decision::Lookup(plan) => {
                 let span = request_span(&plan.rule.pattern, Some(&plan.key));
                 // The fast lane: a fresh entry in this process's memory is served right here,
-                // with no future to box and no timer.
+                // with no future to box and no timer, and the inner service is left alone
+                // unless the hit refreshes the entry.
                 let now = shared.now_ms();
                 let early = match look_up_in_process(&shared, &plan, now) {
                     Some(Ok((Usable::Fresh(entry), versions))) => {
                         let _entered = span.enter();
                         let request = Request::from_parts(parts, body);
+                        let inner = || self.take_inner();
                         let hit = serve_hit(shared, inner, request, plan, entry, versions, now);
                         return ResponseFuture::ready(hit);
                     }
                     early => early,
                 };
                 let request = Request::from_parts(parts, body);
+                let inner = self.take_inner();
                 ResponseFuture::boxed(
                     serve_cacheable(shared, inner, request, plan, early).instrument(span),
                 )
             }
         }
+    }
+}
+
+impl<S: Clone> CacheService<S> {
+    /// The inner service for one call: the instance that was polled ready, with a clone taking
+    /// its place (tower#547).
+    fn take_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 
@@ -190,10 +200,11 @@ fn look_up_in_process(shared: &Shared, plan: &Plan, now: u64) -> Option<Examined
 }
 
 /// Serves a fresh entry (a hit). When the hit expires it early (see
-/// [`Shared::refreshes_early`]), `request` also refreshes it in the background.
+/// [`Shared::refreshes_early`]), `request` also refreshes it in the background, with the inner
+/// service that `inner` gives.
 fn serve_hit<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
-    inner: S,
+    inner: impl FnOnce() -> S,
     request: Request<ReqBody>,
     plan: Plan,
     entry: Entry,
@@ -211,7 +222,7 @@ where
     let stored_at = entry.stored_at_ms;
     let hit = serve_fresh(&shared, &plan, entry, now, None);
     if refresh {
-        refresh_in_background(shared, inner, request, plan, versions, stored_at);
+        refresh_in_background(shared, inner(), request, plan, versions, stored_at);
     }
     hit
 }
@@ -242,7 +253,7 @@ where
         // The store failed: serve from the inner service and store nothing.
         None => (None, Forwarded::Error),
         Some(Ok((Usable::Fresh(entry), versions))) => {
-            return Ok(serve_hit(shared, inner, request, plan, entry, versions, now));
+            return Ok(serve_hit(shared, || inner, request, plan, entry, versions, now));
         }
         Some(Ok((Usable::Stale { entry, staleness }, versions))) => {
             if staleness < entry.stale_while_revalidate {
