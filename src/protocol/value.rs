@@ -1,4 +1,5 @@
-//! Header values written with `write!`: on the stack, then copied once into the value.
+//! Header values written on the stack (with `write!`, or `itoa` for numbers), then copied once
+//! into the value.
 //!
 //! `HeaderValue::from` an integer, or `HeaderValue::try_from` a `String`, allocates twice (the
 //! text, then the shared buffer it becomes); every hit writes `Age` and `Cache-Status`.
@@ -28,9 +29,8 @@ impl fmt::Write for ValueText {
 
 /// The value of a number, such as `Age`'s seconds.
 pub(crate) fn number(n: u64) -> HeaderValue {
-    let mut text = ValueText::default();
-    let _ = fmt::Write::write_fmt(&mut text, format_args!("{n}"));
-    text.finish().expect("digits are a valid header value")
+    let mut digits = itoa::Buffer::new();
+    HeaderValue::from_str(digits.format(n)).expect("digits are a valid header value")
 }
 
 #[cfg(test)]
