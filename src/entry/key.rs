@@ -533,8 +533,8 @@ mod tests {
 
     /// Keys are shared by every instance and outlive deploys: a change to how they are made
     /// misses every entry at once (and, for tag keys, would split evictions between versions).
-    /// These were made by the code before the key buffer changed; a change that alters them must
-    /// bump `KEY_VERSION`.
+    /// These are the keys the code in use makes; a change that alters them must bump
+    /// `KEY_VERSION`.
     #[test]
     fn keys_stay_what_earlier_releases_made() {
         let user = UserId::digest(b"alice");
