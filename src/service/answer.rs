@@ -1,6 +1,7 @@
 //! Answering from the store: whether a looked-up entry may be used, and the response built
 //! from it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use http::{Response, StatusCode};
 use super::body::CacheBody;
 use super::decide::Plan;
 use super::shared::Shared;
+use crate::entry::decoded::Decoded;
 use crate::entry::Entry;
 use crate::outcome::{Forwarded, Outcome};
 use crate::protocol::conditional::not_modified_headers;
@@ -30,6 +32,10 @@ pub(crate) enum Usable {
     Stale {
         entry: Entry,
         staleness: Duration,
+        /// The entry as stored: `entry` is this client's copy of it (decompressed, or marked
+        /// as zstd), while a revalidation asks with the stored validators and stores the stored
+        /// form again.
+        stored: Arc<Decoded>,
     },
 }
 
@@ -53,12 +59,12 @@ pub(crate) fn examine(
         return Err(Miss { versions: None, fwd });
     };
     let max_len = shared.settings.max_body_bytes;
-    let entry = found
+    let usable = found
         .entry
         .and_then(|raw| shared.decoded.decode(&plan.key, raw))
         .filter(|decoded| tags_match(&decoded.entry, &plan.tags, &versions))
-        .and_then(|decoded| decoded.for_client(plan.accepts_zstd, max_len));
-    let Some(entry) = entry else {
+        .and_then(|decoded| Some((decoded.for_client(plan.accepts_zstd, max_len)?, decoded)));
+    let Some((entry, stored)) = usable else {
         return Err(Miss { versions: Some(versions), fwd });
     };
     if plan.refresh {
@@ -73,7 +79,7 @@ pub(crate) fn examine(
                     .max(entry.stale_if_error)
                     .max(entry.revalidate_for) =>
         {
-            Ok((Usable::Stale { entry, staleness }, versions))
+            Ok((Usable::Stale { entry, staleness, stored }, versions))
         }
         Some(_) => Err(Miss { versions: Some(versions), fwd }),
     }

@@ -255,7 +255,7 @@ where
         Some(Ok((Usable::Fresh(entry), versions))) => {
             return Ok(serve_hit(shared, || inner, request, plan, entry, versions, now));
         }
-        Some(Ok((Usable::Stale { entry, staleness }, versions))) => {
+        Some(Ok((Usable::Stale { entry, staleness, stored }, versions))) => {
             if staleness < entry.stale_while_revalidate {
                 // Serve it now; this request refreshes it in the background, unless it is a
                 // `HEAD`, whose response would store nothing.
@@ -267,12 +267,13 @@ where
                 return Ok(stale);
             }
             // Ask the inner service whether it changed, when the entry can tell it what it
-            // has; the client's own conditions, if any, go through untouched.
+            // has (the stored validators, not those of this client's copy); the client's own
+            // conditions, if any, go through untouched.
             let revalidating = staleness < entry.revalidate_for
                 && plan.conditions.is_none()
                 && !plan.head
-                && add_validators(request.headers_mut(), &entry.headers);
-            stale = Some(StaleEntry { entry, staleness, revalidating });
+                && add_validators(request.headers_mut(), &stored.entry.headers);
+            stale = Some(StaleEntry { entry, staleness, revalidating, stored });
             (Some(versions), Forwarded::Stale)
         }
         Some(Err(Miss { versions: Some(versions), fwd })) => (Some(versions), fwd),
@@ -313,7 +314,7 @@ where
                     return Ok(revalidated(
                         &shared,
                         &plan,
-                        stale.entry,
+                        stale,
                         response.headers(),
                         versions,
                         flight,

@@ -18,6 +18,8 @@ use super::decide::Plan;
 use super::flight::{FlightGuard, Flights, Role};
 use super::shared::Shared;
 use crate::background;
+use crate::entry::compression::for_client;
+use crate::entry::decoded::Decoded;
 use crate::entry::key::lease_key;
 use crate::entry::Entry;
 use crate::outcome::Outcome;
@@ -27,24 +29,31 @@ use crate::store::TagVersion;
 /// A stale entry kept through the inner call: what a `304` refreshes, and the answer if the
 /// call fails within its `stale-if-error` window.
 pub(crate) struct StaleEntry {
+    /// This client's copy of the entry (see [`Decoded::for_client`]).
     pub(crate) entry: Entry,
     pub(crate) staleness: Duration,
     /// The request was made conditional with the entry's validators.
     pub(crate) revalidating: bool,
+    /// The entry as stored, which a revalidation stores again.
+    pub(crate) stored: Arc<Decoded>,
 }
 
 /// The inner service said `304 Not Modified` to a revalidation: the stale entry is good again.
 /// Its headers are updated from the `304` (RFC 9111 section 4.3.4), its freshness computed
 /// anew, and it is stored again without its body having crossed the wire.
+///
+/// What is stored again is the stored form (its body compressed or not as it was, its own
+/// validators); the client gets its copy of the result, as a hit would.
 pub(crate) fn revalidated<B>(
     shared: &Arc<Shared>,
     plan: &Plan,
-    stale: Entry,
+    stale: StaleEntry,
     not_modified: &HeaderMap,
     versions: Vec<TagVersion>,
     flight: Option<FlightGuard>,
 ) -> Response<CacheBody<B>> {
-    let mut headers = stale.headers;
+    let stored = stale.stored.entry.clone();
+    let mut headers = stored.headers;
     for name in not_modified.keys() {
         if *name == CONTENT_LENGTH || Some(name) == shared.settings.status.x_cache.as_ref() {
             continue;
@@ -55,13 +64,13 @@ pub(crate) fn revalidated<B>(
         }
     }
     let (mut parts, ()) = Response::new(()).into_parts();
-    parts.status = stale.status;
+    parts.status = stored.status;
     parts.headers = headers;
     let now = shared.now_ms();
     let freshness = storable(&parts, &plan.rule, plan.per_user, shared.now())
         .map(|f| f.jittered(shared.settings.ttl_jitter));
     let entry = Entry {
-        status: stale.status,
+        status: stored.status,
         headers: parts.headers,
         stored_at_ms: now.saturating_sub(freshness.map_or(0, |f| f.age.as_millis() as u64)),
         ttl: freshness.map_or(Duration::ZERO, |f| f.lifetime),
@@ -69,7 +78,7 @@ pub(crate) fn revalidated<B>(
         stale_if_error: freshness.map_or(Duration::ZERO, |f| f.stale_if_error),
         revalidate_for: freshness.map_or(Duration::ZERO, |f| f.revalidate_for),
         tags: plan.tags.iter().cloned().zip(versions).collect(),
-        ..stale
+        ..stored
     };
     let ttl = freshness.ok().map(|f| f.remaining());
     if let Ok(freshness) = freshness {
@@ -82,7 +91,16 @@ pub(crate) fn revalidated<B>(
             AfterStore { provisional: Vec::new(), flight, reservation: None },
         );
     }
-    respond_from_entry(shared, plan, entry, now, Outcome::Revalidated { ttl })
+    // This client's copy, made as a hit makes it; the stale copy if the body no longer
+    // decompresses.
+    let served = for_client(entry, plan.accepts_zstd, shared.settings.max_body_bytes);
+    respond_from_entry(
+        shared,
+        plan,
+        served.unwrap_or(stale.entry),
+        now,
+        Outcome::Revalidated { ttl },
+    )
 }
 
 /// Calls the inner service, giving up after the layer's `stale_if_error_timeout` if it has one.

@@ -1820,6 +1820,39 @@ async fn large_entries_are_stored_compressed_and_served_in_the_encoding_the_clie
     assert_eq!(&refused.body[..], json.as_bytes());
 }
 
+/// A revalidation answered `304` stores the entry again, and the client that revalidated may
+/// have been served it compressed: what is stored must still be the stored form, so that the
+/// next client without zstd gets the plain body, without `Content-Encoding`.
+#[tokio::test]
+async fn an_entry_revalidated_for_a_zstd_client_is_stored_as_it_was() {
+    let json: &'static str = Box::leak(users_json(100).into_boxed_str());
+    let (mut h, clock) = stale_rules(Rule::get().ttl(TTL)).await;
+    h.send(get("/news"), move |_| with_header(ok(json), "etag", "\"list-1\"")).await;
+    clock.advance(STALE);
+
+    let zstd = get_as("/news", "accept-encoding", "zstd");
+    let revalidated = h
+        .send(zstd, |seen| {
+            let asked = &seen.headers()["if-none-match"];
+            assert_eq!(asked, "\"list-1\"", "the stored validator, not this client's copy's");
+            with_status(Response::new(full("")), StatusCode::NOT_MODIFIED)
+        })
+        .await;
+    assert_eq!(revalidated.x_cache(), "REVALIDATED");
+    assert_eq!(revalidated.headers["content-encoding"], "zstd");
+    assert_eq!(revalidated.headers["etag"], "\"list-1-zstd\"");
+    assert_eq!(zstd::decode_all(&revalidated.body[..]).unwrap(), json.as_bytes());
+
+    let plain = h.get("/news", "unused").await;
+    assert_eq!((plain.x_cache(), &plain.body[..]), ("HIT", json.as_bytes()));
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert_eq!(plain.headers["etag"], "\"list-1\"");
+    assert_eq!(plain.headers["content-length"], json.len().to_string().as_str());
+    let again = h.send(get_as("/news", "accept-encoding", "zstd"), |_| ok("unused")).await;
+    assert_eq!(again.headers["etag"], "\"list-1-zstd\"");
+    assert_eq!(zstd::decode_all(&again.body[..]).unwrap(), json.as_bytes());
+}
+
 #[tokio::test]
 async fn small_bodies_and_already_encoded_ones_are_stored_as_they_are() {
     let mut h = Harness::users().await;
