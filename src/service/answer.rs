@@ -112,7 +112,8 @@ pub(crate) fn respond_from_entry<B>(
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
-    // Decoded entries carry theirs (see `Decoded::for_client`); a `HEAD` has the `GET`'s.
+    // Copies from the decoded entries carry theirs (see `Decoded::for_client`); a revalidated
+    // entry's copy gets it here. A `HEAD` has the `GET`'s.
     if !response.headers().contains_key(CONTENT_LENGTH) {
         response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
     }

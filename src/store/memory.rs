@@ -148,9 +148,7 @@ impl MemoryStore {
         self.versions.run_pending_tasks();
         self.versions.weighted_size()
     }
-}
 
-impl MemoryStore {
     /// The entry under `key` and the versions of `tags`, as they are now.
     fn read(&self, key: &str, tags: &[String]) -> Lookup {
         Lookup {
