@@ -11,7 +11,7 @@
 //! |------------------|-------------------------|---------------------------------------------------------|
 //! | `UPSTREAM_URL`   | required                | `http://host:port`, optionally with a base path         |
 //! | `BIND`           | `127.0.0.1:3001`        | address to listen on (`127.0.0.1:0` picks a free port)  |
-//! | `CACHE_TTL_SECS` | `60`                    | how long `GET` responses stay cached                    |
+//! | `CACHE_TTL_SECS` | `60`                    | how long responses that say nothing of it stay cached   |
 //! | `CACHE_STORE`    | see below               | `none`, `memory`, `redis` or `tiered`                   |
 //! | `REDIS_URL`      | unset: in-process store | cache in Redis, e.g. `redis://127.0.0.1:6379`           |
 //! | `CACHE_L1_BYTES` | `67108864` (64 MiB)     | `tiered` only: the in-process cache in front of Redis   |
@@ -33,9 +33,12 @@
 //! hop-by-hop headers (those `Connection` names included) and `Host` (the upstream's is used;
 //! the host the client asked for, the target's authority if it has one, else `Host`, goes in
 //! `X-Forwarded-Host`). The upstream's status, headers (but hop-by-hop ones) and body come back
-//! as they are, streamed both ways. Only `200` responses to `GET` are stored, under the crate's
-//! default safety rules (no `Set-Cookie`, no `Cache-Control: no-store`/`private`...); other
-//! methods pass straight through. The upstream must be plain `http://`: this example has no TLS.
+//! as they are, streamed both ways. Responses to `GET` are stored as a shared HTTP cache stores
+//! them (`Rule::http_cache`, RFC 9111): any status the upstream gives explicit freshness
+//! (`max-age`, `s-maxage`, `Expires`), and the heuristically cacheable ones (`200`, `301`,
+//! `404`, `410`...) for 10% of the time since their `Last-Modified`, else for `CACHE_TTL_SECS`;
+//! never with `Set-Cookie`, `no-store`, or `private` in a shared entry. Other methods pass
+//! straight through. The upstream must be plain `http://`: this example has no TLS.
 //!
 //! Every response carries `X-Cache: HIT`, `MISS` or `BYPASS` (but with `CACHE_STORE=none`); an
 //! unreachable upstream is a `502`, a silent one a `504`.
@@ -163,7 +166,8 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
     Ok(Some(cache))
 }
 
-/// Caches every `GET` (`/` and everything under it) for `ttl`.
+/// Caches every `GET` (`/` and everything under it) as a shared HTTP cache does, for `ttl` when
+/// a heuristically cacheable response has neither freshness nor `Last-Modified`.
 ///
 /// Anonymous requests share entries; a request with `Authorization` or `Cookie` gets entries of
 /// its own, keyed by a digest of both headers (a session cookie alone must not land a personal
@@ -174,7 +178,7 @@ fn cache_layer(
     refresh_ahead: bool,
 ) -> Result<CacheLayer, BuildError> {
     let rule = || {
-        Rule::get()
+        Rule::http_cache()
             .ttl(ttl)
             .per_user_by(UserFromHeader::authorization().and(header::COOKIE))
             .share_anonymous()

@@ -66,7 +66,8 @@
 //! |---|---|
 //! | Only `GET` and `HEAD` are looked up | other methods change things or depend on their body |
 //! | Freshness comes from the response (`s-maxage`, `max-age`, `Expires`, less `Age`), else the rule's `ttl` | the origin knows how long its data stays good |
-//! | Only `200` is stored (configurable) | errors and redirects are rarely meant to be shared |
+//! | Only `200` is stored (configurable; a reverse proxy uses [`Rule::http_cache`], RFC 9111's shared-cache rules) | errors and redirects are rarely meant to be shared |
+//! | `Expires`, `Date` and `Last-Modified` are read in all three HTTP-date forms and any letter case; an invalid `Expires` is expired, an `Age` that is not digits is stale | a date the cache cannot read never becomes "fresh for the rule's TTL" |
 //! | `Set-Cookie`, `Cache-Control: no-store`, `no-cache="field"` and `Vary: *` are never stored; `no-cache` only with a validator, revalidated before every use | they are meant for one client, or for no cache |
 //! | `Cache-Control: private`, with a field list or without, only into per-user entries | it is for one user |
 //! | A `Cache-Control` that does not follow RFC 9111's grammar (`private;`, `"private"`), or whose `max-age` is not a number or is given twice, is never stored | a lenient reading could miss a `private` or a `no-store` in it |

@@ -837,13 +837,26 @@ async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
         }
     }
 
-    // Statuses other than 200 come back as they are and are not stored.
+    // Statuses come back as they are, and are stored as a shared HTTP cache stores them: any
+    // with explicit freshness, heuristically cacheable ones without, others never.
     for round in 1..=2 {
-        let reply = api.get("/status/404", None).await;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND);
-        assert_eq!(reply.cache, "MISS");
-        assert_eq!(upstream.hits("GET /status/404"), round);
+        let reply = api.get("/status/503", None).await;
+        assert_eq!((reply.status, reply.cache.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "MISS"));
+        assert_eq!(upstream.hits("GET /status/503"), round);
     }
+    let fresh_503 = "/status/503?cache-control=max-age%3D60";
+    for path in
+        [fresh_503, "/status/404", "/status/410?last-modified=Sun,+06+Nov+1994+08:49:37+GMT"]
+    {
+        let first = api.get(path, None).await;
+        assert_eq!(first.cache, "MISS", "{path}");
+        api.wait_stored(path, None).await;
+        let second = api.get(path, None).await;
+        assert_eq!((second.status, second.cache.as_str()), (first.status, "HIT"), "{path}");
+        assert_eq!(second.body, first.body, "{path}");
+    }
+    assert_eq!(upstream.hits("GET /status/503"), 3);
+    assert_eq!((upstream.hits("GET /status/404"), upstream.hits("GET /status/410")), (1, 1));
 
     // Each set of credentials gets its own entry; anonymous requests share one.
     let callers: [(&str, Option<&str>, Option<&str>); 4] = [
@@ -961,7 +974,17 @@ async fn upstream_handler(
         "body": String::from_utf8_lossy(&body),
         "hit": hit,
     });
-    (status, [("x-upstream", "yes")], axum::Json(seen)).into_response()
+    let mut response = (status, [("x-upstream", "yes")], axum::Json(seen)).into_response();
+    // `?cache-control=...` and `?last-modified=...` become those response headers.
+    let query = uri.query().unwrap_or("").as_bytes();
+    for (name, value) in form_urlencoded::parse(query) {
+        if ["cache-control", "last-modified"].contains(&name.as_ref()) {
+            let value = axum::http::HeaderValue::from_str(&value).unwrap();
+            let name = axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 // =============================================================================================

@@ -148,6 +148,7 @@ pub fn response_case(data: &[u8]) -> ResponseCase {
             b"ignore-cache-control" => case.upstream_cache_control = false,
             b"per-user" => case.per_user = true,
             b"head" => case.head = true,
+            b"http-cache" => case.http_cache = true,
             b"surrogate-keys" => case.surrogate_keys = true,
             b"jitter" => case.jitter_percent = number(value).unwrap_or(0),
             b"now" => case.now_secs = number(value).unwrap_or(case.now_secs),

@@ -11,7 +11,6 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH};
 
 use super::compression::for_client;
 use super::Entry;
@@ -96,7 +95,7 @@ impl Decoded {
                 // every hit, needs none, and its head is made here once: its length.
                 let entry = Entry { tags: Vec::new(), ..self.entry.clone() };
                 let mut entry = for_client(entry, accepts_zstd, max_len)?;
-                entry.headers.insert(CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+                entry.set_content_length();
                 // Room in the header table for what every answer adds (`Age`, the status
                 // headers): a clone keeps the table's size, so adding them does not rehash it.
                 entry.headers.reserve(ANSWER_HEADERS);

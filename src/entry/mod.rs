@@ -79,6 +79,15 @@ struct Meta {
 }
 
 impl Entry {
+    /// Writes the body's length in `Content-Length`, unless the status is `204`, whose
+    /// responses never carry one (RFC 9110 section 8.6).
+    pub(crate) fn set_content_length(&mut self) {
+        if self.status != http::StatusCode::NO_CONTENT {
+            let length = http::HeaderValue::from(self.body.len());
+            self.headers.insert(http::header::CONTENT_LENGTH, length);
+        }
+    }
+
     /// How long past its freshness the entry is at `now_ms`; `None` while it is fresh.
     pub(crate) fn staleness(&self, now_ms: u64) -> Option<Duration> {
         let expires = self.stored_at_ms.saturating_add(millis(self.ttl));

@@ -47,6 +47,8 @@ pub struct ResponseCase {
     pub per_user: bool,
     /// Whether the request was a `HEAD`.
     pub head: bool,
+    /// Whether the rule is [`Rule::http_cache`] rather than [`Rule::get`].
+    pub http_cache: bool,
     /// The rule's `vary` headers.
     pub vary: Vec<String>,
     /// Whether `Surrogate-Key` counts as `Cache-Groups`.
@@ -73,6 +75,7 @@ impl Default for ResponseCase {
             upstream_cache_control: true,
             per_user: false,
             head: false,
+            http_cache: false,
             vary: Vec::new(),
             surrogate_keys: false,
             jitter_percent: 0,
@@ -109,10 +112,13 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
     response.headers = lenient_header_map(&case.response);
     let headers = &response.headers;
 
-    let mut rule = Rule::get()
-        .tag("r")
-        .vary(case.vary.iter().cloned())
-        .cache_statuses([StatusCode::OK, StatusCode::NON_AUTHORITATIVE_INFORMATION]);
+    let mut rule = match case.http_cache {
+        true => Rule::http_cache(),
+        false => {
+            Rule::get().cache_statuses([StatusCode::OK, StatusCode::NON_AUTHORITATIVE_INFORMATION])
+        }
+    };
+    rule = rule.tag("r").vary(case.vary.iter().cloned());
     if let Some(ttl) = case.ttl_secs {
         rule = rule.ttl(Duration::from_secs(ttl));
     }
@@ -285,11 +291,16 @@ fn check_storable(
 ) {
     let Some(fresh) = fresh else { return };
     assert!(!case.head, "a HEAD response was stored");
-    assert!(plan.rule.statuses.contains(&status), "a {status} response was stored");
+    assert!(plan.rule.statuses.contains(status), "a {status} response was stored");
     assert!(!headers.contains_key(header::SET_COOKIE), "a Set-Cookie response was stored");
     assert!(!lists(headers, &header::VARY, "*"), "a Vary: * response was stored");
     if case.upstream_cache_control {
-        assert!(!lists(headers, &header::CACHE_CONTROL, "no-store"), "no-store was stored");
+        let must_understand = plan.rule.http_cache.is_some()
+            && lists(headers, &header::CACHE_CONTROL, "must-understand");
+        assert!(
+            !lists(headers, &header::CACHE_CONTROL, "no-store") || must_understand,
+            "no-store was stored"
+        );
         if !plan.per_user {
             assert!(
                 !lists(headers, &header::CACHE_CONTROL, "private"),
@@ -306,7 +317,9 @@ fn check_storable(
             .collect();
         let directives = lines.expect("a Cache-Control the grammar rejects was stored").concat();
         let says = |name: &str| directives.iter().any(|d| d.name == name);
-        assert!(!says("no-store"), "no-store was stored");
+        // Only a shared-cache rule implements `must-understand`, which lifts `no-store`.
+        let understood = plan.rule.http_cache.is_some() && says("must-understand");
+        assert!(!says("no-store") || understood, "no-store was stored");
         assert!(
             !directives.iter().any(|d| d.name == "no-cache" && d.argument.is_some()),
             "no-cache with field names was stored"

@@ -34,6 +34,8 @@
 //! | `max-age`, `s-maxage`, `stale-while-revalidate` or `stale-if-error` whose value is not delta-seconds, or one of them twice with different values | never stores it: RFC 9111 section 4.2.1 lets a cache consider invalid or repeated freshness stale, and a stale response is not worth storing |
 //! | a delta-seconds value past 2^31 | reads 2^31 (RFC 9111 section 1.2.2) |
 //! | `must-revalidate`, `proxy-revalidate` | never serves it stale |
+//! | `public` | under [`Rule::http_cache`](crate::Rule::http_cache): gives it heuristic freshness whatever its status (RFC 9111 section 4.2.2) |
+//! | `must-understand` | under [`Rule::http_cache`](crate::Rule::http_cache): stores it despite `no-store` when its status is one the cache implements, never otherwise (section 5.2.2.3) |
 //! | any other directive | ignores it |
 //!
 //! Delta-seconds are `1*DIGIT`, in a token or in a quoted string (RFC 9111 section 5.2: a
@@ -71,6 +73,8 @@ pub(crate) struct CacheControl {
     /// `no-cache` with a field list (`no-cache="set-cookie"`).
     no_cache_fields: bool,
     private: bool,
+    public: bool,
+    must_understand: bool,
     must_revalidate: bool,
     proxy_revalidate: bool,
     max_age: Delta,
@@ -177,6 +181,16 @@ impl CacheControl {
         self.private
     }
 
+    /// Whether it says `public`.
+    pub(crate) fn public(&self) -> bool {
+        self.public
+    }
+
+    /// Whether it says `must-understand` (RFC 9111 section 5.2.2.3).
+    pub(crate) fn must_understand(&self) -> bool {
+        self.must_understand
+    }
+
     /// Whether it says `must-revalidate`.
     pub(crate) fn must_revalidate(&self) -> bool {
         self.must_revalidate
@@ -251,6 +265,10 @@ impl CacheControl {
             }
         } else if is("private") {
             self.private = true;
+        } else if is("public") {
+            self.public = true;
+        } else if is("must-understand") {
+            self.must_understand = true;
         } else if is("must-revalidate") {
             self.must_revalidate = true;
         } else if is("proxy-revalidate") {
@@ -429,10 +447,16 @@ mod tests {
 
     #[test]
     fn unknown_directives_are_ignored() {
-        assert_eq!(
-            read("public, immutable, x-ext=\"a;b\", community=UCI"),
-            CacheControl::default()
-        );
+        assert_eq!(read("immutable, x-ext=\"a;b\", community=UCI"), CacheControl::default());
+    }
+
+    #[test]
+    fn public_and_must_understand_are_read_in_any_case() {
+        let cc = read("Public, MUST-UNDERSTAND, no-store");
+        assert!(cc.public() && cc.must_understand() && cc.no_store());
+        assert!(!read("x-public, must-understandx").public());
+        // A quoted string is an argument, never a directive.
+        assert!(!read("x=\"public\"").public());
     }
 
     /// Pieces of `Cache-Control` lines, well formed and sloppy, from which the property test

@@ -12,5 +12,6 @@ pub(crate) mod freshness;
 pub(crate) mod groups;
 pub(crate) mod guard;
 pub(crate) mod storable;
+pub(crate) mod time_fields;
 pub(crate) mod value;
 pub(crate) mod vary;

@@ -3,12 +3,12 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::response;
+use http::{response, StatusCode};
 
 use super::cache_control::CacheControl;
 use super::freshness::{freshness, Freshness};
 use crate::grpc;
-use crate::rules::ReadRule;
+use crate::rules::{ReadRule, NEVER_STORED};
 
 /// How long a response to a request for `rule` may be stored, or why it may not; `per_user`
 /// says whether its entry belongs to one identified user.
@@ -18,7 +18,7 @@ pub(crate) fn storable(
     per_user: bool,
     now: SystemTime,
 ) -> Result<Freshness, &'static str> {
-    if !rule.statuses.contains(&response.status) {
+    if !rule.statuses.contains(response.status) {
         return Err("status not cacheable");
     }
     let headers = &response.headers;
@@ -35,7 +35,15 @@ pub(crate) fn storable(
         false => None,
     };
     if let Some(cc) = &cache_control {
-        if cc.no_store() {
+        // RFC 9111 section 5.2.2.3: a cache that implements the status's caching may store it
+        // despite `no-store`; no other cache may store it at all.
+        let understood = rule.http_cache.is_some() && understands(response.status);
+        if cc.must_understand() && rule.http_cache.is_some() && !understood {
+            return Err(
+                "Cache-Control: must-understand, with a status this cache does not implement",
+            );
+        }
+        if cc.no_store() && !(cc.must_understand() && understood) {
             return Err("Cache-Control: no-store");
         }
         if cc.private() && !per_user {
@@ -61,7 +69,7 @@ pub(crate) fn storable(
             return Err("Vary: *");
         }
     }
-    let mut fresh = freshness(headers, cache_control.as_ref(), rule, now);
+    let mut fresh = freshness(response.status, headers, cache_control.as_ref(), rule, now)?;
     if cache_control.as_ref().is_some_and(CacheControl::no_cache) {
         // Stored, but never used without asking the inner service first (RFC 9111 section
         // 5.2.2.4), which takes a validator to ask with.
@@ -69,6 +77,9 @@ pub(crate) fn storable(
             return Err("Cache-Control: no-cache without a validator");
         }
         fresh.revalidate_for = fresh.lifetime.max(rule.ttl);
+        if fresh.revalidate_for.is_zero() {
+            return Err("Cache-Control: no-cache, with no lifetime to keep it for");
+        }
         fresh.lifetime = Duration::ZERO;
         fresh.stale_while_revalidate = Duration::ZERO;
         fresh.stale_if_error = Duration::ZERO;
@@ -78,6 +89,20 @@ pub(crate) fn storable(
         return Err("already stale");
     }
     Ok(fresh)
+}
+
+/// Whether RFC 9110 defines `status` and an [`http_cache`](crate::Rule::http_cache) rule
+/// implements what caching it takes (`must-understand`): every final status of RFC 9110 but
+/// those such a rule never stores, and `305`, which is deprecated.
+fn understands(status: StatusCode) -> bool {
+    const DEFINED: [u16; 42] = [
+        200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 304, 305, 307, 308, 400, 401, 402,
+        403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 426,
+        500, 501, 502, 503, 504, 505,
+    ];
+    DEFINED.contains(&status.as_u16())
+        && status != StatusCode::USE_PROXY
+        && !NEVER_STORED.contains(&status)
 }
 
 /// The headers kept in an entry: everything but hop-by-hop headers, the length (recomputed on
@@ -100,4 +125,67 @@ pub(crate) fn stored_headers(headers: &HeaderMap, x_cache: Option<&HeaderName>) 
     }
     kept.remove("keep-alive");
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::test_util::header_map as map;
+
+    fn stored(rule: &ReadRule, status: u16, headers: &[(&'static str, &'static str)]) -> bool {
+        let mut response = http::Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        *response.headers_mut() = map(headers);
+        let (parts, ()) = response.into_parts();
+        storable(&parts, rule, false, UNIX_EPOCH).is_ok()
+    }
+
+    fn app_rule() -> ReadRule {
+        ReadRule::for_tests(Duration::from_secs(60))
+    }
+
+    fn http_cache_rule() -> ReadRule {
+        ReadRule::http_cache_for_tests(Duration::ZERO)
+    }
+
+    #[test]
+    fn an_http_cache_rule_stores_any_final_status_with_explicit_freshness() {
+        let ten = [("cache-control", "max-age=10")];
+        for status in [200, 203, 301, 404, 410, 418, 429, 500, 503, 599] {
+            assert!(stored(&http_cache_rule(), status, &ten), "{status}");
+        }
+        for status in [206, 304, 412, 416] {
+            assert!(!stored(&http_cache_rule(), status, &ten), "{status}");
+        }
+        // App rules keep their listed statuses.
+        assert!(stored(&app_rule(), 200, &ten));
+        assert!(!stored(&app_rule(), 404, &ten));
+    }
+
+    #[test]
+    fn must_understand_lifts_no_store_for_statuses_the_cache_implements_only() {
+        let understood = [("cache-control", "max-age=10, must-understand, no-store")];
+        assert!(stored(&http_cache_rule(), 200, &understood));
+        assert!(stored(&http_cache_rule(), 404, &understood));
+        // A status RFC 9110 does not define, or one this cache never stores whole.
+        assert!(!stored(&http_cache_rule(), 299, &understood));
+        assert!(!stored(
+            &http_cache_rule(),
+            299,
+            &[("cache-control", "max-age=10, must-understand")]
+        ));
+        // App rules do not implement it: `no-store` stands.
+        assert!(!stored(&app_rule(), 200, &understood));
+    }
+
+    #[test]
+    fn no_cache_needs_a_lifetime_to_revalidate_within() {
+        let no_cache = [("cache-control", "no-cache"), ("etag", "\"v1\"")];
+        assert!(stored(&app_rule(), 200, &no_cache), "the rule's TTL");
+        assert!(!stored(&http_cache_rule(), 200, &no_cache), "neither explicit nor heuristic");
+        let with_max_age = [("cache-control", "no-cache, max-age=60"), ("etag", "\"v1\"")];
+        assert!(stored(&http_cache_rule(), 200, &with_max_age));
+    }
 }

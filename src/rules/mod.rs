@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 
-pub(crate) use self::table::{Matched, ReadRule, RouteTable, RuleDefaults, Scope};
+pub(crate) use self::table::{
+    HttpCache, Matched, ReadRule, RouteTable, RuleDefaults, Scope, NEVER_STORED,
+};
 pub use self::template::escape_tag_param;
 use crate::user::IdentifyUser;
 
@@ -60,6 +62,10 @@ pub struct Rule {
     pub(crate) bypass_headers: Vec<String>,
     pub(crate) query_params: Option<Vec<String>>,
     pub(crate) statuses: Option<Vec<StatusCode>>,
+    /// [`Rule::http_cache`]: RFC 9111's rules for a shared cache instead of the app defaults.
+    pub(crate) http_cache: bool,
+    pub(crate) heuristic_percent: Option<u8>,
+    pub(crate) max_heuristic_ttl: Option<Duration>,
     /// A unary gRPC method's rule: its `POST`s are reads, keyed on their message.
     pub(crate) grpc: bool,
 }
@@ -87,6 +93,7 @@ impl std::fmt::Debug for Rule {
             .field("evicts", &self.evicts)
             .field("vary", &self.vary)
             .field("statuses", &self.statuses)
+            .field("http_cache", &self.http_cache)
             .field("grpc", &self.grpc)
             .finish_non_exhaustive()
     }
@@ -141,8 +148,60 @@ impl Rule {
             bypass_headers: Vec::new(),
             query_params: None,
             statuses: None,
+            http_cache: false,
+            heuristic_percent: None,
+            max_heuristic_ttl: None,
             grpc: false,
         }
+    }
+
+    /// Caches `GET` responses as a shared HTTP cache does (RFC 9111), for a cache in front of a
+    /// whole upstream: a reverse proxy, where the upstream's headers are the only rules.
+    ///
+    /// What it does differently from [`Rule::get`]:
+    ///
+    /// - **Any final status may be stored** when the response gives it explicit freshness
+    ///   (`s-maxage`, `max-age` or `Expires`; RFC 9111 section 3): a `404` or a `503` with
+    ///   `max-age=10` is served from the cache for 10 seconds. `206` (a part of a body), `304`,
+    ///   `412` and `416` (answers to the request's own conditions or ranges) never are.
+    /// - **Heuristic freshness** (section 4.2.2) for a response without explicit freshness
+    ///   whose status is heuristically cacheable (RFC 9110 section 15.1: `200`, `203`, `204`,
+    ///   `300`, `301`, `308`, `404`, `405`, `410`, `414`, `501`) or that says `public`:
+    ///   [`heuristic_percent`](Self::heuristic_percent) of the time since its `Last-Modified`
+    ///   (default 10%), at most [`max_heuristic_ttl`](Self::max_heuristic_ttl) (default a day).
+    ///   Without `Last-Modified` it is the rule's [`ttl`](Self::ttl) when one is set; without
+    ///   one, such a response is not stored. The layer's `default_ttl` does not apply.
+    /// - **`must-understand`** (section 5.2.2.3): such a response is stored, `no-store`
+    ///   notwithstanding, when its status is one whose caching RFC 9110 defines and this cache
+    ///   implements (all but the four above); with any other status it is never stored.
+    ///
+    /// Everything else is as for [`Rule::get`]: who shares entries ([`per_user`](Self::per_user),
+    /// [`shared`](Self::shared)), `private`, `no-store`, `no-cache`, `Vary`, `Set-Cookie`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+    ///
+    /// let proxy_cache = CacheLayer::builder(MemoryStore::default())
+    ///     .route("/{*path}", Rule::http_cache().max_heuristic_ttl(Duration::from_secs(3600)))
+    ///     .build()?;
+    /// # Ok::<(), tower_redis_cache::BuildError>(())
+    /// ```
+    pub fn http_cache() -> Self {
+        Self { http_cache: true, ..Self::get() }
+    }
+
+    /// With [`http_cache`](Self::http_cache): the share of the time since a response's
+    /// `Last-Modified` that it is heuristically fresh for (default 10, at most 100).
+    pub fn heuristic_percent(mut self, percent: u8) -> Self {
+        self.heuristic_percent = Some(percent);
+        self
+    }
+
+    /// With [`http_cache`](Self::http_cache): the longest heuristic freshness (default a day).
+    pub fn max_heuristic_ttl(mut self, max: Duration) -> Self {
+        self.max_heuristic_ttl = Some(max);
+        self
     }
 
     /// Caches the responses of a unary gRPC method, on its `/package.Service/Method` path.
@@ -179,7 +238,8 @@ impl Rule {
     }
 
     /// How long entries of this route stay fresh when the response does not say (default: the
-    /// layer's [`default_ttl`](crate::CacheLayerBuilder::default_ttl)).
+    /// layer's [`default_ttl`](crate::CacheLayerBuilder::default_ttl); for
+    /// [`http_cache`](Self::http_cache) rules, see there).
     ///
     /// A response's own `Cache-Control: s-maxage` or `max-age`, or its `Expires`, take
     /// precedence (RFC 9111 section 4.2.1), within [`max_ttl`](Self::max_ttl).
@@ -312,7 +372,8 @@ impl Rule {
     }
 
     /// The response statuses that may be stored (default: the layer's
-    /// [`cache_statuses`](crate::CacheLayerBuilder::cache_statuses), itself `200` by default).
+    /// [`cache_statuses`](crate::CacheLayerBuilder::cache_statuses), itself `200` by default;
+    /// for [`http_cache`](Self::http_cache) rules, any final status it may store).
     pub fn cache_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = Some(statuses.into_iter().collect());
         self

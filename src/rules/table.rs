@@ -37,7 +37,9 @@ pub(crate) struct ReadRule {
     pub(crate) bypass_headers: Vec<HeaderName>,
     /// The query parameters that are part of the key; `None` for all of them.
     pub(crate) query_params: Option<Vec<String>>,
-    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) statuses: Statuses,
+    /// A [`Rule::http_cache`] rule's settings; `None` for app rules.
+    pub(crate) http_cache: Option<HttpCache>,
     /// A unary gRPC method: its `POST`s are the reads, keyed on their message.
     pub(crate) grpc: bool,
 }
@@ -58,10 +60,66 @@ impl ReadRule {
             vary: Arc::new([]),
             bypass_headers: Vec::new(),
             query_params: None,
-            statuses: vec![StatusCode::OK],
+            statuses: Statuses::Listed(vec![StatusCode::OK]),
+            http_cache: None,
             grpc: false,
         }
     }
+
+    /// The same for a [`Rule::http_cache`] rule with its defaults; `ttl` may be zero.
+    pub(crate) fn http_cache_for_tests(ttl: Duration) -> Self {
+        Self {
+            statuses: Statuses::AnyFinal,
+            http_cache: Some(HttpCache {
+                heuristic_percent: HttpCache::DEFAULT_HEURISTIC_PERCENT,
+                max_heuristic_ttl: HttpCache::DEFAULT_MAX_HEURISTIC_TTL,
+            }),
+            ..Self::for_tests(ttl)
+        }
+    }
+}
+
+/// The response statuses a read rule may store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Statuses {
+    /// These (the rule's `cache_statuses`, or the layer's).
+    Listed(Vec<StatusCode>),
+    /// Any final status but those never stored (an [`http_cache`](Rule::http_cache) rule's
+    /// default).
+    AnyFinal,
+}
+
+impl Statuses {
+    pub(crate) fn contains(&self, status: StatusCode) -> bool {
+        match self {
+            Statuses::Listed(listed) => listed.contains(&status),
+            Statuses::AnyFinal => !status.is_informational() && !NEVER_STORED.contains(&status),
+        }
+    }
+}
+
+/// Statuses an [`http_cache`](Rule::http_cache) rule never stores: `206` holds a part of the
+/// body, and `304`, `412` and `416` answer the request's own conditions or ranges, which are
+/// not in the key.
+pub(crate) const NEVER_STORED: [StatusCode; 4] = [
+    StatusCode::PARTIAL_CONTENT,
+    StatusCode::NOT_MODIFIED,
+    StatusCode::PRECONDITION_FAILED,
+    StatusCode::RANGE_NOT_SATISFIABLE,
+];
+
+/// The settings of an [`http_cache`](Rule::http_cache) rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HttpCache {
+    /// The share of the time since `Last-Modified` a response is heuristically fresh for.
+    pub(crate) heuristic_percent: u8,
+    /// The longest heuristic freshness.
+    pub(crate) max_heuristic_ttl: Duration,
+}
+
+impl HttpCache {
+    const DEFAULT_HEURISTIC_PERCENT: u8 = 10;
+    const DEFAULT_MAX_HEURISTIC_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 }
 
 /// Whose entry a response goes into.
@@ -256,6 +314,31 @@ fn check_pattern(pattern: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// An `http_cache` rule's settings, checked; `None` for other rules, which must not set them.
+fn http_cache_settings(rule: &Rule) -> Result<Option<HttpCache>, String> {
+    if !rule.http_cache {
+        let stray = [
+            (rule.heuristic_percent.is_some(), "heuristic_percent"),
+            (rule.max_heuristic_ttl.is_some(), "max_heuristic_ttl"),
+        ];
+        return match stray.iter().find(|(set, _)| *set) {
+            Some((_, name)) => Err(format!("`{name}` applies to `http_cache()` rules only")),
+            None => Ok(None),
+        };
+    }
+    if !rule.upstream_cache_control {
+        return Err("an `http_cache()` rule follows the response's `Cache-Control`: \
+                    `ignore_upstream_cache_control` contradicts it"
+            .into());
+    }
+    let heuristic_percent = rule.heuristic_percent.unwrap_or(HttpCache::DEFAULT_HEURISTIC_PERCENT);
+    if heuristic_percent > 100 {
+        return Err(format!("`heuristic_percent` is {heuristic_percent}; at most 100"));
+    }
+    let max_heuristic_ttl = rule.max_heuristic_ttl.unwrap_or(HttpCache::DEFAULT_MAX_HEURISTIC_TTL);
+    Ok(Some(HttpCache { heuristic_percent, max_heuristic_ttl }))
+}
+
 enum Compiled {
     Read(ReadRule),
     Mutation(MutationRule),
@@ -283,10 +366,15 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
                 "a {kind} rule cannot evict tags: give the writes their own rule"
             )));
         }
-        let ttl = rule.ttl.unwrap_or(defaults.ttl);
-        if ttl.is_zero() {
+        // An `http_cache` rule's TTL is only a fallback for heuristics, and none by default.
+        let ttl = match rule.http_cache {
+            true => rule.ttl.unwrap_or_default(),
+            false => rule.ttl.unwrap_or(defaults.ttl),
+        };
+        if ttl.is_zero() && (rule.ttl.is_some() || !rule.http_cache) {
             return Err(err("`ttl` must be more than zero".into()));
         }
+        let http_cache = http_cache_settings(&rule).map_err(err)?;
         // The layer's default TTL is capped by `max_ttl`; a rule's own TTL above it is a mistake.
         let ttl = match rule.max_ttl {
             Some(max) if max.is_zero() => {
@@ -344,10 +432,14 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         if rule.query_params.as_ref().is_some_and(|names| names.iter().any(String::is_empty)) {
             return Err(err("`key_query_params` names an empty parameter".into()));
         }
-        let statuses = rule.statuses.unwrap_or_else(|| defaults.statuses.clone());
-        if statuses.is_empty() {
-            return Err(err("`cache_statuses` must name at least one status".into()));
-        }
+        let statuses = match (rule.statuses, rule.http_cache) {
+            (Some(statuses), _) if statuses.is_empty() => {
+                return Err(err("`cache_statuses` must name at least one status".into()));
+            }
+            (Some(statuses), _) => Statuses::Listed(statuses),
+            (None, true) => Statuses::AnyFinal,
+            (None, false) => Statuses::Listed(defaults.statuses.clone()),
+        };
         return Ok(Compiled::Read(ReadRule {
             pattern: pattern.into(),
             ttl,
@@ -361,6 +453,7 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
             bypass_headers,
             query_params: rule.query_params,
             statuses,
+            http_cache,
             grpc: rule.grpc,
         }));
     }
@@ -380,6 +473,8 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         (!rule.bypass_headers.is_empty(), "bypass_header"),
         (rule.query_params.is_some(), "key_query_params"),
         (rule.statuses.is_some(), "cache_statuses"),
+        (rule.heuristic_percent.is_some(), "heuristic_percent"),
+        (rule.max_heuristic_ttl.is_some(), "max_heuristic_ttl"),
     ];
     if let Some((_, name)) = read_only_setting.iter().find(|(set, _)| *set) {
         return Err(err(format!("`{name}` applies to GET rules, not to mutation rules")));
@@ -601,5 +696,38 @@ mod tests {
             problem(vec![("/a", Rule::methods([Method::OPTIONS]))], vec![]),
             "route `/a`: OPTIONS requests are neither cached nor evict tags"
         );
+    }
+
+    #[test]
+    fn http_cache_settings_are_checked_and_name_the_route() {
+        assert_eq!(
+            problem(vec![("/a", Rule::get().heuristic_percent(10))], vec![]),
+            "route `/a`: `heuristic_percent` applies to `http_cache()` rules only"
+        );
+        let max = Duration::from_secs(60);
+        assert_eq!(
+            problem(vec![("/a", Rule::post().max_heuristic_ttl(max).evicts(["x"]))], vec![]),
+            "route `/a`: `max_heuristic_ttl` applies to GET rules, not to mutation rules"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::http_cache().heuristic_percent(101))], vec![]),
+            "route `/a`: `heuristic_percent` is 101; at most 100"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::http_cache().ignore_upstream_cache_control())], vec![]),
+            "route `/a`: an `http_cache()` rule follows the response's `Cache-Control`: \
+             `ignore_upstream_cache_control` contradicts it"
+        );
+        assert_eq!(
+            problem(vec![("/a", Rule::http_cache().ttl(Duration::ZERO))], vec![]),
+            "route `/a`: `ttl` must be more than zero"
+        );
+        // No TTL of its own is none at all, not the layer's default.
+        let table = build(vec![("/a", Rule::http_cache())], vec![]).unwrap();
+        let Matched::Read { rule, .. } = table.classify(&Method::GET, "/a") else {
+            panic!("a GET on an http_cache rule is a read");
+        };
+        assert_eq!(rule.ttl, Duration::ZERO);
+        assert_eq!(rule.statuses, Statuses::AnyFinal);
     }
 }

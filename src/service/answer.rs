@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
+use http::header::{AGE, CONTENT_LENGTH};
 use http::{Response, StatusCode};
 
 use super::body::CacheBody;
@@ -90,20 +90,26 @@ pub(crate) fn examine(
 pub(crate) fn respond_from_entry<B>(
     shared: &Shared,
     plan: &Plan,
-    entry: Entry,
+    mut entry: Entry,
     now: u64,
     outcome: Outcome,
 ) -> Response<CacheBody<B>> {
     let age = value::number(entry.age_secs(now));
-    if plan.conditions.as_ref().is_some_and(|c| c.not_modified(&entry.headers)) {
+    // Only a response that would be a 2xx answers to conditions (RFC 9110 section 13.2.1).
+    let conditions = plan.conditions.as_ref().filter(|_| entry.status.is_success());
+    if conditions.is_some_and(|c| c.not_modified(&entry.headers)) {
         let mut response = Response::new(CacheBody::cached(Bytes::new(), None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         *response.headers_mut() = not_modified_headers(&entry.headers);
         response.headers_mut().insert(AGE, age);
         return shared.mark(response, outcome, plan, None);
     }
-    let length = entry.body.len();
-    let served = (!plan.head).then_some(length);
+    // Copies from the decoded entries carry their length (see `Decoded::for_client`); a
+    // revalidated entry's copy gets it here. A `HEAD` has the `GET`'s.
+    if !entry.headers.contains_key(CONTENT_LENGTH) {
+        entry.set_content_length();
+    }
+    let served = (!plan.head).then_some(entry.body.len());
     let body = if plan.head {
         CacheBody::cached(Bytes::new(), None)
     } else {
@@ -112,11 +118,6 @@ pub(crate) fn respond_from_entry<B>(
     let mut response = Response::new(body);
     *response.status_mut() = entry.status;
     *response.headers_mut() = entry.headers;
-    // Copies from the decoded entries carry theirs (see `Decoded::for_client`); a revalidated
-    // entry's copy gets it here. A `HEAD` has the `GET`'s.
-    if !response.headers().contains_key(CONTENT_LENGTH) {
-        response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(length));
-    }
     response.headers_mut().insert(AGE, age);
     shared.mark(response, outcome, plan, served)
 }

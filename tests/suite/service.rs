@@ -2030,3 +2030,104 @@ async fn surrogate_keys_and_stripping_are_options() {
     h.cache.evict_tags(["reports"]).await.unwrap();
     assert_eq!(h.get("/users/1", "v2").await.x_cache(), "MISS");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `Rule::http_cache`: RFC 9111's rules for a shared cache.
+
+/// `t0` as an HTTP-date, and 1,000 s before it.
+const T0_DATE: &str = "Fri, 15 Jan 2027 08:00:00 GMT";
+const T0_LESS_1000_S: &str = "Fri, 15 Jan 2027 07:43:20 GMT";
+
+#[tokio::test]
+async fn http_cache_rules_store_any_final_status_with_explicit_freshness() {
+    let layer = builder_for(test_store().await).route("/{*path}", Rule::http_cache()).build();
+    let mut h = Harness::new(layer.unwrap());
+    let fresh = |status| move |_: &Req| with_header(with_status(ok("x"), status), "cache-control", "max-age=60");
+    for (path, status) in [("/missing", StatusCode::NOT_FOUND), ("/down", StatusCode::SERVICE_UNAVAILABLE), ("/moved", StatusCode::FOUND)] {
+        let first = h.send(get(path), fresh(status)).await;
+        assert_eq!((first.x_cache(), first.status), ("MISS", status));
+        let second = h.send(get(path), fresh(status)).await;
+        assert_eq!((second.x_cache(), second.status), ("HIT", status), "{path}");
+        assert!(second.reached_inner.is_none(), "{path}");
+    }
+    // Without freshness, a status that is not heuristically cacheable is not stored; nor is a
+    // part of a body, whatever it says.
+    let plain = |_: &Req| with_status(ok("busy"), StatusCode::SERVICE_UNAVAILABLE);
+    h.send(get("/busy"), plain).await;
+    assert!(h.send(get("/busy"), plain).await.reached_inner.is_some());
+    h.send(get("/part"), fresh(StatusCode::PARTIAL_CONTENT)).await;
+    assert!(h.send(get("/part"), fresh(StatusCode::PARTIAL_CONTENT)).await.reached_inner.is_some());
+    assert_eq!(h.cache.stats().stores, 3);
+}
+
+#[tokio::test]
+async fn http_cache_rules_give_heuristic_freshness_from_last_modified() {
+    let (builder, clock) = clocked(builder_for(test_store().await));
+    let layer = builder.route("/{*path}", Rule::http_cache()).build().unwrap();
+    let mut h = Harness::new(layer);
+    // Unchanged for 1,000 s when it was sent: fresh for 10% of that.
+    let moved = |_: &Req| {
+        let response = with_status(ok(""), StatusCode::MOVED_PERMANENTLY);
+        let response = with_header(response, "location", "/new");
+        let response = with_header(response, "date", T0_DATE);
+        with_header(response, "last-modified", T0_LESS_1000_S)
+    };
+    assert_eq!(h.send(get("/old"), moved).await.x_cache(), "MISS");
+    clock.advance(Duration::from_secs(99));
+    let hit = h.send(get("/old"), moved).await;
+    assert_eq!((hit.x_cache(), hit.status), ("HIT", StatusCode::MOVED_PERMANENTLY));
+    assert_eq!(hit.headers["location"], "/new");
+    assert_eq!(hit.headers["age"], "99");
+    clock.advance(Duration::from_secs(1));
+    assert!(h.send(get("/old"), moved).await.reached_inner.is_some(), "past 100 s");
+    // An app rule stores no `301`, and keeps its `200`s for its TTL, not a heuristic.
+    let layer = builder_for(test_store().await).route("/{*path}", Rule::get()).build();
+    let mut app = Harness::new(layer.unwrap());
+    app.send(get("/old"), moved).await;
+    assert!(app.send(get("/old"), moved).await.reached_inner.is_some());
+}
+
+#[tokio::test]
+async fn stored_errors_ignore_conditions_and_a_204_hit_has_no_length() {
+    let layer = builder_for(test_store().await).route("/{*path}", Rule::http_cache()).build();
+    let mut h = Harness::new(layer.unwrap());
+    let missing = |_: &Req| {
+        let response = with_status(ok("nothing here"), StatusCode::NOT_FOUND);
+        with_header(with_header(response, "etag", "\"e1\""), "cache-control", "max-age=60")
+    };
+    h.send(get("/missing"), missing).await;
+    // RFC 9110 section 13.2.1: a 404 never answers a precondition with a 304.
+    let conditional = h.send(get_as("/missing", "if-none-match", "\"e1\""), missing).await;
+    assert_eq!((conditional.x_cache(), conditional.status), ("HIT", StatusCode::NOT_FOUND));
+    assert_eq!(conditional.body, "nothing here");
+
+    let empty = |_: &Req| {
+        with_header(with_status(ok(""), StatusCode::NO_CONTENT), "cache-control", "max-age=60")
+    };
+    h.send(get("/empty"), empty).await;
+    let hit = h.send(get("/empty"), empty).await;
+    assert_eq!((hit.x_cache(), hit.status), ("HIT", StatusCode::NO_CONTENT));
+    assert!(hit.headers.get("content-length").is_none(), "{:?}", hit.headers);
+}
+
+#[tokio::test]
+async fn must_understand_stores_a_status_the_cache_implements_despite_no_store() {
+    let layer = builder_for(test_store().await)
+        .route("/shared/{*path}", Rule::http_cache())
+        .route("/app/{*path}", Rule::get())
+        .build();
+    let mut h = Harness::new(layer.unwrap());
+    let understood = |_: &Req| with_header(ok("x"), "cache-control", "max-age=60, must-understand, no-store");
+    h.send(get("/shared/a"), understood).await;
+    assert_eq!(h.send(get("/shared/a"), understood).await.x_cache(), "HIT");
+    // App rules do not implement it, so `no-store` stands.
+    h.send(get("/app/a"), understood).await;
+    assert!(h.send(get("/app/a"), understood).await.reached_inner.is_some());
+    // Nor is a status stored that RFC 9110 does not define.
+    let unknown = |_: &Req| {
+        let response = with_status(ok("x"), StatusCode::from_u16(299).unwrap());
+        with_header(response, "cache-control", "max-age=60, must-understand")
+    };
+    h.send(get("/shared/b"), unknown).await;
+    assert!(h.send(get("/shared/b"), unknown).await.reached_inner.is_some());
+}
