@@ -16,6 +16,7 @@
 //! | `REDIS_URL`      | unset: in-process store | cache in Redis, e.g. `redis://127.0.0.1:6379`           |
 //! | `CACHE_L1_BYTES` | `67108864` (64 MiB)     | `tiered` only: the in-process cache in front of Redis   |
 //! | `CACHE_REFRESH_AHEAD` | `on`               | `off` lets hot entries expire into a miss (see `CacheLayerBuilder::refresh_ahead`) |
+//! | `CACHE_TARGETED_FIELD` | unset             | this proxy's own targeted cache-control field (RFC 9213), read before `CDN-Cache-Control` and `Cache-Control` |
 //! | `REDIS_POOL_SIZE`| half the cores (1–8)    | `redis` and `tiered`: connections to Redis              |
 //! | `RUST_LOG`       | `info`                  | log filter (`tracing_subscriber` env-filter syntax)     |
 //!
@@ -37,7 +38,9 @@
 //! them (`Rule::http_cache`, RFC 9111): any status the upstream gives explicit freshness
 //! (`max-age`, `s-maxage`, `Expires`), and the heuristically cacheable ones (`200`, `301`,
 //! `404`, `410`...) for 10% of the time since their `Last-Modified`, else for `CACHE_TTL_SECS`;
-//! never with `Set-Cookie`, `no-store`, or `private` in a shared entry. Other methods pass
+//! never with `Set-Cookie`, `no-store`, or `private` in a shared entry. A valid
+//! `CDN-Cache-Control` (or the field `CACHE_TARGETED_FIELD` names) stands in for
+//! `Cache-Control` and `Expires`, and is passed on to the client. Other methods pass
 //! straight through. The upstream must be plain `http://`: this example has no TLS.
 //!
 //! Every response carries `X-Cache: HIT`, `MISS` or `BYPASS` (but with `CACHE_STORE=none`); an
@@ -105,7 +108,11 @@ async fn main() -> anyhow::Result<()> {
 /// The cache layer over the store that `CACHE_STORE` (or, unset, `REDIS_URL`) names; `None` for
 /// `CACHE_STORE=none`.
 async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
-    let refresh_ahead = refresh_ahead_from_env()?;
+    let options = CacheOptions {
+        ttl,
+        refresh_ahead: refresh_ahead_from_env()?,
+        targeted_field: targeted_field_from_env()?,
+    };
     let choice = env_var("CACHE_STORE").map(|choice| choice.trim().to_ascii_lowercase());
     let choice = choice.as_deref().unwrap_or(match env_var("REDIS_URL") {
         Some(_) => "redis",
@@ -123,7 +130,7 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
         }
         "memory" => {
             tracing::info!("caching in process");
-            cache_layer(MemoryStore::default(), ttl, refresh_ahead)?
+            cache_layer(MemoryStore::default(), &options)?
         }
         "redis" => {
             let url = redis_url()?;
@@ -136,7 +143,7 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             tracing::info!(%url, "caching in Redis");
-            cache_layer(store, ttl, refresh_ahead)?
+            cache_layer(store, &options)?
         }
         "tiered" => {
             let url = redis_url()?;
@@ -159,7 +166,7 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             tracing::info!(%url, l1_max_bytes, "caching in process, in front of Redis");
-            cache_layer(store, ttl, refresh_ahead)?
+            cache_layer(store, &options)?
         }
         other => bail!("CACHE_STORE must be none, memory, redis or tiered, not `{other}`"),
     };
@@ -172,23 +179,43 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
 /// Anonymous requests share entries; a request with `Authorization` or `Cookie` gets entries of
 /// its own, keyed by a digest of both headers (a session cookie alone must not land a personal
 /// page in the shared entries). `Cache-Control: private` responses are stored only per user.
-fn cache_layer(
-    store: impl Store,
-    ttl: Duration,
-    refresh_ahead: bool,
-) -> Result<CacheLayer, BuildError> {
+fn cache_layer(store: impl Store, options: &CacheOptions) -> Result<CacheLayer, BuildError> {
     let rule = || {
         Rule::http_cache()
-            .ttl(ttl)
+            .ttl(options.ttl)
             .per_user_by(UserFromHeader::authorization().and(header::COOKIE))
             .share_anonymous()
             // Key on the negotiation headers, so that responses which `Vary` on them can be
             // stored (a response varying on any other header is not).
             .vary(["accept", "accept-encoding", "accept-language"])
     };
-    let builder = CacheLayer::builder(store).default_ttl(ttl);
-    let builder = if refresh_ahead { builder } else { builder.without_refresh_ahead() };
+    let mut builder = CacheLayer::builder(store);
+    if !options.refresh_ahead {
+        builder = builder.without_refresh_ahead();
+    }
+    if let Some(name) = &options.targeted_field {
+        builder = builder.targeted_cache_control(name.clone());
+    }
     builder.route("/", rule()).route("/{*path}", rule()).build()
+}
+
+/// What the environment says of the cache, whatever its store.
+struct CacheOptions {
+    ttl: Duration,
+    refresh_ahead: bool,
+    /// `CACHE_TARGETED_FIELD`: this proxy's own targeted cache-control field (RFC 9213).
+    targeted_field: Option<HeaderName>,
+}
+
+/// `CACHE_TARGETED_FIELD`: a header name, or unset.
+fn targeted_field_from_env() -> anyhow::Result<Option<HeaderName>> {
+    let Some(name) = env_var("CACHE_TARGETED_FIELD") else { return Ok(None) };
+    let parsed = HeaderName::from_bytes(name.trim().as_bytes());
+    parsed.map(Some).with_context(|| {
+        format!(
+            "CACHE_TARGETED_FIELD must be a header name, e.g. proxy-cache-control, not `{name}`"
+        )
+    })
 }
 
 /// `CACHE_REFRESH_AHEAD`: `on` (the default) or `off`.

@@ -40,7 +40,9 @@ impl CacheLayer {
                 identify: Arc::new(UserFromHeader::authorization()),
                 key_headers: guard::KEYED.map(HeaderName::from_static).to_vec(),
                 bypass_headers: guard::BYPASSED.map(HeaderName::from_static).to_vec(),
+                cache_control_targets: Arc::new([HeaderName::from_static("cdn-cache-control")]),
             },
+            strip_targeted_cache_control: false,
             settings: Settings {
                 key_prefix: "trc".to_owned(),
                 store_timeout: Duration::from_millis(100),
@@ -63,6 +65,7 @@ impl CacheLayer {
                     cache_status: Some("tower-redis-cache".to_owned()),
                     cache_status_key: false,
                     strip_groups: false,
+                    strip_targeted: Vec::new(),
                 },
             },
         }
@@ -123,6 +126,8 @@ pub struct CacheLayerBuilder {
     defaults: RuleDefaults,
     /// The layer-wide options, as the layer keeps them.
     settings: Settings,
+    /// Whether responses lose their targeted cache-control fields on their way out.
+    strip_targeted_cache_control: bool,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
@@ -336,6 +341,41 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Names this cache's own targeted cache-control field (RFC 9213), which
+    /// [`Rule::http_cache`] rules read before `CDN-Cache-Control`, and which stands in for
+    /// `Cache-Control` and `Expires` when a response carries a valid one. Call it again to name
+    /// more than one; the first named is read first. Rules other than `http_cache` ones read
+    /// `Cache-Control` only.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+    ///
+    /// // The origin says `Acme-Cache-Control: max-age=3600` to this cache, and
+    /// // `Cache-Control: max-age=60` to browsers.
+    /// let cache = CacheLayer::builder(MemoryStore::default())
+    ///     .targeted_cache_control(HeaderName::from_static("acme-cache-control"))
+    ///     .route("/{*path}", Rule::http_cache())
+    ///     .build()?;
+    /// # Ok::<(), tower_redis_cache::BuildError>(())
+    /// ```
+    pub fn targeted_cache_control(mut self, name: HeaderName) -> Self {
+        // After those named before, ahead of `CDN-Cache-Control`, which stays last.
+        let own = self.defaults.cache_control_targets.len().saturating_sub(1);
+        let mut targets = self.defaults.cache_control_targets.to_vec();
+        targets.insert(own, name);
+        self.defaults.cache_control_targets = targets.into();
+        self
+    }
+
+    /// Removes the targeted cache-control fields that `http_cache` rules read (this cache's own
+    /// and `CDN-Cache-Control`) from responses on their way out (default: they go on, for the
+    /// caches further down that read them too).
+    pub fn strip_targeted_cache_control(mut self) -> Self {
+        self.strip_targeted_cache_control = true;
+        self
+    }
+
     /// Whether a request's own `Cache-Control: no-cache` or `max-age=0` (or `Pragma:
     /// no-cache`) makes the layer skip the stored entry, ask the inner service and store its
     /// fresh response (default off).
@@ -420,7 +460,7 @@ impl CacheLayerBuilder {
     /// Fails with a [`BuildError`] naming the route or option at fault: an invalid or
     /// conflicting pattern, a tag naming a parameter the pattern does not capture, two rules
     /// for one method, settings that contradict each other.
-    pub fn build(self) -> Result<CacheLayer, BuildError> {
+    pub fn build(mut self) -> Result<CacheLayer, BuildError> {
         let prefix_ok = !self.settings.key_prefix.is_empty()
             && self.settings.key_prefix.len() <= 64
             && self
@@ -480,6 +520,20 @@ impl CacheLayerBuilder {
         }
         if self.defaults.statuses.is_empty() {
             return Err(BuildError::option("cache_statuses", "must name at least one status"));
+        }
+        if let Some(name) = self
+            .defaults
+            .cache_control_targets
+            .iter()
+            .find(|name| [http::header::CACHE_CONTROL, http::header::EXPIRES].contains(name))
+        {
+            return Err(BuildError::option(
+                "targeted_cache_control",
+                format!("`{name}` is not a targeted field: name one for this cache"),
+            ));
+        }
+        if self.strip_targeted_cache_control {
+            self.settings.status.strip_targeted = self.defaults.cache_control_targets.to_vec();
         }
         let routes = RouteTable::build(self.routes, self.bypass, &self.defaults)?;
         let shared = Shared::new(self.store, routes, self.settings);

@@ -658,6 +658,35 @@ async fn proxy_in_process_store_caches_gets_and_isolates_credentials() {
     proxy_flow(&proxy, &upstream).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_reads_targeted_cache_control_before_cache_control() {
+    let upstream = Upstream::start().await;
+    let env =
+        [("UPSTREAM_URL", upstream.url()), ("CACHE_TARGETED_FIELD", "proxy-cache-control".into())];
+    let proxy = Example::start("proxy", &env).await;
+    let api = proxy.api();
+    // `CDN-Cache-Control` lets the proxy keep what browsers may not.
+    let for_cdns = "/t/cdn?cache-control=no-store&cdn-cache-control=max-age%3D60";
+    assert_eq!(api.get(for_cdns, None).await.cache, "MISS");
+    api.wait_stored(for_cdns, None).await;
+    let hit = api.get(for_cdns, None).await;
+    assert_eq!(hit.cache, "HIT");
+    assert_eq!(hit.headers["cache-control"], "no-store");
+    assert_eq!(hit.headers["cdn-cache-control"], "max-age=60");
+    // The proxy's own field wins over both.
+    let own = "/t/own?cache-control=max-age%3D60&cdn-cache-control=max-age%3D60&proxy-cache-control=no-store";
+    for round in 1..=2 {
+        assert_eq!(api.get(own, None).await.cache, "MISS");
+        assert_eq!(upstream.hits("GET /t/own"), round);
+    }
+    let bad = [("UPSTREAM_URL", upstream.url()), ("CACHE_TARGETED_FIELD", "bad name".into())];
+    let (status, log) = run_to_exit("proxy", &[], &bad).await;
+    assert!(
+        !status.success() && log.contains("CACHE_TARGETED_FIELD must be a header name"),
+        "{log}"
+    );
+}
+
 /// The proxy over a private Redis, with `store_env` choosing the store: it caches, and what it
 /// writes to Redis holds digests, never the credentials.
 async fn proxy_over_redis_caches_gets_and_isolates_credentials(store_env: &[(&str, String)]) {
@@ -975,10 +1004,12 @@ async fn upstream_handler(
         "hit": hit,
     });
     let mut response = (status, [("x-upstream", "yes")], axum::Json(seen)).into_response();
-    // `?cache-control=...` and `?last-modified=...` become those response headers.
+    // `?cache-control=...`, `?last-modified=...` and the targeted fields become those response
+    // headers.
     let query = uri.query().unwrap_or("").as_bytes();
     for (name, value) in form_urlencoded::parse(query) {
-        if ["cache-control", "last-modified"].contains(&name.as_ref()) {
+        let echoed = ["cache-control", "last-modified", "cdn-cache-control", "proxy-cache-control"];
+        if echoed.contains(&name.as_ref()) {
             let value = axum::http::HeaderValue::from_str(&value).unwrap();
             let name = axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
             response.headers_mut().insert(name, value);

@@ -63,6 +63,7 @@ fn rule_defaults() -> RuleDefaults {
         identify: Arc::new(UserFromHeader::authorization()),
         key_headers: guard::KEYED.map(HeaderName::from_static).to_vec(),
         bypass_headers: guard::BYPASSED.map(HeaderName::from_static).to_vec(),
+        cache_control_targets: Arc::new([HeaderName::from_static("cdn-cache-control")]),
     }
 }
 

@@ -11,7 +11,7 @@ use super::{assert_digest_key, lenient_header_map, rule_defaults, RawHeader, PRE
 use crate::entry::compression::accepts_zstd;
 use crate::entry::key::{tag_key, vary_union, KeyParts};
 use crate::entry::Entry;
-use crate::protocol::cache_control::grammar;
+use crate::protocol::cache_control::{grammar, CacheControl};
 use crate::protocol::conditional::{add_validators, not_modified_headers, strong_etag, Conditions};
 use crate::protocol::groups::{decode_marker, invalidated_by, of_response};
 use crate::protocol::storable::{storable, stored_headers};
@@ -295,39 +295,50 @@ fn check_storable(
     assert!(!headers.contains_key(header::SET_COOKIE), "a Set-Cookie response was stored");
     assert!(!lists(headers, &header::VARY, "*"), "a Vary: * response was stored");
     if case.upstream_cache_control {
-        let must_understand = plan.rule.http_cache.is_some()
-            && lists(headers, &header::CACHE_CONTROL, "must-understand");
-        assert!(
-            !lists(headers, &header::CACHE_CONTROL, "no-store") || must_understand,
-            "no-store was stored"
-        );
-        if !plan.per_user {
+        // Where a shared-cache rule read a targeted field (RFC 9213), it alone says whether to
+        // store; `Cache-Control` is not read at all.
+        let targets = plan.rule.http_cache.as_ref().map_or(&[][..], |h| &h.targets[..]);
+        if let Some(targeted) = CacheControl::targeted(headers, targets) {
+            let understood = targeted.must_understand();
+            assert!(!targeted.no_store() || understood, "a targeted no-store was stored");
+            assert!(!targeted.no_cache_fields(), "a targeted no-cache with fields was stored");
+            assert!(plan.per_user || !targeted.private(), "a targeted private was shared");
+        } else {
+            let must_understand = plan.rule.http_cache.is_some()
+                && lists(headers, &header::CACHE_CONTROL, "must-understand");
             assert!(
-                !lists(headers, &header::CACHE_CONTROL, "private"),
+                !lists(headers, &header::CACHE_CONTROL, "no-store") || must_understand,
+                "no-store was stored"
+            );
+            if !plan.per_user {
+                assert!(
+                    !lists(headers, &header::CACHE_CONTROL, "private"),
+                    "a private response was stored in a shared entry"
+                );
+            }
+            // Whatever the lenient reading above misses, the grammar sees: a field it does not
+            // accept is never stored, and one it does is never stored with `no-store`, a
+            // qualified `no-cache`, or (in a shared entry) any `private`.
+            let lines: Option<Vec<Vec<grammar::Directive>>> = headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .map(|v| grammar::recognise(v.as_bytes()))
+                .collect();
+            let directives =
+                lines.expect("a Cache-Control the grammar rejects was stored").concat();
+            let says = |name: &str| directives.iter().any(|d| d.name == name);
+            // Only a shared-cache rule implements `must-understand`, which lifts `no-store`.
+            let understood = plan.rule.http_cache.is_some() && says("must-understand");
+            assert!(!says("no-store") || understood, "no-store was stored");
+            assert!(
+                !directives.iter().any(|d| d.name == "no-cache" && d.argument.is_some()),
+                "no-cache with field names was stored"
+            );
+            assert!(
+                plan.per_user || !says("private"),
                 "a private response was stored in a shared entry"
             );
         }
-        // Whatever the lenient reading above misses, the grammar sees: a field it does not
-        // accept is never stored, and one it does is never stored with `no-store`, a
-        // qualified `no-cache`, or (in a shared entry) any `private`.
-        let lines: Option<Vec<Vec<grammar::Directive>>> = headers
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .map(|v| grammar::recognise(v.as_bytes()))
-            .collect();
-        let directives = lines.expect("a Cache-Control the grammar rejects was stored").concat();
-        let says = |name: &str| directives.iter().any(|d| d.name == name);
-        // Only a shared-cache rule implements `must-understand`, which lifts `no-store`.
-        let understood = plan.rule.http_cache.is_some() && says("must-understand");
-        assert!(!says("no-store") || understood, "no-store was stored");
-        assert!(
-            !directives.iter().any(|d| d.name == "no-cache" && d.argument.is_some()),
-            "no-cache with field names was stored"
-        );
-        assert!(
-            plan.per_user || !says("private"),
-            "a private response was stored in a shared entry"
-        );
         if let Some(max) = plan.rule.max_ttl {
             assert!(fresh.lifetime <= max, "{:?} is over max_ttl {max:?}", fresh.lifetime);
         }

@@ -36,6 +36,9 @@
 //! | `must-revalidate`, `proxy-revalidate` | never serves it stale |
 //! | `public` | under [`Rule::http_cache`](crate::Rule::http_cache): gives it heuristic freshness whatever its status (RFC 9111 section 4.2.2) |
 //! | `must-understand` | under [`Rule::http_cache`](crate::Rule::http_cache): stores it despite `no-store` when its status is one the cache implements, never otherwise (section 5.2.2.3) |
+//!
+//! Under [`Rule::http_cache`](crate::Rule::http_cache), a valid targeted field (RFC 9213,
+//! `CDN-Cache-Control`; see `targeted`) is read instead, with the same directives.
 //! | any other directive | ignores it |
 //!
 //! Delta-seconds are `1*DIGIT`, in a token or in a quoted string (RFC 9111 section 5.2: a
@@ -53,6 +56,7 @@ use http::header::{HeaderMap, CACHE_CONTROL, PRAGMA};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod grammar;
+mod targeted;
 
 /// The largest delta-seconds a cache need count (RFC 9111 section 1.2.2: 2^31 seconds, some
 /// 68 years): larger values read as this one, so that no sum of them overflows.
@@ -79,6 +83,8 @@ pub(crate) struct CacheControl {
     proxy_revalidate: bool,
     max_age: Delta,
     s_maxage: Delta,
+    /// Read from a targeted field (RFC 9213) rather than from `Cache-Control`.
+    targeted: bool,
     stale_while_revalidate: Delta,
     stale_if_error: Delta,
 }
@@ -191,6 +197,12 @@ impl CacheControl {
         self.must_understand
     }
 
+    /// Whether it was read from a targeted field (see [`CacheControl::targeted`]), which
+    /// stands in for `Cache-Control` and `Expires` both.
+    pub(crate) fn is_targeted(&self) -> bool {
+        self.targeted
+    }
+
     /// Whether it says `must-revalidate`.
     pub(crate) fn must_revalidate(&self) -> bool {
         self.must_revalidate
@@ -241,7 +253,7 @@ impl CacheControl {
                     }
                     _ => (None, after),
                 };
-                self.apply(name, argument);
+                self.apply(name, argument.map(Argument::delta_seconds));
                 rest = after;
             }
             rest = skip_ows(rest);
@@ -253,9 +265,11 @@ impl CacheControl {
         }
     }
 
-    fn apply(&mut self, name: &[u8], argument: Option<Argument<'_>>) {
+    /// Records the directive `name`, whose argument (when it has one) reads as `seconds`
+    /// when it is delta-seconds.
+    fn apply(&mut self, name: &[u8], argument: Option<Option<u64>>) {
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
-        let seconds = || argument.and_then(Argument::delta_seconds);
+        let seconds = || argument.flatten();
         if is("no-store") {
             self.no_store = true;
         } else if is("no-cache") {

@@ -33,6 +33,8 @@ pub(crate) struct StatusHeaders {
     pub(crate) cache_status_key: bool,
     /// Whether the cache group headers are removed from responses on their way out.
     pub(crate) strip_groups: bool,
+    /// The targeted cache-control fields removed from responses on their way out.
+    pub(crate) strip_targeted: Vec<HeaderName>,
 }
 
 impl StatusHeaders {
@@ -41,6 +43,9 @@ impl StatusHeaders {
     pub(crate) fn apply(&self, headers: &mut HeaderMap, outcome: Outcome, key: Option<&str>) {
         if self.strip_groups {
             groups::strip(headers);
+        }
+        for name in &self.strip_targeted {
+            headers.remove(name);
         }
         if let Some(name) = &self.x_cache {
             let value = match outcome {
@@ -112,6 +117,7 @@ mod tests {
             cache_status: Some("trc".into()),
             cache_status_key: false,
             strip_groups: false,
+            strip_targeted: Vec::new(),
         }
     }
 

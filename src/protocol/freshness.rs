@@ -131,7 +131,7 @@ fn delta(duration: Duration) -> Duration {
 }
 
 /// What the response itself says about its freshness, if anything: `s-maxage`, else `max-age`,
-/// else `Expires` less `Date` (RFC 9111 section 4.2.1).
+/// else `Expires` less `Date` (RFC 9111 section 4.2.1), but for a targeted field's directives.
 fn explicit_lifetime(
     headers: &HeaderMap,
     cache_control: Option<&CacheControl>,
@@ -139,6 +139,10 @@ fn explicit_lifetime(
 ) -> Option<Duration> {
     if let Some(lifetime) = cache_control.and_then(|cc| cc.s_maxage().or_else(|| cc.max_age())) {
         return Some(lifetime);
+    }
+    // A targeted field stands in for `Expires` too (RFC 9213 section 2.2).
+    if cache_control.is_some_and(CacheControl::is_targeted) {
+        return None;
     }
     // An invalid Expires ("0", say) means already expired (RFC 9111 section 5.3).
     let Ok(expires) = time_fields::date_field(headers, &EXPIRES, now)? else {
@@ -278,6 +282,7 @@ mod tests {
         rule.http_cache = Some(HttpCache {
             heuristic_percent: 50,
             max_heuristic_ttl: Duration::from_secs(7 * 24 * 3600),
+            ..rule.http_cache.clone().unwrap()
         });
         assert_eq!(fresh_for(&rule, 410, &days), Ok(60 * 3600));
         // Less the `Age` it already had.

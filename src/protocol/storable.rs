@@ -29,7 +29,12 @@ pub(crate) fn storable(
     if headers.contains_key(header::SET_COOKIE) {
         return Err("Set-Cookie");
     }
+    // A targeted field (RFC 9213) stands in for `Cache-Control` where a shared-cache rule
+    // reads one.
+    let targeted =
+        rule.http_cache.as_ref().and_then(|h| CacheControl::targeted(headers, &h.targets));
     let cache_control = match rule.upstream_cache_control {
+        _ if targeted.is_some() => targeted,
         // One we cannot read may say `no-store` or `private` in a form we do not see.
         true => CacheControl::parse(headers).map_err(|_| "unreadable Cache-Control")?,
         false => None,
@@ -135,11 +140,21 @@ mod tests {
     use crate::test_util::header_map as map;
 
     fn stored(rule: &ReadRule, status: u16, headers: &[(&'static str, &'static str)]) -> bool {
+        stored_for(rule, status, headers).is_some()
+    }
+
+    /// How long the response is fresh for, when stored.
+    fn stored_for(
+        rule: &ReadRule,
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+    ) -> Option<u64> {
         let mut response = http::Response::new(());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         *response.headers_mut() = map(headers);
         let (parts, ()) = response.into_parts();
-        storable(&parts, rule, false, UNIX_EPOCH).is_ok()
+        let fresh = storable(&parts, rule, false, UNIX_EPOCH).ok()?;
+        Some(fresh.remaining().as_secs())
     }
 
     fn app_rule() -> ReadRule {
@@ -187,5 +202,27 @@ mod tests {
         assert!(!stored(&http_cache_rule(), 200, &no_cache), "neither explicit nor heuristic");
         let with_max_age = [("cache-control", "no-cache, max-age=60"), ("etag", "\"v1\"")];
         assert!(stored(&http_cache_rule(), 200, &with_max_age));
+    }
+
+    #[test]
+    fn cdn_cache_control_stands_in_for_cache_control_and_expires() {
+        let rule = http_cache_rule();
+        let cdn = |cdn: &'static str, others: &[(&'static str, &'static str)]| {
+            let mut headers = vec![("cdn-cache-control", cdn)];
+            headers.extend_from_slice(others);
+            stored_for(&rule, 200, &headers)
+        };
+        assert_eq!(cdn("no-store", &[("cache-control", "max-age=60")]), None);
+        assert_eq!(cdn("max-age=0", &[("cache-control", "max-age=60")]), None);
+        assert_eq!(cdn("max-age=600", &[("cache-control", "max-age=5")]), Some(600));
+        assert_eq!(cdn("max-age=600", &[("cache-control", "no-store, private")]), Some(600));
+        assert_eq!(cdn("max-age=60", &[("expires", "0")]), Some(60), "Expires is ignored");
+        assert_eq!(cdn("private", &[("cache-control", "max-age=60")]), None);
+        // An invalid one is as if absent: `Cache-Control` applies.
+        assert_eq!(cdn("max-age=60;;", &[("cache-control", "max-age=5")]), Some(5));
+        assert_eq!(cdn("max-age=60;;", &[("cache-control", "no-store")]), None);
+        // App rules do not read targeted fields.
+        let app = [("cdn-cache-control", "max-age=600"), ("cache-control", "max-age=5")];
+        assert_eq!(stored_for(&app_rule(), 200, &app), Some(5));
     }
 }

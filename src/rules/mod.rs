@@ -175,6 +175,10 @@ impl Rule {
     ///   notwithstanding, when its status is one whose caching RFC 9110 defines and this cache
     ///   implements (all but the four above); with any other status it is never stored.
     ///
+    /// - **Targeted fields** (RFC 9213): a valid `CDN-Cache-Control`, or the field named for
+    ///   this cache with [`targeted_cache_control`](crate::CacheLayerBuilder::targeted_cache_control),
+    ///   stands in for `Cache-Control` and `Expires`.
+    ///
     /// Everything else is as for [`Rule::get`]: who shares entries ([`per_user`](Self::per_user),
     /// [`shared`](Self::shared)), `private`, `no-store`, `no-cache`, `Vary`, `Set-Cookie`.
     ///

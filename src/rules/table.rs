@@ -19,6 +19,8 @@ pub(crate) struct RuleDefaults {
     pub(crate) key_headers: Vec<HeaderName>,
     /// Request headers whose presence bypasses every read rule.
     pub(crate) bypass_headers: Vec<HeaderName>,
+    /// The targeted cache-control fields `http_cache` rules read (RFC 9213), first first.
+    pub(crate) cache_control_targets: Arc<[HeaderName]>,
 }
 
 /// A compiled read rule.
@@ -71,6 +73,7 @@ impl ReadRule {
         Self {
             statuses: Statuses::AnyFinal,
             http_cache: Some(HttpCache {
+                targets: Arc::new([HeaderName::from_static("cdn-cache-control")]),
                 heuristic_percent: HttpCache::DEFAULT_HEURISTIC_PERCENT,
                 max_heuristic_ttl: HttpCache::DEFAULT_MAX_HEURISTIC_TTL,
             }),
@@ -109,8 +112,10 @@ pub(crate) const NEVER_STORED: [StatusCode; 4] = [
 ];
 
 /// The settings of an [`http_cache`](Rule::http_cache) rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HttpCache {
+    /// The targeted cache-control fields it reads (RFC 9213), first first.
+    pub(crate) targets: Arc<[HeaderName]>,
     /// The share of the time since `Last-Modified` a response is heuristically fresh for.
     pub(crate) heuristic_percent: u8,
     /// The longest heuristic freshness.
@@ -195,7 +200,7 @@ impl RouteTable {
                     if read.grpc && posts {
                         return Err(BuildError::route(&pattern, "has two rules for POST"));
                     }
-                    route.read = Some(Arc::new(read));
+                    route.read = Some(read);
                 }
                 Compiled::Mutation(mutation) => {
                     let grpc = route.read.as_ref().is_some_and(|read| read.grpc);
@@ -315,7 +320,7 @@ fn check_pattern(pattern: &str) -> Result<(), BuildError> {
 }
 
 /// An `http_cache` rule's settings, checked; `None` for other rules, which must not set them.
-fn http_cache_settings(rule: &Rule) -> Result<Option<HttpCache>, String> {
+fn http_cache_settings(rule: &Rule, defaults: &RuleDefaults) -> Result<Option<HttpCache>, String> {
     if !rule.http_cache {
         let stray = [
             (rule.heuristic_percent.is_some(), "heuristic_percent"),
@@ -336,11 +341,13 @@ fn http_cache_settings(rule: &Rule) -> Result<Option<HttpCache>, String> {
         return Err(format!("`heuristic_percent` is {heuristic_percent}; at most 100"));
     }
     let max_heuristic_ttl = rule.max_heuristic_ttl.unwrap_or(HttpCache::DEFAULT_MAX_HEURISTIC_TTL);
-    Ok(Some(HttpCache { heuristic_percent, max_heuristic_ttl }))
+    let targets = Arc::clone(&defaults.cache_control_targets);
+    Ok(Some(HttpCache { targets, heuristic_percent, max_heuristic_ttl }))
 }
 
 enum Compiled {
-    Read(ReadRule),
+    /// Shared as it is made: every request's plan holds it.
+    Read(Arc<ReadRule>),
     Mutation(MutationRule),
 }
 
@@ -374,7 +381,7 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
         if ttl.is_zero() && (rule.ttl.is_some() || !rule.http_cache) {
             return Err(err("`ttl` must be more than zero".into()));
         }
-        let http_cache = http_cache_settings(&rule).map_err(err)?;
+        let http_cache = http_cache_settings(&rule, defaults).map_err(err)?;
         // The layer's default TTL is capped by `max_ttl`; a rule's own TTL above it is a mistake.
         let ttl = match rule.max_ttl {
             Some(max) if max.is_zero() => {
@@ -440,7 +447,7 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
             (None, true) => Statuses::AnyFinal,
             (None, false) => Statuses::Listed(defaults.statuses.clone()),
         };
-        return Ok(Compiled::Read(ReadRule {
+        return Ok(Compiled::Read(Arc::new(ReadRule {
             pattern: pattern.into(),
             ttl,
             max_ttl: rule.max_ttl,
@@ -455,7 +462,7 @@ fn compile(pattern: &str, rule: Rule, defaults: &RuleDefaults) -> Result<Compile
             statuses,
             http_cache,
             grpc: rule.grpc,
-        }));
+        })));
     }
 
     if let Some(m) = rule.methods.iter().find(|m| is_read(m)) {
@@ -497,6 +504,7 @@ mod tests {
             identify: Arc::new(UserFromHeader::authorization()),
             key_headers: Vec::new(),
             bypass_headers: Vec::new(),
+            cache_control_targets: Arc::new([]),
         }
     }
 

@@ -2131,3 +2131,63 @@ async fn must_understand_stores_a_status_the_cache_implements_despite_no_store()
     h.send(get("/shared/b"), unknown).await;
     assert!(h.send(get("/shared/b"), unknown).await.reached_inner.is_some());
 }
+
+#[tokio::test]
+async fn a_targeted_field_named_for_this_cache_beats_cdn_cache_control_and_cache_control() {
+    let own = http::HeaderName::from_static("acme-cache-control");
+    let (builder, clock) = clocked(builder_for(test_store().await));
+    let layer = builder
+        .targeted_cache_control(own.clone())
+        .route("/{*path}", Rule::http_cache())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let respond = |_: &Req| {
+        let response = with_header(ok("x"), "cache-control", "max-age=5");
+        let response = with_header(response, "cdn-cache-control", "max-age=60");
+        with_header(response, "acme-cache-control", "max-age=600")
+    };
+    h.send(get("/a"), respond).await;
+    clock.advance(Duration::from_secs(599));
+    let hit = h.send(get("/a"), respond).await;
+    assert_eq!(hit.x_cache(), "HIT", "600 s from the field named for this cache");
+    // By default the fields go on to the caches further down.
+    assert_eq!(hit.headers["acme-cache-control"], "max-age=600");
+    assert_eq!(hit.headers["cdn-cache-control"], "max-age=60");
+    assert_eq!(hit.headers["cache-control"], "max-age=5");
+    clock.advance(Duration::from_secs(1));
+    assert!(h.send(get("/a"), respond).await.reached_inner.is_some());
+
+    // `no-store` aimed at CDNs wins over a `Cache-Control` that would store.
+    let no_store = |_: &Req| {
+        with_header(with_header(ok("x"), "cache-control", "max-age=60"), "cdn-cache-control", "no-store")
+    };
+    h.send(get("/b"), no_store).await;
+    assert!(h.send(get("/b"), no_store).await.reached_inner.is_some());
+}
+
+#[tokio::test]
+async fn targeted_fields_can_be_kept_from_clients() {
+    let layer = builder_for(test_store().await)
+        .strip_targeted_cache_control()
+        .route("/{*path}", Rule::http_cache())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let respond = |_: &Req| with_header(ok("x"), "cdn-cache-control", "max-age=60");
+    let miss = h.send(get("/a"), respond).await;
+    let hit = h.send(get("/a"), respond).await;
+    assert_eq!((miss.x_cache(), hit.x_cache()), ("MISS", "HIT"), "read before it is stripped");
+    assert!(miss.headers.get("cdn-cache-control").is_none());
+    assert!(hit.headers.get("cdn-cache-control").is_none());
+
+    let err = CacheLayer::builder(MemoryStore::default())
+        .targeted_cache_control(http::header::CACHE_CONTROL)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "option `targeted_cache_control`: `cache-control` is not a targeted field: name one for \
+         this cache"
+    );
+}
