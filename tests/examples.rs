@@ -687,6 +687,34 @@ async fn proxy_reads_targeted_cache_control_before_cache_control() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_revalidates_an_entry_that_varies_and_keeps_the_304s_headers() {
+    let upstream = Upstream::start().await;
+    let proxy = Example::start("proxy", &[("UPSTREAM_URL", upstream.url())]).await;
+    let api = proxy.api();
+    let path = "/r/greeting?etag=%22v1%22&vary=accept-language&cache-control=max-age%3D2";
+    let mut english = HeaderMap::new();
+    english.insert("accept-language", HeaderValue::from_static("en"));
+    let first = api.get_with(path, &english).await;
+    assert_eq!((first.status, first.cache.as_str()), (StatusCode::OK, "MISS"));
+    api.wait_stored_with(path, &english).await;
+    assert_eq!(api.get_with(path, &english).await.cache, "HIT");
+    let before = upstream.hits("GET /r/greeting");
+
+    // Stale, but within the time it may be revalidated for: one conditional request, a 304.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let revalidated = api.get_with(path, &english).await;
+    assert_eq!((revalidated.status, revalidated.cache.as_str()), (StatusCode::OK, "REVALIDATED"));
+    assert_eq!(revalidated.body, first.body, "the stored body, which did not cross the wire");
+    assert_eq!(upstream.hits("GET /r/greeting"), before + 1);
+    let validated_at = revalidated.headers["x-validated-at-hit"].clone();
+    // Stored again with the 304's headers.
+    let hit = api.get_with(path, &english).await;
+    assert_eq!(hit.cache, "HIT");
+    assert_eq!(hit.headers["x-validated-at-hit"], validated_at);
+    assert_eq!(upstream.hits("GET /r/greeting"), before + 1);
+}
+
 /// The proxy over a private Redis, with `store_env` choosing the store: it caches, and what it
 /// writes to Redis holds digests, never the credentials.
 async fn proxy_over_redis_caches_gets_and_isolates_credentials(store_env: &[(&str, String)]) {
@@ -1004,16 +1032,31 @@ async fn upstream_handler(
         "hit": hit,
     });
     let mut response = (status, [("x-upstream", "yes")], axum::Json(seen)).into_response();
-    // `?cache-control=...`, `?last-modified=...` and the targeted fields become those response
-    // headers.
+    // `?cache-control=...`, `?etag=...`, `?vary=...` and the like become those response headers.
     let query = uri.query().unwrap_or("").as_bytes();
     for (name, value) in form_urlencoded::parse(query) {
-        let echoed = ["cache-control", "last-modified", "cdn-cache-control", "proxy-cache-control"];
+        let echoed = [
+            "cache-control",
+            "last-modified",
+            "cdn-cache-control",
+            "proxy-cache-control",
+            "etag",
+            "vary",
+        ];
         if echoed.contains(&name.as_ref()) {
             let value = axum::http::HeaderValue::from_str(&value).unwrap();
             let name = axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
             response.headers_mut().insert(name, value);
         }
+    }
+    // A request that names the `ETag` it would get is answered `304`, with the same headers
+    // and the count of requests so far.
+    let etag = response.headers().get("etag");
+    if etag.is_some() && etag == headers.get("if-none-match") {
+        *response.status_mut() = axum::http::StatusCode::NOT_MODIFIED;
+        *response.body_mut() = axum::body::Body::empty();
+        response.headers_mut().remove("content-type");
+        response.headers_mut().insert("x-validated-at-hit", hit.into());
     }
     response
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, CONTENT_LENGTH};
+use http::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -54,8 +54,11 @@ pub(crate) fn revalidated<B>(
 ) -> Response<CacheBody<B>> {
     let stored = stale.stored.entry.clone();
     let mut headers = stored.headers;
+    // What describes the stored body's bytes stays the stored body's: a `304` has no body,
+    // and one that names an encoding or a range speaks of bytes the cache does not have.
+    let kept = [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE];
     for name in not_modified.keys() {
-        if *name == CONTENT_LENGTH || Some(name) == shared.settings.status.x_cache.as_ref() {
+        if kept.contains(name) || Some(name) == shared.settings.status.x_cache.as_ref() {
             continue;
         }
         headers.remove(name);

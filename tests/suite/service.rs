@@ -2191,3 +2191,52 @@ async fn targeted_fields_can_be_kept_from_clients() {
          this cache"
     );
 }
+
+#[tokio::test]
+async fn an_entry_that_varies_is_revalidated_and_a_304_updates_its_headers() {
+    let (builder, clock) = clocked(builder_for(test_store().await));
+    let layer = builder.route("/{*path}", Rule::http_cache()).build().unwrap();
+    let mut h = Harness::new(layer);
+    let english = || get_as("/greeting", "accept-language", "en");
+    let hello = |_: &Req| {
+        let response = with_header(ok("hello"), "vary", "Accept-Language");
+        let response = with_header(response, "etag", "\"en-1\"");
+        with_header(response, "cache-control", "max-age=10")
+    };
+    // The first response teaches the layer its `Vary`; the next one is stored under it.
+    h.send(english(), hello).await;
+    h.send(english(), hello).await;
+    assert_eq!(h.send(english(), hello).await.x_cache(), "HIT");
+
+    clock.advance(Duration::from_secs(11));
+    let not_modified = |seen: &Req| {
+        assert_eq!(seen.headers()["if-none-match"], "\"en-1\"", "a conditional revalidation");
+        let response = with_status(ok(""), StatusCode::NOT_MODIFIED);
+        let response = with_header(response, "etag", "\"en-1\"");
+        with_header(response, "cache-control", "max-age=100, x-new")
+    };
+    let revalidated = h.send(english(), not_modified).await;
+    assert_eq!((revalidated.x_cache(), revalidated.status), ("REVALIDATED", StatusCode::OK));
+    assert_eq!(revalidated.body, "hello");
+    assert_eq!(revalidated.headers["cache-control"], "max-age=100, x-new");
+
+    // Fresh for the 304's 100 s now, with its headers.
+    clock.advance(Duration::from_secs(99));
+    let hit = h.send(english(), |_| ok("must not be called")).await;
+    assert_eq!((hit.x_cache(), &hit.body[..]), ("HIT", &b"hello"[..]));
+    assert_eq!(hit.headers["cache-control"], "max-age=100, x-new");
+    assert_eq!(hit.headers["vary"], "Accept-Language");
+    // A 304 that names an encoding does not relabel the stored body.
+    clock.advance(Duration::from_secs(2));
+    let gzip_304 = |_: &Req| {
+        let response = with_status(ok(""), StatusCode::NOT_MODIFIED);
+        let response = with_header(response, "content-encoding", "gzip");
+        with_header(response, "cache-control", "max-age=100")
+    };
+    let again = h.send(english(), gzip_304).await;
+    assert_eq!((again.x_cache(), &again.body[..]), ("REVALIDATED", &b"hello"[..]));
+    assert!(again.headers.get("content-encoding").is_none(), "{:?}", again.headers);
+    // Another language is another entry.
+    let french = h.send(get_as("/greeting", "accept-language", "fr"), |_| ok("bonjour")).await;
+    assert_eq!(french.x_cache(), "MISS");
+}
