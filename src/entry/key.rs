@@ -182,6 +182,8 @@ impl Fields {
 /// - `Accept`, `Accept-Charset`, `Accept-Language`: whitespace around the list's delimiters and
 ///   empty members say nothing; media ranges, charsets, language tags, parameter names and
 ///   weights are case-insensitive. Other parameter values, and quoted strings, keep their case.
+///   `Accept-Language`'s members count in any order (its weights say which is preferred),
+///   unless one language range comes twice.
 ///
 /// A value that does not parse is keyed as it is, trimmed: it equals no other spelling.
 fn vary_value<'a>(name: &HeaderName, value: &'a [u8]) -> Cow<'a, [u8]> {
@@ -191,7 +193,9 @@ fn vary_value<'a>(name: &HeaderName, value: &'a [u8]) -> Cow<'a, [u8]> {
         canonical_accept_encoding(text)
     } else if *name == header::ACCEPT {
         canonical_accept_list(text, false)
-    } else if *name == header::ACCEPT_LANGUAGE || *name == header::ACCEPT_CHARSET {
+    } else if *name == header::ACCEPT_LANGUAGE {
+        canonical_accept_language(text)
+    } else if *name == header::ACCEPT_CHARSET {
         canonical_accept_list(text, true)
     } else {
         return Cow::Borrowed(value);
@@ -279,6 +283,23 @@ fn canonical_accept_list(text: &str, fold_values: bool) -> Option<String> {
         }
         members.push(pieces.join(";"));
     }
+    Some(members.join(","))
+}
+
+/// `Accept-Language` as [`canonical_accept_list`] makes it, its members sorted: a language's
+/// preference is its weight, never its place in the list (RFC 9110 section 12.5.4). A list
+/// that names one range twice keeps its order, since which of the two counts is up to the
+/// origin.
+fn canonical_accept_language(text: &str) -> Option<String> {
+    let canonical = canonical_accept_list(text, true)?;
+    let mut members: Vec<&str> = canonical.split(',').filter(|m| !m.is_empty()).collect();
+    let range = |member: &str| member.split(';').next().unwrap_or_default().to_owned();
+    let mut ranges: Vec<String> = members.iter().map(|m| range(m)).collect();
+    ranges.sort();
+    if ranges.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Some(canonical);
+    }
+    members.sort();
     Some(members.join(","))
 }
 
@@ -663,6 +684,11 @@ mod tests {
         assert_eq!(key("accept-language", "EN-us, fr"), key("accept-language", "en-US,fr"));
         assert_eq!(key("accept-language", "en;Q=0.5"), key("accept-language", "EN ; q=0.5"));
         assert_ne!(key("accept-language", "en"), key("accept-language", "fr"));
+        // Members in any order; a range named twice keeps its order.
+        assert_eq!(key("accept-language", "fr, en;q=0.5"), key("accept-language", "en;Q=0.5 ,fr"));
+        assert_eq!(key("accept-language", "de, en"), key("accept-language", "en,de"));
+        assert_ne!(key("accept-language", "en;q=0.5"), key("accept-language", "en"));
+        assert_ne!(key("accept-language", "en, en;q=0"), key("accept-language", "en;q=0, en"));
         assert_eq!(key("accept", "Text/HTML;Level=1"), key("accept", "text/html; level=1"));
         assert_ne!(key("accept", "text/html;p=\"A\""), key("accept", "text/html;p=\"a\""));
         assert_ne!(key("accept", "text/html;p=A"), key("accept", "text/html;p=a"));
@@ -859,7 +885,8 @@ mod tests {
 
     /// A varying header's value as it counts: trimmed; `Accept`, `Accept-Charset` and
     /// `Accept-Language` as their non-empty members, each trimmed around its `;`s and in lower
-    /// case (the alphabet has no quoted strings or parameters but `q`); `Accept-Encoding` as
+    /// case (the alphabet has no quoted strings or parameters but `q`), `Accept-Language`'s
+    /// sorted unless a range comes twice; `Accept-Encoding` as
     /// its codings in lower case with their weights in thousandths, sorted, or as it is when a
     /// member does not parse or a coding comes twice.
     fn norm_value(name: &HeaderName, value: &[u8]) -> Vec<u8> {
@@ -867,18 +894,27 @@ mod tests {
         let text = text.trim_matches([' ', '\t']);
         let members =
             || text.split(',').map(|m| m.trim_matches([' ', '\t'])).filter(|m| !m.is_empty());
+        let lists = |m: &str| {
+            let pieces: Vec<String> =
+                m.split(';').map(|p| p.trim_matches([' ', '\t']).to_ascii_lowercase()).collect();
+            pieces.join(";")
+        };
         match name.as_str() {
-            "accept" | "accept-charset" | "accept-language" => members()
-                .map(|m| {
-                    let pieces: Vec<String> = m
-                        .split(';')
-                        .map(|p| p.trim_matches([' ', '\t']).to_ascii_lowercase())
-                        .collect();
-                    pieces.join(";")
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-                .into_bytes(),
+            "accept" | "accept-charset" => {
+                members().map(lists).collect::<Vec<_>>().join(",").into_bytes()
+            }
+            // A set of (range, weight) pairs, unless a range comes twice.
+            "accept-language" => {
+                let mut listed: Vec<String> = members().map(lists).collect();
+                let mut ranges: Vec<&str> =
+                    listed.iter().map(|m| m.split(';').next().unwrap()).collect();
+                ranges.sort();
+                ranges.dedup();
+                if ranges.len() == listed.len() {
+                    listed.sort();
+                }
+                listed.join(",").into_bytes()
+            }
             "accept-encoding" => {
                 let mut codings = std::collections::BTreeMap::new();
                 for member in members() {
