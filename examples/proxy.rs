@@ -43,10 +43,14 @@
 //! `Cache-Control` and `Expires`, and is passed on to the client. Other methods pass
 //! straight through. The upstream must be plain `http://`: this example has no TLS.
 //!
+//! Interim `1xx` responses cannot reach the client (a hyper 1 server cannot send them); the
+//! `Link` headers of an upstream's `103 Early Hints` are added to its final response instead.
+//!
 //! Every response carries `X-Cache: HIT`, `MISS` or `BYPASS` (but with `CACHE_STORE=none`); an
 //! unreachable upstream is a `502`, a silent one a `504`.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -310,7 +314,9 @@ async fn forward(
     let method = parts.method.clone();
     let uri = parts.uri.clone();
 
-    let sent = upstream.client.request(Request::from_parts(parts, body));
+    let mut request = Request::from_parts(parts, body);
+    let early_hints = collect_early_hints(&mut request);
+    let sent = upstream.client.request(request);
     let response = match tokio::time::timeout(UPSTREAM_TIMEOUT, sent).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
@@ -325,7 +331,39 @@ async fn forward(
     tracing::debug!(%method, %uri, status = %response.status(), "forwarded");
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    add_early_hints(&mut parts.headers, &early_hints);
     Response::from_parts(parts, Body::new(body))
+}
+
+/// The `Link` headers of the `103 Early Hints` the upstream sends before its answer.
+type EarlyHints = Arc<Mutex<Vec<HeaderValue>>>;
+
+/// Has the client collect the `Link` headers of any `103 Early Hints` the upstream sends
+/// (over HTTP/1, where hyper reports them).
+///
+/// A 1xx cannot be passed on: a hyper 1 server has no way to send one before its response, and
+/// a Tower service gives exactly one. So the hints go out with the final response instead
+/// (most origins repeat them there anyway), and are stored with it.
+fn collect_early_hints(request: &mut Request) -> EarlyHints {
+    let hints = EarlyHints::default();
+    let collected = Arc::clone(&hints);
+    hyper::ext::on_informational(request, move |interim| {
+        if interim.status() == StatusCode::EARLY_HINTS {
+            let links = interim.headers().get_all(header::LINK).iter().cloned();
+            collected.lock().unwrap_or_else(|e| e.into_inner()).extend(links);
+        }
+    });
+    hints
+}
+
+/// Adds the early hints' `Link` values that the final response does not carry itself.
+fn add_early_hints(headers: &mut HeaderMap, hints: &EarlyHints) {
+    let hints = std::mem::take(&mut *hints.lock().unwrap_or_else(|e| e.into_inner()));
+    for link in hints {
+        if !headers.get_all(header::LINK).iter().any(|known| *known == link) {
+            headers.append(header::LINK, link);
+        }
+    }
 }
 
 /// Removes the headers that concern one connection only (RFC 9110 section 7.6.1), including

@@ -715,6 +715,45 @@ async fn proxy_revalidates_an_entry_that_varies_and_keeps_the_304s_headers() {
     assert_eq!(upstream.hits("GET /r/greeting"), before + 1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_adds_an_upstreams_early_hints_to_its_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that sends `103 Early Hints` before each answer, as no axum server can.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut head, mut buf) = (Vec::new(), [0; 1024]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                              HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\
+                              Connection: close\r\n\r\nok";
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let proxy = Example::start("proxy", &[("UPSTREAM_URL", format!("http://{addr}"))]).await;
+    let api = proxy.api();
+    let first = api.get("/page", None).await;
+    assert_eq!(
+        (first.status, first.cache.as_str(), first.body.as_str()),
+        (StatusCode::OK, "MISS", "ok")
+    );
+    assert_eq!(first.headers["link"], "</style.css>; rel=preload");
+    api.wait_stored("/page", None).await;
+    let hit = api.get("/page", None).await;
+    assert_eq!(hit.cache, "HIT");
+    assert_eq!(hit.headers.get_all("link").iter().count(), 1);
+    assert_eq!(hit.headers["link"], "</style.css>; rel=preload");
+    server.abort();
+}
+
 /// The proxy over a private Redis, with `store_env` choosing the store: it caches, and what it
 /// writes to Redis holds digests, never the credentials.
 async fn proxy_over_redis_caches_gets_and_isolates_credentials(store_env: &[(&str, String)]) {
