@@ -754,6 +754,35 @@ async fn proxy_adds_an_upstreams_early_hints_to_its_response() {
     server.abort();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_serves_ranges_from_stored_bodies() {
+    let upstream = Upstream::start().await;
+    let proxy = Example::start("proxy", &[("UPSTREAM_URL", upstream.url())]).await;
+    let api = proxy.api();
+    let range = |value: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("range", HeaderValue::from_static(value));
+        headers
+    };
+    // A range that misses goes to the upstream as it is, and its answer is not stored.
+    let path = "/r/file?cache-control=max-age%3D60";
+    let missed = api.get_with(path, &range("bytes=0-9")).await;
+    assert_eq!(missed.cache, "MISS");
+    let whole = api.get(path, None).await;
+    assert_eq!(whole.cache, "MISS", "the ranged answer was stored");
+    api.wait_stored(path, None).await;
+    let length = whole.body.len();
+    let part = api.get_with(path, &range("bytes=0-9")).await;
+    assert_eq!((part.status, part.cache.as_str()), (StatusCode::PARTIAL_CONTENT, "HIT"));
+    assert_eq!(part.body, whole.body[..10]);
+    assert_eq!(part.headers["content-range"], format!("bytes 0-9/{length}").as_str());
+    let suffix = api.get_with(path, &range("bytes=-5")).await;
+    assert_eq!(suffix.body, whole.body[length - 5..]);
+    let past = api.get_with(path, &range("bytes=999999-")).await;
+    assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(upstream.hits("GET /r/file"), 2);
+}
+
 /// The proxy over a private Redis, with `store_env` choosing the store: it caches, and what it
 /// writes to Redis holds digests, never the credentials.
 async fn proxy_over_redis_caches_gets_and_isolates_credentials(store_env: &[(&str, String)]) {

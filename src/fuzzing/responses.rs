@@ -158,6 +158,7 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
         head: case.head,
         refresh: false,
         accepts_zstd: accepts_zstd(&request.headers),
+        range: None,
         started: std::time::Instant::now(),
         provisional_versions: false,
     };

@@ -11,6 +11,7 @@ pub(crate) mod conditional;
 pub(crate) mod freshness;
 pub(crate) mod groups;
 pub(crate) mod guard;
+pub(crate) mod range;
 pub(crate) mod storable;
 pub(crate) mod time_fields;
 pub(crate) mod value;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AGE, CONTENT_LENGTH};
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH, CONTENT_RANGE};
 use http::{Response, StatusCode};
 
 use super::body::CacheBody;
@@ -15,6 +15,7 @@ use crate::entry::decoded::Decoded;
 use crate::entry::Entry;
 use crate::outcome::{Forwarded, Outcome};
 use crate::protocol::conditional::not_modified_headers;
+use crate::protocol::range::{content_range, RangeAnswer};
 use crate::protocol::value;
 use crate::store::{Lookup, TagVersion};
 
@@ -103,6 +104,27 @@ pub(crate) fn respond_from_entry<B>(
         *response.headers_mut() = not_modified_headers(&entry.headers);
         response.headers_mut().insert(AGE, age);
         return shared.mark(response, outcome, plan, None);
+    }
+    if let Some(range) = &plan.range {
+        let length = entry.body.len() as u64;
+        match range.answer(entry.status, &entry.headers, length) {
+            RangeAnswer::Whole => {}
+            RangeAnswer::Part(part) => {
+                let bytes = entry.body.slice(*part.start() as usize..=*part.end() as usize);
+                entry.headers.insert(CONTENT_RANGE, content_range(Some(&part), length));
+                (entry.status, entry.body, entry.trailers) =
+                    (StatusCode::PARTIAL_CONTENT, bytes, None);
+                entry.set_content_length();
+            }
+            RangeAnswer::Unsatisfiable => {
+                let mut response = Response::new(CacheBody::cached(Bytes::new(), None));
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                response.headers_mut().insert(CONTENT_RANGE, content_range(None, length));
+                response.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+                response.headers_mut().insert(AGE, age);
+                return shared.mark(response, outcome, plan, Some(0));
+            }
+        }
     }
     // Copies from the decoded entries carry their length (see `Decoded::for_client`); a
     // revalidated entry's copy gets it here. A `HEAD` has the `GET`'s.

@@ -17,6 +17,7 @@ use crate::outcome::BypassReason;
 use crate::protocol::cache_control::asks_for_origin;
 use crate::protocol::conditional::Conditions;
 use crate::protocol::guard;
+use crate::protocol::range::RangeRequest;
 use crate::rules::{Matched, ReadRule, Scope};
 
 /// What the layer does with one request.
@@ -59,8 +60,12 @@ pub(crate) struct Plan {
     /// The request asked for a response from the origin (`Cache-Control: no-cache` or
     /// `max-age=0`, `Pragma: no-cache`) and the layer honours that.
     pub(crate) refresh: bool,
-    /// The client accepts `zstd`: compressed entries are served as they are stored.
+    /// The client accepts `zstd`: compressed entries are served as they are stored. Never
+    /// with a range, which counts the bytes of the body as it is.
     pub(crate) accepts_zstd: bool,
+    /// A `GET`'s `Range`: served from a fresh entry, else passed to the inner service, whose
+    /// answer is not stored. Boxed: most requests have none, and the plan stays small.
+    pub(crate) range: Option<Box<RangeRequest>>,
     /// When the layer was called with the request, for its latency.
     pub(crate) started: Instant,
     /// Some of the tags had no version, and this miss made them provisional ones: storing its
@@ -199,6 +204,11 @@ pub(crate) fn decide(
     if shared.store.eviction_pending(&tag_keys) {
         return bypass(BypassReason::EvictionPending);
     }
+    // Ranges are only defined for `GET` (RFC 9110 section 14.2).
+    let range = match request.method == Method::GET {
+        true => RangeRequest::from_request(&request.headers).map(Box::new),
+        false => None,
+    };
     Decision::Lookup(Plan {
         key,
         key_parts,
@@ -210,7 +220,8 @@ pub(crate) fn decide(
         per_user: user.is_some(),
         conditions: Conditions::from_request(&request.headers),
         refresh: shared.settings.honor_request_no_cache && asks_for_origin(&request.headers),
-        accepts_zstd: accepts_zstd(&request.headers),
+        accepts_zstd: range.is_none() && accepts_zstd(&request.headers),
+        range,
         head: request.method == Method::HEAD,
         started,
         provisional_versions: false,

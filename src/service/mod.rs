@@ -217,8 +217,8 @@ where
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
-    // A `HEAD`'s response stores nothing, so it refreshes nothing.
-    let refresh = !plan.head && shared.refreshes_early(&entry, now);
+    // A `HEAD`'s response stores nothing, and nor does a range's, so they refresh nothing.
+    let refresh = !plan.head && plan.range.is_none() && shared.refreshes_early(&entry, now);
     let stored_at = entry.stored_at_ms;
     let hit = serve_fresh(&shared, &plan, entry, now, None);
     if refresh {
@@ -248,6 +248,17 @@ where
         Some(examined) => Some(examined),
         None => look_up(&shared, &mut plan, request.headers(), now).await,
     };
+    // A range is served from a fresh entry only; otherwise the inner service answers it, and
+    // its answer (a part, most likely) is not stored.
+    if plan.range.is_some() && !matches!(examined, Some(Ok((Usable::Fresh(_), _)))) {
+        let fwd = match &examined {
+            Some(Err(miss)) => miss.fwd,
+            Some(Ok(_)) => Forwarded::Stale,
+            None => Forwarded::Error,
+        };
+        let response = inner.call(request).await?.map(CacheBody::passthrough);
+        return Ok(shared.mark(response, Outcome::Miss { fwd, stored: None }, &plan, None));
+    }
     let mut stale = None;
     let (versions, fwd) = match examined {
         // The store failed: serve from the inner service and store nothing.

@@ -2240,3 +2240,76 @@ async fn an_entry_that_varies_is_revalidated_and_a_304_updates_its_headers() {
     let french = h.send(get_as("/greeting", "accept-language", "fr"), |_| ok("bonjour")).await;
     assert_eq!(french.x_cache(), "MISS");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Ranges (RFC 9110 section 14), served from stored bodies.
+
+#[tokio::test]
+async fn a_range_of_a_stored_body_is_served_from_it() {
+    let mut h = Harness::new(builder_for(test_store().await).route("/{*path}", Rule::get()).build().unwrap());
+    let file = |_: &Req| with_header(ok("0123456789"), "etag", "\"v1\"");
+    h.send(get("/file"), file).await;
+    let ranged = |range: &str| {
+        Request::get("/file").header("range", range).body(String::new()).unwrap()
+    };
+    for (range, part, content_range) in [
+        ("bytes=2-4", "234", "bytes 2-4/10"),
+        ("bytes=-3", "789", "bytes 7-9/10"),
+        ("bytes=7-", "789", "bytes 7-9/10"),
+        ("bytes=8-100", "89", "bytes 8-9/10"),
+    ] {
+        let answer = h.send(ranged(range), |_| ok("must not be called")).await;
+        assert_eq!((answer.x_cache(), answer.status), ("HIT", StatusCode::PARTIAL_CONTENT), "{range}");
+        assert_eq!(answer.body, part, "{range}");
+        assert_eq!(answer.headers["content-range"], content_range, "{range}");
+        assert_eq!(answer.headers["content-length"], part.len().to_string().as_str(), "{range}");
+        assert_eq!(answer.headers["etag"], "\"v1\"");
+    }
+    let past = h.send(ranged("bytes=10-"), |_| ok("must not be called")).await;
+    assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(past.headers["content-range"], "bytes */10");
+    assert!(past.body.is_empty());
+    // Several ranges, or an `If-Range` that is not the entry's: the whole body.
+    let several = h.send(ranged("bytes=0-1,4-5"), |_| ok("must not be called")).await;
+    assert_eq!((several.status, &several.body[..]), (StatusCode::OK, &b"0123456789"[..]));
+    let mut stale_copy = ranged("bytes=0-1");
+    stale_copy.headers_mut().insert("if-range", HeaderValue::from_static("\"v0\""));
+    let whole = h.send(stale_copy, |_| ok("must not be called")).await;
+    assert_eq!((whole.x_cache(), whole.status, &whole.body[..]), ("HIT", StatusCode::OK, &b"0123456789"[..]));
+    let mut same_copy = ranged("bytes=0-1");
+    same_copy.headers_mut().insert("if-range", HeaderValue::from_static("\"v1\""));
+    let part = h.send(same_copy, |_| ok("must not be called")).await;
+    assert_eq!((part.status, &part.body[..]), (StatusCode::PARTIAL_CONTENT, &b"01"[..]));
+}
+
+#[tokio::test]
+async fn a_range_that_misses_goes_to_the_inner_service_and_stores_nothing() {
+    let mut h = Harness::new(builder_for(test_store().await).route("/{*path}", Rule::http_cache()).build().unwrap());
+    let ranged = Request::get("/video").header("range", "bytes=0-3").body(String::new()).unwrap();
+    let part = |seen: &Req| {
+        assert_eq!(seen.headers()["range"], "bytes=0-3", "the range goes through");
+        let response = with_status(ok("0123"), StatusCode::PARTIAL_CONTENT);
+        let response = with_header(response, "content-range", "bytes 0-3/100");
+        with_header(response, "cache-control", "max-age=60")
+    };
+    let miss = h.send(ranged, part).await;
+    assert_eq!((miss.x_cache(), miss.status, &miss.body[..]), ("MISS", StatusCode::PARTIAL_CONTENT, &b"0123"[..]));
+    let whole = |_: &Req| with_header(ok("0123456789"), "cache-control", "max-age=60");
+    assert!(h.send(get("/video"), whole).await.reached_inner.is_some(), "the part was not stored");
+    assert_eq!(h.cache.stats().stores, 1, "only the whole response");
+}
+
+#[tokio::test]
+async fn a_range_of_a_compressed_entry_counts_the_bytes_of_the_body_itself() {
+    let mut h = Harness::new(builder_for(test_store().await).route("/{*path}", Rule::get()).build().unwrap());
+    let body: String = (0..400).map(|i| format!("{:04}", i % 10_000)).collect();
+    let body: &'static str = Box::leak(body.into_boxed_str());
+    h.send(get("/big"), |_| ok(body)).await;
+    let mut request = Request::get("/big").header("range", "bytes=1000-1007").body(String::new()).unwrap();
+    request.headers_mut().insert("accept-encoding", HeaderValue::from_static("zstd"));
+    let part = h.send(request, |_| ok("must not be called")).await;
+    assert_eq!((part.x_cache(), part.status), ("HIT", StatusCode::PARTIAL_CONTENT));
+    assert_eq!(part.body, body[1000..=1007]);
+    assert!(part.headers.get("content-encoding").is_none());
+    assert_eq!(part.headers["content-range"], format!("bytes 1000-1007/{}", body.len()).as_str());
+}
