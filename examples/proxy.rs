@@ -184,14 +184,13 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
 /// its own, keyed by a digest of both headers (a session cookie alone must not land a personal
 /// page in the shared entries). `Cache-Control: private` responses are stored only per user.
 fn cache_layer(store: impl Store, options: &CacheOptions) -> Result<CacheLayer, BuildError> {
+    // Keyed on no request header up front: what a response `Vary`s on is learned from it, so
+    // that requests differing only in headers the upstream ignores share one entry.
     let rule = || {
         Rule::http_cache()
             .ttl(options.ttl)
             .per_user_by(UserFromHeader::authorization().and(header::COOKIE))
             .share_anonymous()
-            // Key on the negotiation headers, so that responses which `Vary` on them can be
-            // stored (a response varying on any other header is not).
-            .vary(["accept", "accept-encoding", "accept-language"])
     };
     let mut builder = CacheLayer::builder(store);
     if !options.refresh_ahead {

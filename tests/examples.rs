@@ -783,6 +783,39 @@ async fn proxy_serves_ranges_from_stored_bodies() {
     assert_eq!(upstream.hits("GET /r/file"), 2);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_keys_only_on_what_responses_vary_on() {
+    let upstream = Upstream::start().await;
+    let proxy = Example::start("proxy", &[("UPSTREAM_URL", upstream.url())]).await;
+    let api = proxy.api();
+    let with = |name: &'static str, value: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_static(value));
+        headers
+    };
+    // The upstream ignores these headers, and says so by not varying on them: one entry.
+    let plain = "/k/plain?cache-control=max-age%3D60";
+    let identity = with("accept-encoding", "identity");
+    assert_eq!(api.get_with(plain, &identity).await.cache, "MISS");
+    api.wait_stored_with(plain, &identity).await;
+    assert_eq!(api.get(plain, None).await.cache, "HIT");
+    assert_eq!(api.get_with(plain, &with("accept-language", "fr")).await.cache, "HIT");
+    let head = api.request(Method::HEAD, plain, &HeaderMap::new(), None, "").await;
+    assert_eq!(head.cache, "HIT");
+    assert_eq!(upstream.hits("GET /k/plain"), 1);
+    // What it varies on splits the entries.
+    let varied = "/k/varied?cache-control=max-age%3D60&vary=accept-language";
+    for language in ["en", "fr"] {
+        let headers = with("accept-language", language);
+        api.get_with(varied, &headers).await;
+        api.wait_stored_with(varied, &headers).await;
+    }
+    let en = api.get_with(varied, &with("accept-language", "en")).await;
+    let fr = api.get_with(varied, &with("accept-language", "fr")).await;
+    assert_eq!((en.cache.as_str(), fr.cache.as_str()), ("HIT", "HIT"));
+    assert_ne!(en.json()["hit"], fr.json()["hit"], "each language its own answer");
+}
+
 /// The proxy over a private Redis, with `store_env` choosing the store: it caches, and what it
 /// writes to Redis holds digests, never the credentials.
 async fn proxy_over_redis_caches_gets_and_isolates_credentials(store_env: &[(&str, String)]) {

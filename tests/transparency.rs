@@ -472,11 +472,10 @@ fn failure(at: usize, requests: &[Req], cached: &Seen, why: String) -> TestCaseE
 /// The `proxy` example's rule, over `store`.
 fn layer(store: impl Store, prefix: &str) -> CacheLayer {
     let rule = || {
-        Rule::get()
+        Rule::http_cache()
             .ttl(Duration::from_secs(60))
             .per_user_by(UserFromHeader::authorization().and(header::COOKIE))
             .share_anonymous()
-            .vary(["accept", "accept-encoding", "accept-language"])
     };
     CacheLayer::builder(store)
         .store_timeout(Duration::from_secs(2))
