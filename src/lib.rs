@@ -81,7 +81,8 @@
 //! # Guarantees
 //!
 //! - **No cross-user leaks.** Per-user entries are keyed by a digest of the user; credentialed
-//!   requests never read or fill shared entries unless the route says [`Rule::shared`].
+//!   requests never read or fill shared entries unless the route says [`Rule::shared`], or,
+//!   under [`Rule::http_cache`], the response says it is for anyone (RFC 9111 section 3.5).
 //! - **No stale read after a write.** Each tag has a version in the store. An entry records its
 //!   tags' versions as read *before* the inner service computed it, and is a hit only while they
 //!   are current; an eviction gives the tag a new version. So a slow miss that computed its

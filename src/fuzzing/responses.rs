@@ -154,6 +154,7 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
         tags,
         rule: Arc::clone(rule),
         per_user: user.is_some(),
+        credentialed: false,
         conditions: Conditions::from_request(&request.headers),
         head: case.head,
         refresh: false,
@@ -175,7 +176,7 @@ pub fn stored_entry(case: &ResponseCase) -> Option<Vec<u8>> {
     // As `capture_if_storable` does: a HEAD response has no body to store.
     let stored = match plan.head {
         true => Err("HEAD responses have no body to store"),
-        false => storable(&response, &plan.rule, plan.per_user, now),
+        false => storable(&response, &plan.rule, plan.entry_for(), now),
     };
     check_storable(case, status, &response.headers, &plan, stored.as_ref().ok());
     let fresh = stored.ok()?;

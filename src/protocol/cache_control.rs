@@ -203,6 +203,12 @@ impl CacheControl {
         self.targeted
     }
 
+    /// Whether it lets a shared cache reuse a response to a request with `Authorization` for
+    /// others (RFC 9111 section 3.5): `public`, `s-maxage` or `must-revalidate`.
+    pub(crate) fn reusable_by_anyone(&self) -> bool {
+        self.public || self.s_maxage().is_some() || self.must_revalidate
+    }
+
     /// Whether it says `must-revalidate`.
     pub(crate) fn must_revalidate(&self) -> bool {
         self.must_revalidate

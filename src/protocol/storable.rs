@@ -5,17 +5,29 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{response, StatusCode};
 
-use super::cache_control::CacheControl;
+use super::cache_control::{CacheControl, Unreadable};
 use super::freshness::{freshness, Freshness};
 use crate::grpc;
 use crate::rules::{ReadRule, NEVER_STORED};
 
-/// How long a response to a request for `rule` may be stored, or why it may not; `per_user`
-/// says whether its entry belongs to one identified user.
+/// Whose entry a response goes into, as far as storing it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryFor {
+    /// A shared entry, for a request without credentials.
+    Anyone,
+    /// A shared entry, for a request with credentials: only what RFC 9111 section 3.5 lets
+    /// a shared cache reuse for others goes in (see [`reusable_by_anyone`]).
+    AnyoneAskedWithCredentials,
+    /// One identified user's entry.
+    OneUser,
+}
+
+/// How long a response to a request for `rule` may be stored in an entry `for_whom`, or why
+/// it may not.
 pub(crate) fn storable(
     response: &response::Parts,
     rule: &ReadRule,
-    per_user: bool,
+    for_whom: EntryFor,
     now: SystemTime,
 ) -> Result<Freshness, &'static str> {
     if !rule.statuses.contains(response.status) {
@@ -29,16 +41,13 @@ pub(crate) fn storable(
     if headers.contains_key(header::SET_COOKIE) {
         return Err("Set-Cookie");
     }
-    // A targeted field (RFC 9213) stands in for `Cache-Control` where a shared-cache rule
-    // reads one.
-    let targeted =
-        rule.http_cache.as_ref().and_then(|h| CacheControl::targeted(headers, &h.targets));
-    let cache_control = match rule.upstream_cache_control {
-        _ if targeted.is_some() => targeted,
-        // One we cannot read may say `no-store` or `private` in a form we do not see.
-        true => CacheControl::parse(headers).map_err(|_| "unreadable Cache-Control")?,
-        false => None,
-    };
+    // One we cannot read may say `no-store` or `private` in a form we do not see.
+    let cache_control = directives(headers, rule).map_err(|_| "unreadable Cache-Control")?;
+    if for_whom == EntryFor::AnyoneAskedWithCredentials
+        && !cache_control.as_ref().is_some_and(CacheControl::reusable_by_anyone)
+    {
+        return Err("asked with credentials, and not public, s-maxage or must-revalidate");
+    }
     if let Some(cc) = &cache_control {
         // RFC 9111 section 5.2.2.3: a cache that implements the status's caching may store it
         // despite `no-store`; no other cache may store it at all.
@@ -51,7 +60,7 @@ pub(crate) fn storable(
         if cc.no_store() && !(cc.must_understand() && understood) {
             return Err("Cache-Control: no-store");
         }
-        if cc.private() && !per_user {
+        if cc.private() && for_whom != EntryFor::OneUser {
             return Err("Cache-Control: private on a shared entry");
         }
         // A shared cache may store it only without the named fields (RFC 9111 section
@@ -94,6 +103,27 @@ pub(crate) fn storable(
         return Err("already stale");
     }
     Ok(fresh)
+}
+
+/// The directives a response gives `rule`: a targeted field's (RFC 9213) where a shared-cache
+/// rule reads one, else its `Cache-Control`'s; `None` without either, or when the rule ignores
+/// them.
+fn directives(headers: &HeaderMap, rule: &ReadRule) -> Result<Option<CacheControl>, Unreadable> {
+    let targeted =
+        rule.http_cache.as_ref().and_then(|h| CacheControl::targeted(headers, &h.targets));
+    match rule.upstream_cache_control {
+        _ if targeted.is_some() => Ok(targeted),
+        true => CacheControl::parse(headers),
+        false => Ok(None),
+    }
+}
+
+/// Whether a stored response with `headers` may answer a request with credentials under
+/// `rule`: RFC 9111 section 3.5 lets a shared cache reuse a response to such a request for
+/// others only when it says `public`, `s-maxage` or `must-revalidate`, and the layer serves
+/// such requests nothing else from a shared entry either.
+pub(crate) fn reusable_by_anyone(headers: &HeaderMap, rule: &ReadRule) -> bool {
+    directives(headers, rule).ok().flatten().is_some_and(|cc| cc.reusable_by_anyone())
 }
 
 /// Whether RFC 9110 defines `status` and an [`http_cache`](crate::Rule::http_cache) rule
@@ -153,7 +183,7 @@ mod tests {
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         *response.headers_mut() = map(headers);
         let (parts, ()) = response.into_parts();
-        let fresh = storable(&parts, rule, false, UNIX_EPOCH).ok()?;
+        let fresh = storable(&parts, rule, EntryFor::Anyone, UNIX_EPOCH).ok()?;
         Some(fresh.remaining().as_secs())
     }
 
@@ -224,5 +254,29 @@ mod tests {
         // App rules do not read targeted fields.
         let app = [("cdn-cache-control", "max-age=600"), ("cache-control", "max-age=5")];
         assert_eq!(stored_for(&app_rule(), 200, &app), Some(5));
+    }
+
+    #[test]
+    fn a_response_to_credentials_goes_in_a_shared_entry_only_when_it_says_it_is_for_anyone() {
+        let rule = http_cache_rule();
+        let for_credentials = |cache_control: &'static str| {
+            let mut response = http::Response::new(());
+            response.headers_mut().insert("cache-control", cache_control.parse().unwrap());
+            let (parts, ()) = response.into_parts();
+            let whom = EntryFor::AnyoneAskedWithCredentials;
+            storable(&parts, &rule, whom, UNIX_EPOCH).is_ok()
+        };
+        assert!(!for_credentials("max-age=60"));
+        assert!(for_credentials("public, max-age=60"));
+        assert!(for_credentials("s-maxage=60"));
+        assert!(for_credentials("max-age=60, must-revalidate"));
+        assert!(!for_credentials("public, private, max-age=60"), "private still wins");
+        // What a stored response says decides whether such a request may be answered with it.
+        let public = map(&[("cache-control", "public, max-age=60")]);
+        assert!(reusable_by_anyone(&public, &rule));
+        assert!(!reusable_by_anyone(&map(&[("cache-control", "max-age=60")]), &rule));
+        assert!(!reusable_by_anyone(&map(&[]), &rule));
+        let targeted = map(&[("cache-control", "public"), ("cdn-cache-control", "max-age=60")]);
+        assert!(!reusable_by_anyone(&targeted, &rule), "the targeted field is what counts");
     }
 }

@@ -179,6 +179,12 @@ impl Rule {
     ///   this cache with [`targeted_cache_control`](crate::CacheLayerBuilder::targeted_cache_control),
     ///   stands in for `Cache-Control` and `Expires`.
     ///
+    /// - **Requests with credentials** (`Authorization`, `Cookie`) on a route that is neither
+    ///   [`per_user`](Self::per_user) nor [`shared`](Self::shared) are looked up instead of
+    ///   bypassing the cache, but meet only entries whose response says `public`, `s-maxage`
+    ///   or `must-revalidate`, and fill them only with such a response, which then serves
+    ///   every requester (RFC 9111 section 3.5).
+    ///
     /// Everything else is as for [`Rule::get`]: who shares entries ([`per_user`](Self::per_user),
     /// [`shared`](Self::shared)), `private`, `no-store`, `no-cache`, `Vary`, `Set-Cookie`.
     ///

@@ -16,6 +16,7 @@ use crate::entry::Entry;
 use crate::outcome::{Forwarded, Outcome};
 use crate::protocol::conditional::not_modified_headers;
 use crate::protocol::range::{content_range, RangeAnswer};
+use crate::protocol::storable::reusable_by_anyone;
 use crate::protocol::value;
 use crate::store::{Lookup, TagVersion};
 
@@ -64,6 +65,10 @@ pub(crate) fn examine(
         .entry
         .and_then(|raw| shared.decoded.decode(&plan.key, raw))
         .filter(|decoded| tags_match(&decoded.entry, &plan.tags, &versions))
+        // A request with credentials meets only what was stored for anyone (RFC 9111 3.5).
+        .filter(|decoded| {
+            !plan.credentialed || reusable_by_anyone(&decoded.entry.headers, &plan.rule)
+        })
         .and_then(|decoded| Some((decoded.for_client(plan.accepts_zstd, max_len)?, decoded)));
     let Some((entry, stored)) = usable else {
         return Err(Miss { versions: Some(versions), fwd });

@@ -249,7 +249,7 @@ fn capture_with<B: Body<Data = Bytes>>(
     let settings = &shared.settings;
     let checked = match plan.head {
         true => Err("HEAD responses have no body to store"),
-        false => storable(&parts, &plan.rule, plan.per_user, shared.now()),
+        false => storable(&parts, &plan.rule, plan.entry_for(), shared.now()),
     };
     let checked = checked.and_then(|freshness| {
         // A known length over the limit: do not even start a copy.

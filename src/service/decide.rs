@@ -18,6 +18,7 @@ use crate::protocol::cache_control::asks_for_origin;
 use crate::protocol::conditional::Conditions;
 use crate::protocol::guard;
 use crate::protocol::range::RangeRequest;
+use crate::protocol::storable::EntryFor;
 use crate::rules::{Matched, ReadRule, Scope};
 
 /// What the layer does with one request.
@@ -53,6 +54,10 @@ pub(crate) struct Plan {
     pub(crate) rule: Arc<ReadRule>,
     /// Whether the entry belongs to one identified user (so `private` responses may go in it).
     pub(crate) per_user: bool,
+    /// A request with credentials looked up in the shared entries, as an `http_cache` rule
+    /// allows (RFC 9111 section 3.5): it is answered, and fills, only with responses that say
+    /// `public`, `s-maxage` or `must-revalidate`.
+    pub(crate) credentialed: bool,
     /// The request's `If-None-Match` / `If-Modified-Since`, for `304` answers on hits.
     pub(crate) conditions: Option<Conditions>,
     /// `HEAD`: answered from the `GET` entry, never stored from (its response has no body).
@@ -74,6 +79,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Whose entry the response goes into, for [`storable`](crate::protocol::storable::storable).
+    pub(crate) fn entry_for(&self) -> EntryFor {
+        match (self.per_user, self.credentialed) {
+            (true, _) => EntryFor::OneUser,
+            (false, true) => EntryFor::AnyoneAskedWithCredentials,
+            (false, false) => EntryFor::Anyone,
+        }
+    }
+
     /// The key with the rule's `vary` headers only: the field, or `key` while nothing was
     /// learned.
     pub(crate) fn rule_vary_key(&self) -> &str {
@@ -163,15 +177,22 @@ pub(crate) fn decide(
     if invalidate_unsafe {
         tags.push(uri_tag(path));
     }
-    let user = match &rule.scope {
+    // Whose entry: one user's, or the shared one, which a credentialed request may look up
+    // only as `Plan::credentialed` says.
+    let (user, credentialed) = match &rule.scope {
         Scope::PerUser { identify, share_anonymous } => match identify.identify(request) {
-            Some(user) => Some(user),
-            None if *share_anonymous && !has_credentials(request) => None,
+            Some(user) => (Some(user), false),
+            None if *share_anonymous && !has_credentials(request) => (None, false),
             None => return bypass(BypassReason::UnidentifiedUser),
         },
         // A credentialed request may get a response made for that user: RFC 9111 section 3.5.
-        Scope::Default if has_credentials(request) => return bypass(BypassReason::Credentials),
-        Scope::Default | Scope::Shared => None,
+        // A shared-cache rule looks it up, but it only meets (and fills) entries whose
+        // responses say they are for anyone.
+        Scope::Default if has_credentials(request) => match rule.http_cache {
+            Some(_) => (None, true),
+            None => return bypass(BypassReason::Credentials),
+        },
+        Scope::Default | Scope::Shared => (None, false),
     };
 
     let mut key_parts = match &rule.query_params {
@@ -218,6 +239,7 @@ pub(crate) fn decide(
         tags,
         rule: Arc::clone(rule),
         per_user: user.is_some(),
+        credentialed,
         conditions: Conditions::from_request(&request.headers),
         refresh: shared.settings.honor_request_no_cache && asks_for_origin(&request.headers),
         accepts_zstd: range.is_none() && accepts_zstd(&request.headers),

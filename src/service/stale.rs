@@ -70,7 +70,7 @@ pub(crate) fn revalidated<B>(
     parts.status = stored.status;
     parts.headers = headers;
     let now = shared.now_ms();
-    let freshness = storable(&parts, &plan.rule, plan.per_user, shared.now())
+    let freshness = storable(&parts, &plan.rule, plan.entry_for(), shared.now())
         .map(|f| f.jittered(shared.settings.ttl_jitter));
     let entry = Entry {
         status: stored.status,

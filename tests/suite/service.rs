@@ -2313,3 +2313,40 @@ async fn a_range_of_a_compressed_entry_counts_the_bytes_of_the_body_itself() {
     assert!(part.headers.get("content-encoding").is_none());
     assert_eq!(part.headers["content-range"], format!("bytes 1000-1007/{}", body.len()).as_str());
 }
+
+// ---------------------------------------------------------------------------------------------
+// RFC 9111 section 3.5: requests with credentials on a shared-cache rule.
+
+#[tokio::test]
+async fn credentialed_requests_meet_and_fill_only_entries_said_to_be_for_anyone() {
+    let layer = builder_for(test_store().await)
+        .route("/{*path}", Rule::http_cache())
+        .route("/app/{*path}", Rule::get())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let alice = || get_as("/page", "authorization", "Bearer alice");
+    let fresh = |text| move |_: &Req| with_header(ok(text), "cache-control", "max-age=60");
+    // An anonymous answer is stored, but a credentialed request never gets it...
+    h.send(get("/page"), fresh("for anyone")).await;
+    let asked = h.send(alice(), fresh("alice's page")).await;
+    assert_eq!((asked.x_cache(), &asked.body[..]), ("MISS", &b"alice's page"[..]));
+    // ...and what it got, which did not say it was for anyone, is not stored for the others.
+    let anonymous = h.send(get("/page"), |_| ok("must not be called")).await;
+    assert_eq!((anonymous.x_cache(), &anonymous.body[..]), ("HIT", &b"for anyone"[..]));
+
+    // `public`, `s-maxage` or `must-revalidate`: stored once, reused by every requester.
+    for (path, directive) in [("/p", "public, max-age=60"), ("/s", "s-maxage=60"), ("/m", "max-age=60, must-revalidate")] {
+        let public = move |_: &Req| with_header(ok("the same for all"), "cache-control", directive);
+        let first = h.send(get_as(path, "authorization", "Bearer alice"), public).await;
+        assert_eq!(first.x_cache(), "MISS", "{path}");
+        for (name, value) in [("authorization", "Bearer bob"), ("cookie", "session=carol")] {
+            let other = h.send(get_as(path, name, value), |_| ok("must not be called")).await;
+            assert_eq!((other.x_cache(), &other.body[..]), ("HIT", &b"the same for all"[..]), "{path}");
+        }
+        assert_eq!(h.send(get(path), |_| ok("must not be called")).await.x_cache(), "HIT");
+    }
+    // App rules still keep credentialed requests out.
+    let app = h.send(get_as("/app/x", "authorization", "Bearer alice"), fresh("x")).await;
+    assert_eq!(app.x_cache(), "BYPASS");
+}
