@@ -12,6 +12,10 @@
 //! - `/users/{id}` and `/users`: neither, so credentialed requests bypass the cache while
 //!   anonymous ones share one entry;
 //! - `/auth/{*rest}`: bypassed;
+//! - `/pages/{id}`: `Rule::http_cache()` (RFC 9111's shared cache), where credentialed requests
+//!   are looked up but meet and fill only entries whose response says it is for anyone: page 1
+//!   is `public` and the same for everyone; pages 2 and 3 name their requester, and only an
+//!   anonymous one's answer may be stored, and served to anonymous requests only;
 //!
 //! with writes in between: `PUT /catalog/{id}`, `PUT /users/{id}` and `PATCH /me` evict by
 //! mutation rule; `DELETE /catalog/{id}` and `POST /catalog` (whose `Location` or
@@ -96,6 +100,8 @@ enum Read {
     Users,
     /// `/auth/session`, under the bypass pattern.
     Auth,
+    /// `/pages/{id}`, under a shared-cache rule; page 1 is `public`.
+    Page(u8),
 }
 
 impl Read {
@@ -108,6 +114,7 @@ impl Read {
             Read::User(id) => format!("/users/{id}"),
             Read::Users => "/users".into(),
             Read::Auth => "/auth/session".into(),
+            Read::Page(id) => format!("/pages/{id}"),
         }
     }
 }
@@ -128,6 +135,8 @@ enum Write {
     PatchMe,
     /// `POST /auth/login`: bypassed, changes nothing.
     Login,
+    /// Mutation rule: evicts `page:{id}`.
+    PutPage(u8),
 }
 
 impl Write {
@@ -139,6 +148,7 @@ impl Write {
             Write::PutUser(id) => (Method::PUT, format!("/users/{id}")),
             Write::PatchMe => (Method::PATCH, "/me".into()),
             Write::Login => (Method::POST, "/auth/login".into()),
+            Write::PutPage(id) => (Method::PUT, format!("/pages/{id}")),
         }
     }
 }
@@ -221,6 +231,7 @@ fn read() -> impl Strategy<Value = Read> {
         3 => id().prop_map(Read::User),
         1 => Just(Read::Users),
         1 => Just(Read::Auth),
+        4 => id().prop_map(Read::Page),
     ]
 }
 
@@ -237,6 +248,7 @@ fn write() -> impl Strategy<Value = Write> {
         2 => id().prop_map(Write::PutUser),
         2 => Just(Write::PatchMe),
         1 => Just(Write::Login),
+        2 => id().prop_map(Write::PutPage),
     ]
 }
 
@@ -285,6 +297,8 @@ struct Db {
     user_list: u32,
     /// Calls to `/auth/session`, which the cache must never answer.
     auth_calls: u32,
+    /// `/pages/{id}`, by id (index 0 unused).
+    pages: [u32; 4],
     /// Every call that reached the origin.
     calls: u64,
 }
@@ -344,12 +358,20 @@ fn origin(db: &Mutex<Db>, request: &Request<String>) -> Response<Body> {
                 db.auth_calls += 1;
                 (200, format!("auth #{} for={who}", db.auth_calls))
             }
+            ["pages", id] => (200, page_text(&db, item_id(id), who)),
             _ => panic!("unexpected read {}", request.uri()),
         };
         let body = if method == Method::HEAD { Bytes::new() } else { Bytes::from(text.clone()) };
+        // A shared-cache rule takes the freshness the response gives; page 1 says it is the
+        // same for anyone.
+        let cache_control = match segments[..] {
+            ["pages", "1"] => "public, max-age=86400",
+            _ => "max-age=86400",
+        };
         return Response::builder()
             .status(status)
             .header("x-model", text)
+            .header("cache-control", cache_control)
             .body(Full::new(body))
             .unwrap();
     }
@@ -395,9 +417,22 @@ fn origin(db: &Mutex<Db>, request: &Request<String>) -> Response<Body> {
             _ => return Response::builder().status(401).body(Body::default()).unwrap(),
         },
         (&Method::POST, ["auth", "login"]) => {}
+        (&Method::PUT, ["pages", id]) => {
+            if done {
+                db.pages[item_id(id)] += 1;
+            }
+        }
         _ => panic!("unexpected write {method} {}", request.uri()),
     }
     response.status(outcome).body(Body::default()).unwrap()
+}
+
+/// What `/pages/{id}` says: page 1 the same for anyone, the others their requester's.
+fn page_text(db: &Db, id: usize, who: Who) -> String {
+    match id {
+        1 => format!("pages/1 v{}", db.pages[1]),
+        _ => format!("pages/{id} v{} for={who}", db.pages[id]),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,6 +446,7 @@ enum Entry {
     Me(u8),
     User(u8),
     Users,
+    Page(u8),
 }
 
 impl Entry {
@@ -427,6 +463,16 @@ impl Entry {
                 vec!["users".into(), format!("user:{id}"), format!("uri:/users/{id}")]
             }
             Entry::Users => vec!["users".into(), "uri:/users".into()],
+            Entry::Page(id) => vec![format!("page:{id}"), format!("uri:/pages/{id}")],
+        }
+    }
+
+    /// Whether `who` may be answered from the entry, and fill it (RFC 9111 section 3.5 on the
+    /// shared-cache route: credentialed requests only where the response is `public`).
+    fn open_to(self, who: Who) -> bool {
+        match self {
+            Entry::Page(id) => who == Who::Anon || id == 1,
+            _ => true,
         }
     }
 }
@@ -444,6 +490,8 @@ enum Held {
 fn entry_of(read: Read, who: Who) -> Option<Entry> {
     match (read, who) {
         (Read::Auth, _) => None,
+        // Looked up by everyone; `Entry::open_to` says who meets it.
+        (Read::Page(id), _) => Some(Entry::Page(id)),
         (Read::Item(id, q), _) => {
             // Queries that differ only in order share an entry.
             let q =
@@ -476,6 +524,7 @@ fn expected_read(db: &Db, read: Read, who: Who) -> (u16, String) {
         Read::User(id) => (200, format!("users/{id} v{} for={who}", db.users[id as usize])),
         Read::Users => (200, format!("users v{} for={who}", db.user_list)),
         Read::Auth => (200, format!("auth #{} for={who}", db.auth_calls + 1)),
+        Read::Page(id) => (200, page_text(db, id as usize, who)),
     }
 }
 
@@ -514,6 +563,7 @@ fn apply_write(db: &mut Db, write: Write, who: Who, status: u16) {
             db.user_list += 1;
         }
         Write::Login => {}
+        Write::PutPage(id) => db.pages[id as usize] += 1,
     }
 }
 
@@ -560,6 +610,14 @@ fn invalidated_tags(write: Write, status: u16) -> Vec<String> {
             }
         }
         Write::Login => {}
+        Write::PutPage(id) => {
+            if success {
+                tags.push(format!("page:{id}"));
+            }
+            if non_error {
+                tags.push(format!("uri:/pages/{id}"));
+            }
+        }
     }
     tags
 }
@@ -583,6 +641,10 @@ struct Coverage {
     /// Cacheable reads whose answer changed since the last read of the same entry: where a
     /// stale entry could have been served.
     changed_since_last_read: u64,
+    /// Credentialed requests answered from a shared-cache entry said to be for anyone.
+    credentialed_public_hits: u64,
+    /// Credentialed requests that found a stored shared-cache entry not for them, and missed.
+    credentialed_kept_out: u64,
 }
 
 impl Coverage {
@@ -598,6 +660,8 @@ impl Coverage {
         self.pending_invalidations += other.pending_invalidations;
         self.failed_writes_over_stored += other.failed_writes_over_stored;
         self.changed_since_last_read += other.changed_since_last_read;
+        self.credentialed_public_hits += other.credentialed_public_hits;
+        self.credentialed_kept_out += other.credentialed_kept_out;
     }
 }
 
@@ -620,6 +684,8 @@ fn layer(store: Arc<dyn Store>, prefix: &str) -> CacheLayer {
         .route("/users", Rule::get().tag("users"))
         .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]))
         .route("/users/{id}", Rule::put().evicts(["users", "user:{id}", "me"]))
+        .route("/pages/{id}", Rule::http_cache().tag("page:{id}"))
+        .route("/pages/{id}", Rule::put().evicts(["page:{id}"]))
         .bypass("/auth/{*rest}")
         .build()
         .expect("the rules are valid")
@@ -760,9 +826,12 @@ async fn run_case(store: Arc<dyn Store>, prefix: &str, ops: &[Op]) -> Result<Cov
                         if last_seen.insert(entry, text.clone()).is_some_and(|last| last != text) {
                             coverage.changed_since_last_read += 1;
                         }
+                        let open = entry.0.open_to(who);
                         let ok = match (x_cache.as_str(), known) {
-                            ("HIT", Some(_)) => reached_origin == 0,
+                            ("HIT", Some(_)) if open => reached_origin == 0,
                             ("MISS", None | Some(Held::Pending)) => reached_origin == 1,
+                            // Stored, but not for this requester.
+                            ("MISS", Some(Held::Stored)) if !open => reached_origin == 1,
                             _ => false,
                         };
                         if !ok {
@@ -771,13 +840,24 @@ async fn run_case(store: Arc<dyn Store>, prefix: &str, ops: &[Op]) -> Result<Cov
                                  {reached_origin} times; the model holds {entry:?} as {known:?}"
                             ));
                         }
+                        let credentialed = who != Who::Anon && matches!(entry.0, Entry::Page(_));
                         if x_cache == "HIT" {
+                            coverage.credentialed_public_hits += u64::from(credentialed);
                             coverage.hits += 1;
                             coverage.head_hits += u64::from(head);
                             coverage.me_hits += u64::from(matches!(entry.0, Entry::Me(_)));
                         } else {
                             coverage.misses += 1;
-                            if !head {
+                            coverage.credentialed_kept_out +=
+                                u64::from(!open && known == Some(Held::Stored));
+                            if !head && !open {
+                                if cache_status.contains("; stored") {
+                                    return fail(format!(
+                                        "an answer to credentials, not for anyone, was stored: \
+                                         {cache_status}"
+                                    ));
+                                }
+                            } else if !head {
                                 if !cache_status.contains("; stored") {
                                     return fail(format!(
                                         "a 200 GET miss was not stored: {cache_status}"
@@ -880,6 +960,10 @@ fn check(
     );
     assert!(total.uri_only_invalidations > 0, "{name}: no URI-only invalidation: {total:?}");
     assert!(total.changed_since_last_read > 0, "{name}: no read after a change: {total:?}");
+    assert!(
+        total.credentialed_public_hits > 0 && total.credentialed_kept_out > 0,
+        "{name}: the shared-cache route's credentialed requests were not exercised: {total:?}"
+    );
     total
 }
 
