@@ -1,5 +1,5 @@
 //! A caching reverse proxy: every request goes to one upstream, and `GET` responses are cached by
-//! `tower-redis-cache`, per user when the request carries credentials.
+//! `tower-redis-cache` as a shared HTTP cache caches them (RFC 9111).
 //!
 //! ```text
 //! UPSTREAM_URL=http://127.0.0.1:3000 cargo run --example proxy
@@ -38,7 +38,9 @@
 //! them (`Rule::http_cache`, RFC 9111): any status the upstream gives explicit freshness
 //! (`max-age`, `s-maxage`, `Expires`), and the heuristically cacheable ones (`200`, `301`,
 //! `404`, `410`...) for 10% of the time since their `Last-Modified`, else for `CACHE_TTL_SECS`;
-//! never with `Set-Cookie`, `no-store`, or `private` in a shared entry. A valid
+//! never with `Set-Cookie`, `no-store` or `private`. A request with `Authorization` or `Cookie`
+//! is answered only from, and fills only, entries whose response says it is for anyone
+//! (`public`, `s-maxage`, `must-revalidate`: RFC 9111 section 3.5). A valid
 //! `CDN-Cache-Control` (or the field `CACHE_TARGETED_FIELD` names) stands in for
 //! `Cache-Control` and `Expires`, and is passed on to the client. Other methods pass
 //! straight through. The upstream must be plain `http://`: this example has no TLS.
@@ -64,7 +66,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_redis_cache::{
-    BuildError, CacheLayer, MemoryStore, RedisStore, Rule, Store, TieredStore, UserFromHeader,
+    BuildError, CacheLayer, MemoryStore, RedisStore, Rule, Store, TieredStore,
 };
 
 /// The longest the upstream may take to start answering.
@@ -180,18 +182,15 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
 /// Caches every `GET` (`/` and everything under it) as a shared HTTP cache does, for `ttl` when
 /// a heuristically cacheable response has neither freshness nor `Last-Modified`.
 ///
-/// Anonymous requests share entries; a request with `Authorization` or `Cookie` gets entries of
-/// its own, keyed by a digest of both headers (a session cookie alone must not land a personal
-/// page in the shared entries). `Cache-Control: private` responses are stored only per user.
+/// A request with `Authorization` or `Cookie` is answered only from an entry whose response
+/// says it is for anyone (`public`, `s-maxage`, `must-revalidate`), and its own answer is
+/// stored only when it says so (RFC 9111 section 3.5): a personal page is never stored, nor an
+/// anonymous one served to a signed-in user. `Cache-Control: private` is never stored.
+///
+/// Keyed on no request header up front: what a response `Vary`s on is learned from it, so that
+/// requests differing only in headers the upstream ignores share one entry.
 fn cache_layer(store: impl Store, options: &CacheOptions) -> Result<CacheLayer, BuildError> {
-    // Keyed on no request header up front: what a response `Vary`s on is learned from it, so
-    // that requests differing only in headers the upstream ignores share one entry.
-    let rule = || {
-        Rule::http_cache()
-            .ttl(options.ttl)
-            .per_user_by(UserFromHeader::authorization().and(header::COOKIE))
-            .share_anonymous()
-    };
+    let rule = || Rule::http_cache().ttl(options.ttl);
     let mut builder = CacheLayer::builder(store);
     if !options.refresh_ahead {
         builder = builder.without_refresh_ahead();

@@ -1016,36 +1016,45 @@ async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
     assert_eq!(upstream.hits("GET /status/503"), 3);
     assert_eq!((upstream.hits("GET /status/404"), upstream.hits("GET /status/410")), (1, 1));
 
-    // Each set of credentials gets its own entry; anonymous requests share one.
-    let callers: [(&str, Option<&str>, Option<&str>); 4] = [
+    // Requests with credentials (RFC 9111 section 3.5) are never answered from an entry made
+    // for anonymous requests, and their own answers are stored only when they say they are
+    // for anyone.
+    let anonymous = api.get("/private", None).await;
+    assert_eq!(anonymous.cache, "MISS");
+    api.wait_stored("/private", None).await;
+    let callers: [(&str, Option<&str>, Option<&str>); 3] = [
         ("alice", Some("Bearer alice"), None),
         ("bob", Some("Bearer bob"), None),
         ("cookie", None, Some("session=s1")),
-        ("anonymous", None, None),
     ];
-    let mut first_replies = Vec::new();
-    for (who, authorization, cookie) in callers {
-        let headers = credentials(authorization, cookie);
-        let reply = api.get_with("/private", &headers).await;
-        assert_eq!(reply.status, StatusCode::OK, "{who}: {}", reply.body);
-        assert_eq!(reply.cache, "MISS", "{who} was served another caller's entry: {}", reply.body);
-        let seen = reply.json();
-        assert_eq!(seen["authorization"], json!(authorization), "{who}");
-        assert_eq!(seen["cookie"], json!(cookie), "{who}");
-        api.wait_stored_with("/private", &headers).await;
-        first_replies.push(reply);
-    }
-    for _ in 0..2 {
-        for ((who, authorization, cookie), first) in callers.iter().zip(&first_replies) {
-            let reply = api.get_with("/private", &credentials(*authorization, *cookie)).await;
-            assert_eq!(reply.cache, "HIT", "{who}");
-            assert_eq!(reply.body, first.body, "{who} got another caller's response");
+    for round in 1..=2 {
+        for (who, authorization, cookie) in callers {
+            let reply = api.get_with("/private", &credentials(authorization, cookie)).await;
+            assert_eq!(reply.status, StatusCode::OK, "{who}: {}", reply.body);
+            assert_eq!(reply.cache, "MISS", "{who} was served a stored answer: {}", reply.body);
+            let seen = reply.json();
+            assert_eq!(seen["authorization"], json!(authorization), "{who}");
+            assert_eq!(seen["cookie"], json!(cookie), "{who}");
         }
+        assert_eq!(upstream.hits("GET /private"), 1 + round * callers.len());
     }
-    assert_eq!(upstream.hits("GET /private"), callers.len());
-    let another_anonymous = api.get("/private", None).await;
-    assert_eq!(another_anonymous.cache, "HIT");
-    assert_eq!(another_anonymous.json()["authorization"], Value::Null);
+    let again = api.get("/private", None).await;
+    assert_eq!((again.cache.as_str(), &again.body), ("HIT", &anonymous.body));
+    assert_eq!(again.json()["authorization"], Value::Null);
+
+    // An answer that says it is for anyone is stored once and serves every requester: the
+    // origin vouched for it (here it echoes who asked first, to show whose answer it is).
+    let public = "/public?cache-control=public,+max-age%3D60";
+    let alice = credentials(Some("Bearer alice"), None);
+    let first = api.get_with(public, &alice).await;
+    assert_eq!(first.cache, "MISS");
+    api.wait_stored_with(public, &alice).await;
+    for headers in [credentials(Some("Bearer bob"), None), credentials(None, Some("s=1"))] {
+        let reply = api.get_with(public, &headers).await;
+        assert_eq!((reply.cache.as_str(), &reply.body), ("HIT", &first.body));
+    }
+    assert_eq!(api.get(public, None).await.cache, "HIT");
+    assert_eq!(upstream.hits("GET /public"), 1);
 }
 
 fn credentials(authorization: Option<&str>, cookie: Option<&str>) -> HeaderMap {

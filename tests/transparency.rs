@@ -31,7 +31,7 @@ use support::echo::echo;
 use support::redis::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{Layer, ServiceExt};
-use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore, Rule, Store, UserFromHeader};
+use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore, Rule, Store};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -78,7 +78,7 @@ const PRIVATE_CC: [&str; 10] = [
     "max-age=60,private=x-client",
     "no-store, max-age=60",
 ];
-/// Who sends the request: credentials (per-user entries) and `X-Client`. A user's `X-Client`
+/// Who sends the request: credentials and `X-Client`. A user's `X-Client`
 /// is always the same: a private response may be reused for its user.
 const CLIENTS: [(Option<&str>, Option<&str>); 5] = [
     (None, None),
@@ -471,12 +471,7 @@ fn failure(at: usize, requests: &[Req], cached: &Seen, why: String) -> TestCaseE
 
 /// The `proxy` example's rule, over `store`.
 fn layer(store: impl Store, prefix: &str) -> CacheLayer {
-    let rule = || {
-        Rule::http_cache()
-            .ttl(Duration::from_secs(60))
-            .per_user_by(UserFromHeader::authorization().and(header::COOKIE))
-            .share_anonymous()
-    };
+    let rule = || Rule::http_cache().ttl(Duration::from_secs(60));
     CacheLayer::builder(store)
         .store_timeout(Duration::from_secs(2))
         .key_prefix(prefix)

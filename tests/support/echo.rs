@@ -19,9 +19,14 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 
-/// Headers every key holds whatever the response says: the default `key_headers`, and the
-/// credentials, which pick the user of per-user entries.
+/// Headers it always reads: the default `key_headers`, which every key holds, and the
+/// credentials, which it says it varies on (below).
 const ALWAYS: [&str; 4] = ["authorization", "cookie", "forwarded", "x-forwarded-host"];
+
+/// What every answer varies on besides what the query asks: the credentials it reflects. An
+/// origin that says `public` or `s-maxage` of an answer made for its requester, without this,
+/// lets a shared cache give that answer to anyone (RFC 9111 section 3.5).
+const VARIES_ON_CREDENTIALS: [&str; 2] = ["authorization", "cookie"];
 
 /// The origin, as a function from a request to its response.
 pub async fn echo(request: Request<Body>) -> Response<Body> {
@@ -67,9 +72,9 @@ pub async fn echo(request: Request<Body>) -> Response<Body> {
     let mut response = Response::new(Body::from(seen));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if !vary.is_empty() {
-        headers.insert(header::VARY, HeaderValue::from_str(&vary.join(", ")).unwrap());
-    }
+    let mut varies: Vec<&str> = VARIES_ON_CREDENTIALS.to_vec();
+    varies.extend(vary.iter().map(String::as_str));
+    headers.insert(header::VARY, HeaderValue::from_str(&varies.join(", ")).unwrap());
     if let Some(cc) = control("cc").and_then(|cc| HeaderValue::from_str(&cc).ok()) {
         headers.insert(header::CACHE_CONTROL, cc);
     }
