@@ -816,6 +816,54 @@ async fn proxy_keys_only_on_what_responses_vary_on() {
     assert_ne!(en.json()["hit"], fr.json()["hit"], "each language its own answer");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_reads_dates_ages_and_directives_to_the_letter() {
+    let upstream = Upstream::start().await;
+    let proxy = Example::start("proxy", &[("UPSTREAM_URL", upstream.url())]).await;
+    let api = proxy.api();
+    let encode =
+        |value: &str| form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+    // An hour from now, as IMF-fixdate in lower case and as asctime.
+    let fixdate = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+    let parts: Vec<&str> = fixdate.split_whitespace().collect();
+    let asctime = format!(
+        "{} {} {:>2} {} {}",
+        parts[0].trim_end_matches(','),
+        parts[2],
+        parts[1].trim_start_matches('0'),
+        parts[4],
+        parts[3]
+    );
+    let stored = [
+        format!("/d/lower?expires={}", encode(&fixdate.to_lowercase())),
+        format!("/d/asctime?expires={}", encode(&asctime)),
+        format!("/d/understood?cache-control={}", encode("max-age=60, must-understand, no-store")),
+        format!("/d/ages?cache-control=max-age%3D60&age={}", encode("10, 0")),
+    ];
+    for path in &stored {
+        assert_eq!(api.get(path, None).await.cache, "MISS", "{path}");
+        api.wait_stored(path, None).await;
+        assert_eq!(api.get(path, None).await.cache, "HIT", "{path}");
+    }
+    // An `Age` whose first member is not digits: stale, never stored.
+    let old = format!("/d/old?cache-control=max-age%3D60&age={}", encode("old, 0"));
+    for _ in 0..2 {
+        assert_eq!(api.get(&old, None).await.cache, "MISS");
+    }
+    assert_eq!(upstream.hits("GET /d/old"), 2);
+    // A language list in another order is the same request.
+    let varied = "/d/languages?cache-control=max-age%3D60&vary=accept-language";
+    let languages = |value: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept-language", HeaderValue::from_static(value));
+        headers
+    };
+    api.get_with(varied, &languages("fr, en;q=0.5")).await;
+    api.get_with(varied, &languages("fr, en;q=0.5")).await;
+    api.wait_stored_with(varied, &languages("fr, en;q=0.5")).await;
+    assert_eq!(api.get_with(varied, &languages("en;q=0.5 ,FR")).await.cache, "HIT");
+}
+
 /// The proxy over a private Redis, with `store_env` choosing the store: it caches, and what it
 /// writes to Redis holds digests, never the credentials.
 async fn proxy_over_redis_caches_gets_and_isolates_credentials(store_env: &[(&str, String)]) {
@@ -1152,6 +1200,8 @@ async fn upstream_handler(
             "proxy-cache-control",
             "etag",
             "vary",
+            "expires",
+            "age",
         ];
         if echoed.contains(&name.as_ref()) {
             let value = axum::http::HeaderValue::from_str(&value).unwrap();

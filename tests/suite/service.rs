@@ -2350,3 +2350,35 @@ async fn credentialed_requests_meet_and_fill_only_entries_said_to_be_for_anyone(
     let app = h.send(get_as("/app/x", "authorization", "Bearer alice"), fresh("x")).await;
     assert_eq!(app.x_cache(), "BYPASS");
 }
+
+#[tokio::test]
+async fn dates_ages_and_language_lists_are_read_to_the_letter() {
+    let layer = builder_for(test_store().await)
+        .route("/{*path}", Rule::get().ttl(Duration::from_secs(600)))
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    // `t0` is 2027-01-15 08:00:00 GMT: these say a minute from then, in the two older forms.
+    for (path, expires) in
+        [("/asctime", "Fri Jan 15 08:01:00 2027"), ("/rfc850", "friday, 15-jan-27 08:01:00 gmt")]
+    {
+        let respond = move |_: &Req| {
+            with_header(with_header(ok("x"), "date", T0_DATE), "expires", expires)
+        };
+        let miss = h.send(get(path), respond).await;
+        assert_eq!(miss.headers["cache-status"], "tower-redis-cache; fwd=uri-miss; stored; ttl=60");
+        assert_eq!(h.send(get(path), respond).await.x_cache(), "HIT", "{path}");
+    }
+    // The first `Age` counts; one that is not digits is stale, and not stored.
+    let aged = |age: &'static str| move |_: &Req| with_header(with_header(ok("x"), "cache-control", "max-age=100"), "age", age);
+    let listed = h.send(get("/aged"), aged("30, 0")).await;
+    assert_eq!(listed.headers["cache-status"], "tower-redis-cache; fwd=uri-miss; stored; ttl=70");
+    h.send(get("/old"), aged("old, 0")).await;
+    assert!(h.send(get("/old"), aged("old, 0")).await.reached_inner.is_some());
+    // A language list in another order is the same request.
+    let greet = |_: &Req| with_header(ok("hi"), "vary", "accept-language");
+    h.send(get_as("/hi", "accept-language", "fr, en;q=0.5"), greet).await;
+    h.send(get_as("/hi", "accept-language", "fr, en;q=0.5"), greet).await;
+    let reordered = h.send(get_as("/hi", "accept-language", "en;q=0.5,FR"), greet).await;
+    assert_eq!(reordered.x_cache(), "HIT");
+}
