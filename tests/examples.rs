@@ -693,8 +693,7 @@ async fn proxy_revalidates_an_entry_that_varies_and_keeps_the_304s_headers() {
     let proxy = Example::start("proxy", &[("UPSTREAM_URL", upstream.url())]).await;
     let api = proxy.api();
     let path = "/r/greeting?etag=%22v1%22&vary=accept-language&cache-control=max-age%3D2";
-    let mut english = HeaderMap::new();
-    english.insert("accept-language", HeaderValue::from_static("en"));
+    let english = one_header("accept-language", "en");
     let first = api.get_with(path, &english).await;
     assert_eq!((first.status, first.cache.as_str()), (StatusCode::OK, "MISS"));
     api.wait_stored_with(path, &english).await;
@@ -759,11 +758,7 @@ async fn proxy_serves_ranges_from_stored_bodies() {
     let upstream = Upstream::start().await;
     let proxy = Example::start("proxy", &[("UPSTREAM_URL", upstream.url())]).await;
     let api = proxy.api();
-    let range = |value: &'static str| {
-        let mut headers = HeaderMap::new();
-        headers.insert("range", HeaderValue::from_static(value));
-        headers
-    };
+    let range = |value| one_header("range", value);
     // A range that misses goes to the upstream as it is, and its answer is not stored.
     let path = "/r/file?cache-control=max-age%3D60";
     let missed = api.get_with(path, &range("bytes=0-9")).await;
@@ -788,11 +783,7 @@ async fn proxy_keys_only_on_what_responses_vary_on() {
     let upstream = Upstream::start().await;
     let proxy = Example::start("proxy", &[("UPSTREAM_URL", upstream.url())]).await;
     let api = proxy.api();
-    let with = |name: &'static str, value: &'static str| {
-        let mut headers = HeaderMap::new();
-        headers.insert(name, HeaderValue::from_static(value));
-        headers
-    };
+    let with = one_header;
     // The upstream ignores these headers, and says so by not varying on them: one entry.
     let plain = "/k/plain?cache-control=max-age%3D60";
     let identity = with("accept-encoding", "identity");
@@ -853,11 +844,7 @@ async fn proxy_reads_dates_ages_and_directives_to_the_letter() {
     assert_eq!(upstream.hits("GET /d/old"), 2);
     // A language list in another order is the same request.
     let varied = "/d/languages?cache-control=max-age%3D60&vary=accept-language";
-    let languages = |value: &'static str| {
-        let mut headers = HeaderMap::new();
-        headers.insert("accept-language", HeaderValue::from_static(value));
-        headers
-    };
+    let languages = |value| one_header("accept-language", value);
     api.get_with(varied, &languages("fr, en;q=0.5")).await;
     api.get_with(varied, &languages("fr, en;q=0.5")).await;
     api.wait_stored_with(varied, &languages("fr, en;q=0.5")).await;
@@ -1103,6 +1090,13 @@ async fn proxy_flow(proxy: &Example, upstream: &Upstream) {
     }
     assert_eq!(api.get(public, None).await.cache, "HIT");
     assert_eq!(upstream.hits("GET /public"), 1);
+}
+
+/// Request headers of one `name: value` line.
+fn one_header(name: &'static str, value: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(name, HeaderValue::from_static(value));
+    headers
 }
 
 fn credentials(authorization: Option<&str>, cookie: Option<&str>) -> HeaderMap {
