@@ -49,15 +49,16 @@ pub(crate) fn storable(
         return Err("asked with credentials, and not public, s-maxage or must-revalidate");
     }
     if let Some(cc) = &cache_control {
-        // RFC 9111 section 5.2.2.3: a cache that implements the status's caching may store it
-        // despite `no-store`; no other cache may store it at all.
-        let understood = rule.http_cache.is_some() && understands(response.status);
-        if cc.must_understand() && rule.http_cache.is_some() && !understood {
+        // RFC 9111 section 5.2.2.3, which shared-cache rules implement: such a response is
+        // stored despite `no-store` when the cache implements its status's caching, and never
+        // otherwise.
+        let must_understand = rule.http_cache.is_some() && cc.must_understand();
+        if must_understand && !understands(response.status) {
             return Err(
                 "Cache-Control: must-understand, with a status this cache does not implement",
             );
         }
-        if cc.no_store() && !(cc.must_understand() && understood) {
+        if cc.no_store() && !must_understand {
             return Err("Cache-Control: no-store");
         }
         if cc.private() && for_whom != EntryFor::OneUser {
