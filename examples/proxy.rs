@@ -16,6 +16,7 @@
 //! | `REDIS_URL`      | unset: in-process store | cache in Redis, e.g. `redis://127.0.0.1:6379`           |
 //! | `CACHE_L1_BYTES` | `67108864` (64 MiB)     | `tiered` only: the in-process cache in front of Redis   |
 //! | `CACHE_REFRESH_AHEAD` | `on`               | `off` lets hot entries expire into a miss (see `CacheLayerBuilder::refresh_ahead`) |
+//! | `SESSION_COOKIES` | unset: every cookie    | the cookies that say who is asking, comma-separated; requests with only other cookies (`_ga`, `theme`) are anonymous |
 //! | `CACHE_TARGETED_FIELD` | unset             | this proxy's own targeted cache-control field (RFC 9213), read before `CDN-Cache-Control` and `Cache-Control` |
 //! | `REDIS_POOL_SIZE`| half the cores (1–8)    | `redis` and `tiered`: connections to Redis              |
 //! | `RUST_LOG`       | `info`                  | log filter (`tracing_subscriber` env-filter syntax)     |
@@ -118,6 +119,7 @@ async fn cache_from_env(ttl: Duration) -> anyhow::Result<Option<CacheLayer>> {
         ttl,
         refresh_ahead: refresh_ahead_from_env()?,
         targeted_field: targeted_field_from_env()?,
+        session_cookies: session_cookies_from_env()?,
     };
     let choice = env_var("CACHE_STORE").map(|choice| choice.trim().to_ascii_lowercase());
     let choice = choice.as_deref().unwrap_or(match env_var("REDIS_URL") {
@@ -198,6 +200,9 @@ fn cache_layer(store: impl Store, options: &CacheOptions) -> Result<CacheLayer, 
     if let Some(name) = &options.targeted_field {
         builder = builder.targeted_cache_control(name.clone());
     }
+    if let Some(names) = &options.session_cookies {
+        builder = builder.credential_cookies(names.iter().cloned());
+    }
     builder.route("/", rule()).route("/{*path}", rule()).build()
 }
 
@@ -207,6 +212,19 @@ struct CacheOptions {
     refresh_ahead: bool,
     /// `CACHE_TARGETED_FIELD`: this proxy's own targeted cache-control field (RFC 9213).
     targeted_field: Option<HeaderName>,
+    /// `SESSION_COOKIES`: the cookies that are credentials; `None`: every cookie is.
+    session_cookies: Option<Vec<String>>,
+}
+
+/// `SESSION_COOKIES`: cookie names, comma-separated, or unset.
+fn session_cookies_from_env() -> anyhow::Result<Option<Vec<String>>> {
+    let Some(list) = env_var("SESSION_COOKIES") else { return Ok(None) };
+    let names: Vec<String> =
+        list.split(',').map(|name| name.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+    if names.is_empty() {
+        bail!("SESSION_COOKIES must name cookies, e.g. SESSION_COOKIES=session, not `{list}`");
+    }
+    Ok(Some(names))
 }
 
 /// `CACHE_TARGETED_FIELD`: a header name, or unset.

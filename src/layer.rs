@@ -52,6 +52,7 @@ impl CacheLayer {
                 ttl_jitter: 0,
                 invalidate_unsafe: true,
                 method_override_headers: Vec::new(),
+                credential_cookies: None,
                 miss_lock_timeout: Some(Duration::from_secs(5)),
                 honor_request_no_cache: false,
                 stale_if_error_timeout: None,
@@ -414,6 +415,34 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The cookies that are credentials, such as a session cookie (default: every cookie is).
+    ///
+    /// A request carrying `Cookie` is treated as credentialed (it bypasses routes that are
+    /// neither [`per_user`](Rule::per_user) nor [`shared`](Rule::shared), and is kept out of
+    /// the anonymous entries of `share_anonymous()` routes) only when one of these cookies is
+    /// in it. Browsers send analytics and preference cookies (`_ga`, `theme`) with every
+    /// request; with this setting those requests are anonymous ones. Name every cookie your
+    /// application reads to tell who is asking, and render nothing from the others: they are
+    /// not in the key either. Pair it with [`UserFromCookie`](crate::UserFromCookie) on
+    /// per-user routes.
+    ///
+    /// ```
+    /// use tower_redis_cache::{CacheLayer, MemoryStore, Rule, UserFromCookie};
+    ///
+    /// let cache = CacheLayer::builder(MemoryStore::default())
+    ///     .credential_cookies(["session"])
+    ///     .route("/", Rule::get().per_user_by(UserFromCookie::new("session")).share_anonymous())
+    ///     .build()?;
+    /// # Ok::<(), tower_redis_cache::BuildError>(())
+    /// ```
+    pub fn credential_cookies<T: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = T>,
+    ) -> Self {
+        self.settings.credential_cookies = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// The response header that tells `HIT`, `MISS` or `BYPASS` (default `x-cache`).
     pub fn x_cache_header(mut self, name: HeaderName) -> Self {
         self.settings.status.x_cache = Some(name);
@@ -520,6 +549,19 @@ impl CacheLayerBuilder {
         }
         if self.defaults.statuses.is_empty() {
             return Err(BuildError::option("cache_statuses", "must name at least one status"));
+        }
+        let cookie_name_ok = |name: &String| {
+            !name.is_empty() && name.bytes().all(crate::protocol::cache_control::is_tchar)
+        };
+        if let Some(bad) =
+            self.settings.credential_cookies.iter().flatten().find(|n| !cookie_name_ok(n))
+        {
+            return Err(BuildError::option(
+                "credential_cookies",
+                format!(
+                    "`{bad}` is not a cookie name (a token: letters, digits and !#$%&'*+-.^_`|~)"
+                ),
+            ));
         }
         if let Some(name) = self
             .defaults

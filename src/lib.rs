@@ -147,4 +147,6 @@ pub use self::store::{
 };
 pub use self::telemetry::Stats;
 #[doc(inline)]
-pub use self::user::{user_fn, IdentifyUser, UserFromExtension, UserFromHeader, UserId};
+pub use self::user::{
+    user_fn, IdentifyUser, UserFromCookie, UserFromExtension, UserFromHeader, UserId,
+};

@@ -3,8 +3,10 @@
 //! A per-user route keys its entries by a [`UserId`], which an [`IdentifyUser`] finds in the
 //! request. The crate ships three ways to find it:
 //!
-//! - [`UserFromHeader`]: a header such as `Authorization` or `Cookie`, digested (the default,
-//!   on `Authorization`);
+//! - [`UserFromHeader`]: a header such as `Authorization`, digested (the default, on
+//!   `Authorization`);
+//! - [`UserFromCookie`]: one cookie, such as a session id, digested: the other cookies a
+//!   browser sends (analytics, preferences) neither split nor merge users;
 //! - [`UserFromExtension`]: a value that an authentication middleware put in the request's
 //!   extensions;
 //! - [`user_fn`]: any closure over the request head.
@@ -16,7 +18,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::LazyLock;
 
-use http::header::{HeaderName, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE};
 use http::request::Parts;
 
 /// An opaque identifier for a user: a digest, never the raw token, cookie or id.
@@ -106,6 +108,67 @@ impl IdentifyUser for UserFromHeader {
         }
         found.then(|| UserId::digest(hasher.finalize().as_bytes()))
     }
+}
+
+/// Identifies users by the values of one or more cookies, digested: a session id, say.
+///
+/// Only the named cookies count. Rotating analytics cookies (`_ga`) or preferences (`theme`)
+/// do not split one user's entries, as [`UserFromHeader::new(COOKIE)`](UserFromHeader) would. A
+/// request carrying none of the named cookies has no user.
+///
+/// ```
+/// use tower_redis_cache::UserFromCookie;
+///
+/// let by_session = UserFromCookie::new("sid");
+/// ```
+#[derive(Debug, Clone)]
+pub struct UserFromCookie {
+    names: Vec<String>,
+}
+
+impl UserFromCookie {
+    /// Identifies users by the cookie `name`. When it comes more than once, all its values
+    /// count, in order.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { names: vec![name.into()] }
+    }
+
+    /// Also counts the cookie `name`: the user is the combination of all the cookies' values.
+    pub fn and(mut self, name: impl Into<String>) -> Self {
+        self.names.push(name.into());
+        self
+    }
+}
+
+impl IdentifyUser for UserFromCookie {
+    fn identify(&self, request: &Parts) -> Option<UserId> {
+        let mut hasher = blake3::Hasher::new();
+        let mut found = false;
+        for name in &self.names {
+            let values = cookie_values(&request.headers, name);
+            hasher.update(&(values.len() as u64).to_le_bytes());
+            for value in values {
+                found = true;
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(value.as_bytes());
+            }
+        }
+        found.then(|| UserId::digest(hasher.finalize().as_bytes()))
+    }
+}
+
+/// The values of the cookies named `name` in a request's `Cookie` lines, in order
+/// (`name=value` pairs separated by `;`, RFC 6265 section 5.4).
+pub(crate) fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(found, _)| found.trim() == name)
+        .map(|(_, value)| value.trim())
+        .collect()
 }
 
 /// Identifies users by a value of type `T` that an authentication middleware inserted into the
@@ -239,6 +302,33 @@ mod tests {
         assert_ne!(token, cookie);
         assert_ne!(token, both);
         assert_eq!(identify.identify(&parts(&[("x-other", "t")])), None);
+    }
+
+    #[test]
+    fn cookie_identity_reads_only_the_named_cookie() {
+        let identify = UserFromCookie::new("sid");
+        let user = identify.identify(&parts(&[("cookie", "_ga=1; sid=abc; theme=dark")]));
+        let rotated =
+            identify.identify(&parts(&[("cookie", "theme=light;sid=abc"), ("cookie", "_ga=2")]));
+        assert!(user.is_some());
+        assert_eq!(user, rotated, "other cookies do not split a user");
+        assert_ne!(user, identify.identify(&parts(&[("cookie", "sid=abd")])));
+        assert_eq!(identify.identify(&parts(&[("cookie", "_ga=1; xsid=abc")])), None);
+        assert_eq!(identify.identify(&parts(&[("authorization", "sid=abc")])), None);
+        // Two values are another user than either one.
+        let twice = identify.identify(&parts(&[("cookie", "sid=abc; sid=x")]));
+        assert_ne!(twice, user);
+        let both = UserFromCookie::new("sid").and("tenant");
+        assert_ne!(both.identify(&parts(&[("cookie", "sid=abc; tenant=t")])), user);
+    }
+
+    #[test]
+    fn cookie_values_are_read_from_every_line_in_order() {
+        let request =
+            parts(&[("cookie", "a=1; b = 2 ;a=3"), ("cookie", "a=4"), ("cookie", "junk")]);
+        assert_eq!(cookie_values(&request.headers, "a"), ["1", "3", "4"]);
+        assert_eq!(cookie_values(&request.headers, "b"), ["2"]);
+        assert!(cookie_values(&request.headers, "junk").is_empty());
     }
 
     #[test]

@@ -851,6 +851,29 @@ async fn proxy_reads_dates_ages_and_directives_to_the_letter() {
     assert_eq!(api.get_with(varied, &languages("en;q=0.5 ,FR")).await.cache, "HIT");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_session_cookies_name_the_cookies_that_are_credentials() {
+    let upstream = Upstream::start().await;
+    let env = [("UPSTREAM_URL", upstream.url()), ("SESSION_COOKIES", "session, sid".into())];
+    let proxy = Example::start("proxy", &env).await;
+    let api = proxy.api();
+    let anonymous = api.get("/c/page", None).await;
+    api.wait_stored("/c/page", None).await;
+    // Only analytics and preference cookies: an anonymous request.
+    let tracked = api.get_with("/c/page", &one_header("cookie", "_ga=GA1.2.3; theme=dark")).await;
+    assert_eq!((tracked.cache.as_str(), &tracked.body), ("HIT", &anonymous.body));
+    // A session cookie: never the anonymous entry, nor stored for others.
+    for round in 1..=2 {
+        let signed_in = api.get_with("/c/page", &one_header("cookie", "_ga=1; session=abc")).await;
+        assert_eq!(signed_in.cache, "MISS");
+        assert_eq!(signed_in.json()["cookie"], "_ga=1; session=abc");
+        assert_eq!(upstream.hits("GET /c/page"), 1 + round);
+    }
+    let bad = [("UPSTREAM_URL", upstream.url()), ("SESSION_COOKIES", " , ".into())];
+    let (status, log) = run_to_exit("proxy", &[], &bad).await;
+    assert!(!status.success() && log.contains("SESSION_COOKIES must name cookies"), "{log}");
+}
+
 /// The proxy over a private Redis, with `store_env` choosing the store: it caches, and what it
 /// writes to Redis holds digests, never the credentials.
 async fn proxy_over_redis_caches_gets_and_isolates_credentials(store_env: &[(&str, String)]) {

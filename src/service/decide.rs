@@ -20,6 +20,7 @@ use crate::protocol::guard;
 use crate::protocol::range::RangeRequest;
 use crate::protocol::storable::EntryFor;
 use crate::rules::{Matched, ReadRule, Scope};
+use crate::user::cookie_values;
 
 /// What the layer does with one request.
 pub(crate) enum Decision {
@@ -182,13 +183,13 @@ pub(crate) fn decide(
     let (user, credentialed) = match &rule.scope {
         Scope::PerUser { identify, share_anonymous } => match identify.identify(request) {
             Some(user) => (Some(user), false),
-            None if *share_anonymous && !has_credentials(request) => (None, false),
+            None if *share_anonymous && !has_credentials(shared, request) => (None, false),
             None => return bypass(BypassReason::UnidentifiedUser),
         },
         // A credentialed request may get a response made for that user: RFC 9111 section 3.5.
         // A shared-cache rule looks it up, but it only meets (and fills) entries whose
         // responses say they are for anyone.
-        Scope::Default if has_credentials(request) => match rule.http_cache {
+        Scope::Default if has_credentials(shared, request) => match rule.http_cache {
             Some(_) => (None, true),
             None => return bypass(BypassReason::Credentials),
         },
@@ -250,7 +251,13 @@ pub(crate) fn decide(
     })
 }
 
-fn has_credentials(request: &request::Parts) -> bool {
-    request.headers.contains_key(header::AUTHORIZATION)
-        || request.headers.contains_key(header::COOKIE)
+/// Whether `request` says who is asking: `Authorization`, or a `Cookie` (one of the layer's
+/// `credential_cookies`, when it names them).
+fn has_credentials(shared: &Shared, request: &request::Parts) -> bool {
+    let headers = &request.headers;
+    headers.contains_key(header::AUTHORIZATION)
+        || match &shared.settings.credential_cookies {
+            None => headers.contains_key(header::COOKIE),
+            Some(names) => names.iter().any(|name| !cookie_values(headers, name).is_empty()),
+        }
 }

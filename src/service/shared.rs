@@ -54,6 +54,8 @@ pub(crate) struct Settings {
     /// The method-override headers the application honours: a safe request carrying one
     /// invalidates like the unsafe method it names.
     pub(crate) method_override_headers: Vec<http::HeaderName>,
+    /// The cookies that are credentials; `None`: every cookie is.
+    pub(crate) credential_cookies: Option<Vec<String>>,
     pub(crate) status: StatusHeaders,
     /// The most bytes of decoded entries kept for hits (see [`crate::entry::decoded`]).
     pub(crate) decoded_cache_bytes: u64,

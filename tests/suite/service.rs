@@ -2382,3 +2382,47 @@ async fn dates_ages_and_language_lists_are_read_to_the_letter() {
     let reordered = h.send(get_as("/hi", "accept-language", "en;q=0.5,FR"), greet).await;
     assert_eq!(reordered.x_cache(), "HIT");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Which cookies are credentials.
+
+#[tokio::test]
+async fn only_the_named_cookies_are_credentials() {
+    let layer = builder_for(test_store().await)
+        .credential_cookies(["session"])
+        .route("/news", Rule::get())
+        .route("/home", Rule::get().per_user_by(tower_redis_cache::UserFromCookie::new("session")).share_anonymous())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let news = |text| move |_: &Req| ok(text);
+    h.send(get("/news"), news("for anyone")).await;
+    // Analytics and preference cookies: an anonymous request, served from the shared entry.
+    let tracked = h.send(get_as("/news", "cookie", "_ga=GA1.2.3; theme=dark"), news("unused")).await;
+    assert_eq!((tracked.x_cache(), &tracked.body[..]), ("HIT", &b"for anyone"[..]));
+    // A session cookie is a credential: a default route keeps it out.
+    let signed_in = h.send(get_as("/news", "cookie", "_ga=1; session=s1"), news("for s1")).await;
+    assert_eq!((signed_in.x_cache(), &signed_in.body[..]), ("BYPASS", &b"for s1"[..]));
+
+    // Per user by the session cookie: other cookies neither split nor share entries.
+    let home = |text| move |_: &Req| ok(text);
+    h.send(get_as("/home", "cookie", "session=s1; _ga=1"), home("s1's home")).await;
+    let rotated = h.send(get_as("/home", "cookie", "_ga=2; theme=x; session=s1"), home("unused")).await;
+    assert_eq!((rotated.x_cache(), &rotated.body[..]), ("HIT", &b"s1's home"[..]));
+    let other = h.send(get_as("/home", "cookie", "session=s2; _ga=1"), home("s2's home")).await;
+    assert_eq!((other.x_cache(), &other.body[..]), ("MISS", &b"s2's home"[..]));
+    let anonymous = h.send(get_as("/home", "cookie", "_ga=1"), home("anyone's home")).await;
+    assert_eq!((anonymous.x_cache(), &anonymous.body[..]), ("MISS", &b"anyone's home"[..]));
+
+    let err = CacheLayer::builder(MemoryStore::default()).credential_cookies(["a b"]).build().unwrap_err();
+    assert!(err.to_string().starts_with("option `credential_cookies`: `a b` is not a cookie name"), "{err}");
+}
+
+#[tokio::test]
+async fn by_default_every_cookie_is_a_credential() {
+    let layer = builder_for(test_store().await).route("/news", Rule::get()).build().unwrap();
+    let mut h = Harness::new(layer);
+    h.send(get("/news"), |_| ok("for anyone")).await;
+    let tracked = h.send(get_as("/news", "cookie", "_ga=1"), |_| ok("fresh")).await;
+    assert_eq!((tracked.x_cache(), &tracked.body[..]), ("BYPASS", &b"fresh"[..]));
+}
