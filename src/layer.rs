@@ -53,6 +53,7 @@ impl CacheLayer {
                 invalidate_unsafe: true,
                 method_override_headers: Vec::new(),
                 credential_cookies: None,
+                outcome_extension: false,
                 miss_lock_timeout: Some(Duration::from_secs(5)),
                 honor_request_no_cache: false,
                 stale_if_error_timeout: None,
@@ -440,6 +441,36 @@ impl CacheLayerBuilder {
         names: impl IntoIterator<Item = T>,
     ) -> Self {
         self.settings.credential_cookies = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether each response carries a [`CacheOutcome`](crate::CacheOutcome) in its extensions
+    /// (default off), for middleware around the layer (`TraceLayer::on_response`, metrics) to
+    /// read instead of parsing `X-Cache`. Off by default: the first extension a response gets
+    /// allocates its map, on every hit too.
+    ///
+    /// ```
+    /// use tower::{Service, ServiceExt};
+    /// use tower_redis_cache::{CacheLayer, CacheOutcome, MemoryStore, Rule};
+    ///
+    /// # tokio_test::block_on(async {
+    /// let cache = CacheLayer::builder(MemoryStore::default())
+    ///     .outcome_extension(true)
+    ///     .route("/users", Rule::get())
+    ///     .build()?;
+    /// let mut service = tower::ServiceBuilder::new().layer(cache).service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+    ///         bytes::Bytes::from_static(b"[]"),
+    ///     )))
+    /// });
+    /// let request = || http::Request::get("/users").body(String::new()).unwrap();
+    /// let first = service.ready().await?.call(request()).await?;
+    /// assert_eq!(first.extensions().get(), Some(&CacheOutcome::Miss { stored: true }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn outcome_extension(mut self, on: bool) -> Self {
+        self.settings.outcome_extension = on;
         self
     }
 

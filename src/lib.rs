@@ -137,6 +137,7 @@ pub use self::error::BuildError;
 pub use self::grpc::GrpcCacheLayer;
 pub use self::handle::CacheHandle;
 pub use self::layer::{CacheLayer, CacheLayerBuilder};
+pub use self::outcome::CacheOutcome;
 pub use self::rules::{escape_tag_param, Rule};
 pub use self::service::body::CacheBody;
 pub use self::service::future::ResponseFuture;

@@ -31,6 +31,68 @@ pub(crate) enum Outcome {
     Bypass(BypassReason),
 }
 
+/// What the cache did with a request, put in its response's extensions when the layer is built
+/// with [`outcome_extension(true)`](crate::CacheLayerBuilder::outcome_extension), for the
+/// middleware around it to read instead of parsing `X-Cache`.
+///
+/// ```
+/// use tower_redis_cache::CacheOutcome;
+///
+/// fn log(response: &http::Response<()>) {
+///     match response.extensions().get::<CacheOutcome>() {
+///         Some(CacheOutcome::Hit) => println!("served from the cache"),
+///         Some(outcome) => println!("{}", outcome.label()),
+///         None => println!("not seen by the cache layer"),
+///     }
+/// }
+/// # log(&http::Response::new(()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheOutcome {
+    /// Served from the store with a fresh entry (`X-Cache: HIT`), including a miss that found
+    /// the entry another request filled meanwhile.
+    Hit,
+    /// Answered by the inner service (`MISS`); `stored` says whether its response is being
+    /// stored.
+    Miss {
+        /// The response is being stored, once its body completes within the limit.
+        stored: bool,
+    },
+    /// Served a stale entry (`STALE`), as `stale-while-revalidate` or `stale-if-error` allow.
+    Stale,
+    /// A stale entry was revalidated with the inner service's `304` and served (`REVALIDATED`).
+    Revalidated,
+    /// The cache stayed out of the way (`BYPASS`).
+    Bypass,
+}
+
+impl CacheOutcome {
+    /// The outcome as the metrics label it counts under: `hit`, `miss`, `stale`,
+    /// `revalidated` or `bypass`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss { .. } => "miss",
+            CacheOutcome::Stale => "stale",
+            CacheOutcome::Revalidated => "revalidated",
+            CacheOutcome::Bypass => "bypass",
+        }
+    }
+}
+
+impl From<&Outcome> for CacheOutcome {
+    fn from(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Hit { .. } | Outcome::Collapsed { .. } => CacheOutcome::Hit,
+            Outcome::Miss { stored, .. } => CacheOutcome::Miss { stored: stored.is_some() },
+            Outcome::Stale { .. } => CacheOutcome::Stale,
+            Outcome::Revalidated { .. } => CacheOutcome::Revalidated,
+            Outcome::Bypass(_) => CacheOutcome::Bypass,
+        }
+    }
+}
+
 /// Which of [`Stats`](crate::Stats)' request counts an outcome adds to: each request adds to
 /// exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::clock::{unix_ms, Clock};
 use crate::entry::decoded::DecodedEntries;
 use crate::entry::key::tag_key;
 use crate::entry::Entry;
-use crate::outcome::{BypassReason, Outcome};
+use crate::outcome::{BypassReason, CacheOutcome, Outcome};
 use crate::protocol::cache_status::StatusHeaders;
 use crate::rules::RouteTable;
 use crate::store::breaker::BreakerSettings;
@@ -54,6 +54,8 @@ pub(crate) struct Settings {
     /// The method-override headers the application honours: a safe request carrying one
     /// invalidates like the unsafe method it names.
     pub(crate) method_override_headers: Vec<http::HeaderName>,
+    /// Whether responses carry their [`CacheOutcome`] in their extensions.
+    pub(crate) outcome_extension: bool,
     /// The cookies that are credentials; `None`: every cookie is.
     pub(crate) credential_cookies: Option<Vec<String>>,
     pub(crate) status: StatusHeaders,
@@ -151,6 +153,9 @@ impl Shared {
         served_bytes: Option<usize>,
     ) -> Response<B> {
         self.settings.status.apply(response.headers_mut(), outcome, key);
+        if self.settings.outcome_extension {
+            response.extensions_mut().insert(CacheOutcome::from(&outcome));
+        }
         self.telemetry.answered(route, &outcome, started.elapsed(), served_bytes);
         tracing::Span::current().record("outcome", outcome.label());
         response

@@ -2426,3 +2426,41 @@ async fn by_default_every_cookie_is_a_credential() {
     let tracked = h.send(get_as("/news", "cookie", "_ga=1"), |_| ok("fresh")).await;
     assert_eq!((tracked.x_cache(), &tracked.body[..]), ("BYPASS", &b"fresh"[..]));
 }
+
+#[tokio::test]
+async fn responses_carry_their_outcome_when_asked_to() {
+    use tower::{Service, ServiceExt};
+    use tower_redis_cache::CacheOutcome;
+
+    let build = |on: bool| async move {
+        let layer = builder_for(test_store().await)
+            .outcome_extension(on)
+            .route("/users", Rule::get())
+            .build()
+            .unwrap();
+        tower::ServiceBuilder::new().layer(layer).service_fn(|request: Req| async move {
+            let response = match request.uri().path() {
+                "/users" => ok("[]"),
+                _ => ok("elsewhere"),
+            };
+            Ok::<_, Infallible>(response)
+        })
+    };
+    let mut service = build(true).await;
+    let mut outcome_of = async |request: Req| {
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        let outcome = response.extensions().get::<CacheOutcome>().copied();
+        let _ = response.into_body().collect().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        outcome
+    };
+    assert_eq!(outcome_of(get("/users")).await, Some(CacheOutcome::Miss { stored: true }));
+    assert_eq!(outcome_of(get("/users")).await, Some(CacheOutcome::Hit));
+    assert_eq!(outcome_of(get("/other")).await, Some(CacheOutcome::Bypass));
+    let hit = Some(CacheOutcome::Hit);
+    assert_eq!(hit.map(|o| o.label()), Some("hit"));
+
+    let mut off = build(false).await;
+    let response = off.ready().await.unwrap().call(get("/users")).await.unwrap();
+    assert!(response.extensions().get::<CacheOutcome>().is_none());
+}
