@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::entry::key::uri_tag;
 use crate::service::shared::Shared;
 use crate::store::StoreError;
 use crate::telemetry::Stats;
@@ -10,7 +11,7 @@ use crate::telemetry::Stats;
 /// message consumers. Made by [`CacheLayer::handle`](crate::CacheLayer::handle); cheap to clone.
 ///
 /// ```
-/// # async fn example() {
+/// # tokio_test::block_on(async {
 /// use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
 ///
 /// let layer = CacheLayer::builder(MemoryStore::default())
@@ -22,7 +23,7 @@ use crate::telemetry::Stats;
 /// // After a batch import changed the users table:
 /// cache.evict_tags(["users"]).await.unwrap();
 /// assert_eq!(cache.stats().evictions, 1);
-/// # }
+/// # });
 /// ```
 #[derive(Clone)]
 pub struct CacheHandle {
@@ -46,6 +47,31 @@ impl CacheHandle {
     ) -> Result<(), StoreError> {
         let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
         self.shared.evict(&tags).await
+    }
+
+    /// Evicts every entry of `path`: every query of it, every `Vary` variant, every user's
+    /// entry, as a successful unsafe request to it would (RFC 9111 section 4.4). For an
+    /// administrator's "purge this URL", or an origin that changed a page behind the cache's
+    /// back.
+    ///
+    /// Entries carry their path's tag while the layer invalidates on unsafe requests (the
+    /// default, [`invalidate_on_unsafe_requests`](crate::CacheLayerBuilder::invalidate_on_unsafe_requests)):
+    /// with that turned off, this evicts nothing and says so in a warning.
+    ///
+    /// ```
+    /// # tokio_test::block_on(async {
+    /// # let cache = tower_redis_cache::CacheLayer::builder(tower_redis_cache::MemoryStore::default())
+    /// #     .build().unwrap().handle();
+    /// cache.purge_path("/articles/rust-2026").await?;
+    /// # Ok::<(), tower_redis_cache::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn purge_path(&self, path: &str) -> Result<(), StoreError> {
+        if !self.shared.settings.invalidate_unsafe {
+            tracing::warn!(path, "purge_path evicts nothing: entries carry no path tags");
+            return Ok(());
+        }
+        self.shared.evict(&[uri_tag(path)]).await
     }
 
     /// The counters so far, with the latency percentiles of hits and misses, for code that

@@ -2464,3 +2464,47 @@ async fn responses_carry_their_outcome_when_asked_to() {
     let response = off.ready().await.unwrap().call(get("/users")).await.unwrap();
     assert!(response.extensions().get::<CacheOutcome>().is_none());
 }
+
+#[tokio::test]
+async fn the_handle_purges_every_variant_of_a_path() {
+    let layer = builder_for(test_store().await)
+        .route("/items/{id}", Rule::get().vary(["accept-language"]))
+        .route("/me/{id}", Rule::get().per_user())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    let variants = || {
+        // The `HEAD` first: it is answered from the `GET` entry, which a `GET` after the
+        // purge stores again.
+        vec![
+            Request::head("/items/1").body(String::new()).unwrap(),
+            get("/items/1"),
+            get("/items/1?page=2"),
+            get_as("/items/1", "accept-language", "fr"),
+            get("/items/2"),
+        ]
+    };
+    for request in variants().into_iter().filter(|r| r.method() == Method::GET) {
+        h.send(request, |_| ok("x")).await;
+    }
+    h.send(get_as("/me/1", "authorization", "Bearer a"), |_| ok("a's")).await;
+    h.send(get_as("/me/1", "authorization", "Bearer b"), |_| ok("b's")).await;
+    for request in variants() {
+        assert_eq!(h.send(request, |_| ok("x")).await.x_cache(), "HIT");
+    }
+
+    h.cache.purge_path("/items/1").await.unwrap();
+    h.cache.purge_path("/me/1").await.unwrap();
+    let outcomes: Vec<String> = {
+        let mut outcomes = Vec::new();
+        for request in variants() {
+            outcomes.push(h.send(request, |_| ok("x")).await.x_cache().to_owned());
+        }
+        outcomes
+    };
+    assert_eq!(outcomes, ["MISS", "MISS", "MISS", "MISS", "HIT"], "only /items/2 is left");
+    for user in ["Bearer a", "Bearer b"] {
+        let again = h.send(get_as("/me/1", "authorization", user), |_| ok("new")).await;
+        assert_eq!(again.x_cache(), "MISS", "{user}");
+    }
+}
