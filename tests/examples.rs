@@ -1,5 +1,5 @@
-//! End-to-end tests of the examples: the built `users_api`, `proxy`, `slow_upstream`, `hyper`
-//! and `grpc` binaries run as child processes and are driven over HTTP (and gRPC, by the `grpc`
+//! End-to-end tests of the examples: the built `users_api`, `proxy`, `slow_upstream`, `hyper`,
+//! `grpc` and `custom_store` binaries run as child processes and are driven over HTTP (and gRPC, by the `grpc`
 //! example's own client).
 //!
 //! A plain `cargo test` builds the examples first; `cargo test --test examples` does not, so run
@@ -1377,6 +1377,16 @@ async fn grpc_call_flow(server: &Example) {
     assert_eq!(names, ["Lovelace", "Lovelace", "King", "King"], "{output}");
     assert!(output.contains("GetUser(42)    NotFound \"no user 42\""), "{output}");
     assert!(output.contains("  1 Ada King <ada@example.com>\n  2 Alan Turing"), "{output}");
+}
+
+// =============================================================================================
+// custom_store
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_store_passes_the_conformance_suite() {
+    let (status, log) = run_to_exit("custom_store", &[], &[]).await;
+    assert!(status.success(), "custom_store failed:\n{log}");
+    assert!(log.contains("HashMapStore conforms"), "{log}");
 }
 
 // =============================================================================================

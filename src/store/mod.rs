@@ -27,6 +27,8 @@
 // the request path puts in front of any of them: `guarded.rs` (timeout, circuit breaker in
 // `breaker.rs`, eviction retries). Imports only `background`; reports through `StoreEvents`.
 pub(crate) mod breaker;
+#[cfg(feature = "test-util")]
+pub mod conformance;
 pub(crate) mod guarded;
 mod memory;
 mod redis;
