@@ -119,6 +119,10 @@ impl<S> Layer<S> for CacheLayer {
 
 /// Configures a [`CacheLayer`]. Made by [`CacheLayer::builder`]; checked by
 /// [`build`](Self::build).
+///
+/// Setters are named after their setting: one that takes a value is `setting(value)`, and is
+/// turned off, where it can be, with `without_setting()` (`refresh_ahead(beta)`,
+/// `without_refresh_ahead()`); a switch is `setting(bool)` (`surrogate_keys(true)`).
 #[must_use]
 pub struct CacheLayerBuilder {
     store: Arc<dyn Store>,
@@ -336,10 +340,11 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Removes `Cache-Groups`, `Cache-Group-Invalidation` and `Surrogate-Key` from responses
-    /// on their way out, for origins that do not want their groups seen by clients.
-    pub fn strip_cache_group_headers(mut self) -> Self {
-        self.settings.status.strip_groups = true;
+    /// Whether `Cache-Groups`, `Cache-Group-Invalidation` and `Surrogate-Key` are removed from
+    /// responses on their way out (default off), for origins that do not want their groups
+    /// seen by clients.
+    pub fn strip_cache_group_headers(mut self, strip: bool) -> Self {
+        self.settings.status.strip_groups = strip;
         self
     }
 
@@ -370,11 +375,11 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Removes the targeted cache-control fields that `http_cache` rules read (this cache's own
-    /// and `CDN-Cache-Control`) from responses on their way out (default: they go on, for the
-    /// caches further down that read them too).
-    pub fn strip_targeted_cache_control(mut self) -> Self {
-        self.strip_targeted_cache_control = true;
+    /// Whether the targeted cache-control fields that `http_cache` rules read (this cache's own
+    /// and `CDN-Cache-Control`) are removed from responses on their way out (default off: they
+    /// go on, for the caches further down that read them too).
+    pub fn strip_targeted_cache_control(mut self, strip: bool) -> Self {
+        self.strip_targeted_cache_control = strip;
         self
     }
 

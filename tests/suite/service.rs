@@ -2008,7 +2008,7 @@ async fn other_instances_learn_cache_groups_from_the_store() {
 async fn surrogate_keys_and_stripping_are_options() {
     let layer = users_rules(builder_for(test_store().await))
         .surrogate_keys(true)
-        .strip_cache_group_headers()
+        .strip_cache_group_headers(true)
         .build()
         .unwrap();
     let mut h = Harness::new(layer);
@@ -2169,7 +2169,7 @@ async fn a_targeted_field_named_for_this_cache_beats_cdn_cache_control_and_cache
 #[tokio::test]
 async fn targeted_fields_can_be_kept_from_clients() {
     let layer = builder_for(test_store().await)
-        .strip_targeted_cache_control()
+        .strip_targeted_cache_control(true)
         .route("/{*path}", Rule::http_cache())
         .build()
         .unwrap();
