@@ -102,24 +102,24 @@ async fn main() -> anyhow::Result<()> {
 
     // `_keeper` holds the in-memory SQLite database open for the life of the process.
     let (db, _keeper) = open_database(env_var("DATABASE_URL")).await?;
-    let cache = match env_var("REDIS_URL") {
+    let (api, cache) = match env_var("REDIS_URL") {
         Some(url) => {
             let store = RedisStore::from_url(url.as_str())
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url}"))?;
             tracing::info!(%url, "caching in Redis");
-            cache_layer(store)?
+            api(store)?
         }
         None => {
             tracing::info!("caching in process (set REDIS_URL to use Redis)");
-            cache_layer(MemoryStore::default())?
+            api(MemoryStore::default())?
         }
     };
-    let observed = Observed { prometheus, cache: cache.handle() };
+    let observed = Observed { prometheus, cache };
     // The observability routes outside the cache; everything else goes to the API through it,
     // paths it does not know included. (`merge` would not do: it keeps the fallback of the
     // router merged in, which the layer does not cover.)
-    let app = observability(observed).fallback_service(router(db).layer(cache));
+    let app = observability(observed).fallback_service(api.with_state(db));
 
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
@@ -134,34 +134,33 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cache rules, next to the routes they cover.
-fn cache_layer(store: impl Store) -> Result<CacheLayer, BuildError> {
+/// The API's routes, each with its cache rules: every pattern written once. Gives the router
+/// (the cache layer on it) and the cache's handle.
+fn api(store: impl Store) -> Result<(Router<AnyPool>, CacheHandle), BuildError> {
     CacheLayer::builder(store)
         .default_ttl(TTL)
+        .router()
         // The same for every caller, so credentialed requests share these entries too.
-        .route("/users", Rule::get().ttl(TTL).tag("users").shared())
-        .route("/users", Rule::post().evicts(["users"]))
-        .route("/users/{id}", Rule::get().tags(["users", "user:{id}"]).shared())
+        .route(
+            "/users",
+            get(list_users).post(create_user),
+            [Rule::get().ttl(TTL).tag("users").shared(), Rule::post().evicts(["users"])],
+        )
         .route(
             "/users/{id}",
-            Rule::methods([Method::PUT, Method::DELETE]).evicts(["users", "user:{id}"]),
+            get(get_user).put(update_user).delete(delete_user),
+            [
+                Rule::get().tags(["users", "user:{id}"]).shared(),
+                Rule::methods([Method::PUT, Method::DELETE]).evicts(["users", "user:{id}"]),
+            ],
         )
         // One entry per `Authorization` header (the layer's default identity). Tags can only be
         // filled from path parameters, not from the user, so `/me` carries the coarse `users`
         // tag: any write to users evicts every `/me` entry, and none is ever stale.
-        .route("/me", Rule::get().per_user().tag("users"))
-        .bypass("/auth/{*rest}")
+        .route("/me", get(me), [Rule::get().per_user().tag("users")])
+        .bypass("/auth/login", post(login))
+        .uncached("/health", get(health))
         .build()
-}
-
-fn router(db: AnyPool) -> Router {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route("/users/{id}", get(get_user).put(update_user).delete(delete_user))
-        .route("/me", get(me))
-        .route("/auth/login", post(login))
-        .route("/health", get(health))
-        .with_state(db)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@
 //! POST /users      db.insert(...) then redis.del("users")
 //! ```
 //!
-//! with rules declared once, next to the router:
+//! with rules declared once. With axum (feature `axum`), each route is declared once, with its
+//! rules, by a `CacheRouter`:
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum::{routing::get, Router};
+//! use axum::routing::get;
 //! use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
 //!
 //! # async fn list_users() -> &'static str { "[]" }
@@ -21,17 +22,35 @@
 //! # fn main() -> Result<(), tower_redis_cache::BuildError> {
 //! // `RedisStore::from_url("redis://127.0.0.1:6379").await?` in production.
 //! let store = MemoryStore::default();
-//! let cache = CacheLayer::builder(store)
+//! let (app, cache) = CacheLayer::builder(store)
+//!     .router()
+//!     .route("/users", get(list_users).post(create_user), [
+//!         Rule::get().ttl(Duration::from_secs(60)).tag("users"),
+//!         Rule::post().evicts(["users"]),
+//!     ])
+//!     .route("/me", get(me), [Rule::get().per_user()])
+//!     .build()?;
+//! let app: axum::Router = app;
+//! # let _ = cache;
+//! # Ok(()) }
+//! ```
+//!
+//! Any other Tower service takes the same rules as a table, and the layer:
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+//! # fn main() -> Result<(), tower_redis_cache::BuildError> {
+//! let cache = CacheLayer::builder(MemoryStore::default())
 //!     .route("/users", Rule::get().ttl(Duration::from_secs(60)).tag("users"))
 //!     .route("/users", Rule::post().evicts(["users"]))
 //!     .route("/me", Rule::get().per_user())
 //!     .bypass("/auth/{*rest}")
 //!     .build()?;
-//!
-//! let app: Router = Router::new()
-//!     .route("/users", get(list_users).post(create_user))
-//!     .route("/me", get(me))
-//!     .layer(cache);
+//! let service = tower::ServiceBuilder::new().layer(cache).service_fn(|_request: http::Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! });
+//! # let _ = service;
 //! # Ok(()) }
 //! ```
 //!
@@ -125,6 +144,8 @@ mod handle;
 mod layer;
 mod outcome;
 mod protocol;
+#[cfg(feature = "axum")]
+mod router;
 mod rules;
 mod service;
 pub mod store;
@@ -138,6 +159,8 @@ pub use self::grpc::GrpcCacheLayer;
 pub use self::handle::CacheHandle;
 pub use self::layer::{CacheLayer, CacheLayerBuilder};
 pub use self::outcome::CacheOutcome;
+#[cfg(feature = "axum")]
+pub use self::router::CacheRouter;
 pub use self::rules::{escape_tag_param, Rule};
 pub use self::service::body::CacheBody;
 pub use self::service::future::ResponseFuture;

@@ -76,7 +76,7 @@ impl KeyParts {
         for host in hosts {
             fields.push(host);
         }
-        fields.push(normalize_path(request.uri.path()).as_bytes());
+        fields.push(normalize_path(served_path(&request.uri, &request.extensions)).as_bytes());
         fields.push(sorted_query(query).as_bytes());
         let options = connection_options(&request.headers);
         fields.push(&(options.len() as u64).to_le_bytes());
@@ -364,6 +364,39 @@ pub(crate) fn uri_tag(path: &str) -> String {
     let digest = URI_TAG_HASHER.clone().update(&decode_unreserved(&path)).finalize();
     // Half the digest: a collision would only invalidate more than needed.
     ["#uri:", &digest.to_hex()[..32]].concat()
+}
+
+/// The path the client asked for: under axum's `Router::nest` (feature `axum`), the full path
+/// it keeps in `OriginalUri`, not the one the nested router sees; else the request's own.
+/// Keys and URI tags use it, so that two mounts of one router keep apart and a `Location`
+/// with the full path reaches the entry.
+pub(crate) fn served_path<'a>(uri: &'a http::Uri, extensions: &'a http::Extensions) -> &'a str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = extensions.get::<axum::extract::OriginalUri>() {
+        return original.path();
+    }
+    let _ = extensions;
+    uri.path()
+}
+
+/// The part of a served path (see [`served_path`]) that the router behind the layer sees, given
+/// the prefix it is mounted under: `None` for a path outside the mount.
+pub(crate) fn routed_path<'a>(served: &'a str, mount: &str) -> Option<&'a str> {
+    match served.strip_prefix(mount)? {
+        "" => Some("/"),
+        rest => rest.starts_with('/').then_some(rest),
+    }
+}
+
+/// The prefix a request's router is mounted under (`/api` under axum's `Router::nest`), from
+/// the path served and the path the router sees; empty when they are the same.
+pub(crate) fn mount_prefix<'a>(served: &'a str, routed: &str) -> &'a str {
+    match served.strip_suffix(routed) {
+        Some(prefix) => prefix,
+        // `nest("/api", ..)` routes `/api` itself as `/`.
+        None if routed == "/" => served,
+        None => "",
+    }
 }
 
 /// The authority the request was sent to: the URI's (HTTP/2, absolute-form) or `Host`.
@@ -660,6 +693,19 @@ mod tests {
         assert_ne!(entry_key("c", &en, None, &lang), entry_key("c", &fr, None, &lang));
         assert_ne!(entry_key("c", &none, None, &lang), entry_key("c", &empty, None, &lang));
         assert_eq!(entry_key("c", &en, None, &[]), entry_key("c", &fr, None, &[]));
+    }
+
+    #[test]
+    fn a_mount_prefix_is_what_the_served_path_adds_to_the_routed_one() {
+        assert_eq!(mount_prefix("/api/users/7", "/users/7"), "/api");
+        assert_eq!(mount_prefix("/users/7", "/users/7"), "");
+        assert_eq!(mount_prefix("/api", "/"), "/api");
+        assert_eq!(mount_prefix("/odd", "/other"), "");
+        assert_eq!(routed_path("/api/users/7", "/api"), Some("/users/7"));
+        assert_eq!(routed_path("/api", "/api"), Some("/"));
+        assert_eq!(routed_path("/apix/users", "/api"), None);
+        assert_eq!(routed_path("/b/users/7", "/a"), None);
+        assert_eq!(routed_path("/users/7", ""), Some("/users/7"));
     }
 
     #[test]

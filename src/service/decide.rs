@@ -11,7 +11,9 @@ use smallvec::SmallVec;
 
 use super::shared::Shared;
 use crate::entry::compression::accepts_zstd;
-use crate::entry::key::{authority, kept_params, tag_key, uri_tag, vary_union, KeyParts};
+use crate::entry::key::{
+    authority, kept_params, served_path, tag_key, uri_tag, vary_union, KeyParts,
+};
 use crate::grpc::MessageDigest;
 use crate::outcome::BypassReason;
 use crate::protocol::cache_control::asks_for_origin;
@@ -149,7 +151,8 @@ pub(crate) fn decide(
             return Decision::Bypass { route: Some(pattern), reason: BypassReason::BypassRule };
         }
         Matched::Write { pattern, evicts, reads_cached } => {
-            let uri = (invalidate_unsafe && reads_cached).then(|| uri_tag(path));
+            let uri = (invalidate_unsafe && reads_cached)
+                .then(|| uri_tag(served_path(&request.uri, &request.extensions)));
             if evicts.is_empty() && uri.is_none() && !invalidate_unsafe {
                 return Decision::Bypass { route: Some(pattern), reason: BypassReason::Mutation };
             }
@@ -176,7 +179,7 @@ pub(crate) fn decide(
         return bypass(BypassReason::RequestBody);
     }
     if invalidate_unsafe {
-        tags.push(uri_tag(path));
+        tags.push(uri_tag(served_path(&request.uri, &request.extensions)));
     }
     // Whose entry: one user's, or the shared one, which a credentialed request may look up
     // only as `Plan::credentialed` says.

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use super::body::CacheBody;
 use super::shared::Shared;
-use crate::entry::key::uri_tag;
+use crate::entry::key::{mount_prefix, routed_path, served_path, uri_tag};
 use crate::outcome::BypassReason;
 use crate::protocol::groups;
 
@@ -38,6 +38,9 @@ pub(crate) async fn mutate<S, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
+    // Under axum's `nest`, `Location` names full paths, and the rules the nested router's.
+    let served = served_path(request.uri(), request.extensions());
+    let mount = mount_prefix(served, request.uri().path()).to_owned();
     let response = inner.call(request).await?;
     let status = response.status();
     let mut tags = Vec::new();
@@ -54,7 +57,10 @@ where
                 .headers()
                 .get(name)
                 .and_then(|v| same_host_path(v, &invalidation.authority));
-            if let Some(path) = target.filter(|path| shared.routes.caches_reads(path)) {
+            let cached = |path: &String| {
+                routed_path(path, &mount).is_some_and(|routed| shared.routes.caches_reads(routed))
+            };
+            if let Some(path) = target.filter(cached) {
                 tags.push(uri_tag(&path));
             }
         }
