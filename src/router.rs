@@ -1,6 +1,9 @@
 //! [`CacheRouter`]: axum routes declared together with their cache rules, so that each route
 //! pattern is written once (feature `axum`).
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::routing::MethodRouter;
 use axum::Router;
 
@@ -104,5 +107,35 @@ impl<S: Clone + Send + Sync + 'static> CacheRouter<S> {
 impl<S> std::fmt::Debug for CacheRouter<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheRouter").field("builder", &self.builder).finish_non_exhaustive()
+    }
+}
+
+/// A handler takes the cache's handle as an argument, to evict from inside it: the layer hands
+/// it to every request that reaches the handler. Without the layer in front, the request is
+/// answered `500`.
+///
+/// ```
+/// use axum::routing::post;
+/// use tower_redis_cache::{CacheHandle, CacheLayer, MemoryStore, Rule};
+///
+/// async fn import(cache: CacheHandle) -> &'static str {
+///     // ... a bulk import that changed every user:
+///     let _ = cache.evict_tags(["users"]).await;
+///     "imported"
+/// }
+///
+/// let (app, _cache) = CacheLayer::builder(MemoryStore::default())
+///     .router::<()>()
+///     .uncached("/import", post(import))
+///     .build()?;
+/// # let _ = app;
+/// # Ok::<(), tower_redis_cache::BuildError>(())
+/// ```
+impl<S: Send + Sync> FromRequestParts<S> for CacheHandle {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let handle = parts.extensions.get::<CacheHandle>().cloned();
+        handle.ok_or((StatusCode::INTERNAL_SERVER_ERROR, "no cache layer in front of this handler"))
     }
 }

@@ -122,3 +122,36 @@ fn a_mistake_in_a_declared_rule_names_the_route() {
         .unwrap_err();
     assert!(error.to_string().starts_with("route `/users/{id}`: "), "{error}");
 }
+
+#[tokio::test]
+async fn a_handler_takes_the_cache_handle_to_evict() {
+    let calls = Calls::default();
+    let list = calls.clone();
+    let (app, _cache) = CacheLayer::builder(MemoryStore::default())
+        .router()
+        .route(
+            "/users",
+            get(move || async move { format!("list #{}", list.bump(LIST)) }),
+            [Rule::get().tag("users")],
+        )
+        // No mutation rule: the handler evicts itself.
+        .uncached(
+            "/import",
+            post(|cache: CacheHandle| async move {
+                cache.evict_tags(["users"]).await.unwrap();
+                "imported"
+            }),
+        )
+        .build()
+        .unwrap();
+    send(&app, Method::GET, "/users").await;
+    assert_eq!(send(&app, Method::GET, "/users").await.0, "HIT");
+    assert_eq!(send(&app, Method::POST, "/import").await.1, "imported");
+    assert_eq!(send(&app, Method::GET, "/users").await, ("MISS".into(), "list #2".into()));
+
+    // Without the layer in front there is no handle to take.
+    let bare: Router = Router::new().route("/import", post(|_: CacheHandle| async { "no" }));
+    let request = Request::post("/import").body(Body::empty()).unwrap();
+    let response = bare.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}

@@ -47,6 +47,7 @@ use self::learn::{follow_groups_marker, follow_vary_marker, is_marker};
 use self::shared::Shared;
 use self::stale::{call_within, refresh_in_background, revalidated, StaleEntry};
 use crate::entry::Entry;
+use crate::handle::CacheHandle;
 use crate::outcome::{Forwarded, Outcome};
 use crate::protocol::conditional::add_validators;
 use crate::store::TagVersion;
@@ -113,15 +114,17 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let shared = Arc::clone(&self.shared);
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let has_body = !body.is_end_stream() && body.size_hint().exact() != Some(0);
         match decide(&shared, &parts, has_body, started) {
             Decision::Bypass { route, reason } => {
+                hand_over(&shared, &mut parts);
                 let future = self.take_inner().call(Request::from_parts(parts, body));
                 ResponseFuture::bypass(future, shared, reason, route, started)
             }
             Decision::Mutation { route, evicts, uri, authority } => {
                 let span = request_span(route.as_deref().unwrap_or(UNMATCHED), None);
+                hand_over(&shared, &mut parts);
                 let request = Request::from_parts(parts, body);
                 let invalidation = Invalidation { route, started, evicts, uri, authority };
                 let inner = self.take_inner();
@@ -143,6 +146,7 @@ where
                     }
                     early => early,
                 };
+                hand_over(&shared, &mut parts);
                 let request = Request::from_parts(parts, body);
                 let inner = self.take_inner();
                 ResponseFuture::boxed(
@@ -151,6 +155,13 @@ where
             }
         }
     }
+}
+
+/// Hands the inner service the cache's handle, in the request's extensions, so that a handler
+/// can evict without a handle of its own (an axum handler takes it as an extractor, feature
+/// `axum`). Hits never reach the inner service, so they skip it.
+fn hand_over(shared: &Arc<Shared>, request: &mut http::request::Parts) {
+    request.extensions.insert(CacheHandle::new(Arc::clone(shared)));
 }
 
 impl<S: Clone> CacheService<S> {

@@ -22,6 +22,7 @@ use crate::entry::compression::for_client;
 use crate::entry::decoded::Decoded;
 use crate::entry::key::lease_key;
 use crate::entry::Entry;
+use crate::handle::CacheHandle;
 use crate::outcome::Outcome;
 use crate::protocol::storable::storable;
 use crate::store::TagVersion;
@@ -127,7 +128,7 @@ where
 pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     mut inner: S,
-    request: Request<ReqBody>,
+    mut request: Request<ReqBody>,
     plan: Plan,
     versions: Vec<TagVersion>,
     found_stored_at: u64,
@@ -138,6 +139,8 @@ pub(crate) fn refresh_in_background<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let Role::Leader(mut flight) = Flights::join(&shared, &plan.key) else { return };
+    // A hit's request did not get the handle on its way in (see `hand_over`).
+    request.extensions_mut().insert(CacheHandle::new(Arc::clone(&shared)));
     background::spawn(async move {
         let lease = lease_key(&plan.key);
         let lease_time = shared.settings.miss_lock_timeout.unwrap_or(Duration::from_secs(5));
