@@ -428,32 +428,42 @@ fn difference(direct: &Seen, cached: &Seen, head: bool) -> Option<String> {
 }
 
 /// How many requests went through, and how they were answered: a property that never sees a
-/// hit proves nothing.
+/// hit proves nothing. The floor, one hit in twenty, counts requests without credentials only:
+/// a shared cache answers those with `Authorization` only from entries said to be for anyone
+/// (RFC 9111 section 3.5), so they mostly miss by design. Runs see 13–17% (of some 400 to
+/// 1,300 such requests), so the floor is several standard deviations below them.
 #[derive(Default)]
 struct Tally {
     cases: AtomicUsize,
     requests: AtomicUsize,
     hits: AtomicUsize,
+    anonymous_requests: AtomicUsize,
+    anonymous_hits: AtomicUsize,
 }
 
 impl Tally {
-    fn count(&self, cached: &Seen) {
+    fn count(&self, request: &Req, cached: &Seen) {
+        let anonymous = CLIENTS[request.client].0.is_none();
+        let hit = matches!(cached.x_cache(), "HIT" | "STALE" | "REVALIDATED");
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if matches!(cached.x_cache(), "HIT" | "STALE" | "REVALIDATED") {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
+        self.hits.fetch_add(usize::from(hit), Ordering::Relaxed);
+        self.anonymous_requests.fetch_add(usize::from(anonymous), Ordering::Relaxed);
+        self.anonymous_hits.fetch_add(usize::from(anonymous && hit), Ordering::Relaxed);
     }
 
     fn check(&self, what: &str) {
-        let (cases, requests, hits) = (
-            self.cases.load(Ordering::Relaxed),
-            self.requests.load(Ordering::Relaxed),
-            self.hits.load(Ordering::Relaxed),
+        let load = |n: &AtomicUsize| n.load(Ordering::Relaxed);
+        let (cases, requests, hits) = (load(&self.cases), load(&self.requests), load(&self.hits));
+        let (anonymous, anonymous_hits) =
+            (load(&self.anonymous_requests), load(&self.anonymous_hits));
+        eprintln!(
+            "{what}: {cases} scenarios, {requests} requests, {hits} served from the cache \
+             ({anonymous_hits} of the {anonymous} without credentials)"
         );
-        eprintln!("{what}: {cases} scenarios, {requests} requests, {hits} served from the cache");
         assert!(
-            hits * 10 >= requests,
-            "{what}: too few hits to show anything ({hits} of {requests})"
+            anonymous_hits * 20 >= anonymous && hits > 0,
+            "{what}: too few hits to show anything ({anonymous_hits} of {anonymous} requests \
+             without credentials)"
         );
     }
 }
@@ -498,7 +508,7 @@ async fn through_layer(
         let response = service.clone().oneshot(request.http_request()).await.expect("infallible");
         let cached = Seen::of(response.map(Body::new)).await;
         let direct = Seen::of(echo(request.http_request()).await).await;
-        tally.count(&cached);
+        tally.count(request, &cached);
         if let Some(why) = difference(&direct, &cached, request.head) {
             return Err(failure(at, requests, &cached, why));
         }
@@ -699,7 +709,7 @@ fn what_the_proxy_example_serves_is_what_it_answers_without_a_cache() {
                     let raw = request.raw();
                     let served = exchange(&proxy.addr, &raw).await;
                     let direct = exchange(&plain.addr, &raw).await;
-                    tally.count(&served);
+                    tally.count(request, &served);
                     if let Some(why) = difference(&direct, &served, request.head) {
                         let why = format!("{why}\n(through the proxy, {what})");
                         return Err(failure(at, &requests, &served, why));
