@@ -95,19 +95,26 @@ impl UserFromHeader {
 
 impl IdentifyUser for UserFromHeader {
     fn identify(&self, request: &Parts) -> Option<UserId> {
-        let mut hasher = blake3::Hasher::new();
-        let mut found = false;
-        for name in &self.names {
-            let values = request.headers.get_all(name);
-            hasher.update(&(values.iter().count() as u64).to_le_bytes());
-            for value in values {
-                found = true;
-                hasher.update(&(value.len() as u64).to_le_bytes());
-                hasher.update(value.as_bytes());
-            }
-        }
-        found.then(|| UserId::digest(hasher.finalize().as_bytes()))
+        user_of(self.names.iter().map(|name| {
+            request.headers.get_all(name).iter().map(|value| value.as_bytes()).collect()
+        }))
     }
+}
+
+/// The user that `groups` of values stand for (one group per header or cookie name, in
+/// order), each group's count then its values, length-prefixed; `None` when all are empty.
+fn user_of<'a>(groups: impl Iterator<Item = Vec<&'a [u8]>>) -> Option<UserId> {
+    let mut hasher = blake3::Hasher::new();
+    let mut found = false;
+    for values in groups {
+        hasher.update(&(values.len() as u64).to_le_bytes());
+        for value in values {
+            found = true;
+            hasher.update(&(value.len() as u64).to_le_bytes());
+            hasher.update(value);
+        }
+    }
+    found.then(|| UserId::digest(hasher.finalize().as_bytes()))
 }
 
 /// Identifies users by the values of one or more cookies, digested: a session id, say.
@@ -142,18 +149,9 @@ impl UserFromCookie {
 
 impl IdentifyUser for UserFromCookie {
     fn identify(&self, request: &Parts) -> Option<UserId> {
-        let mut hasher = blake3::Hasher::new();
-        let mut found = false;
-        for name in &self.names {
-            let values = cookie_values(&request.headers, name);
-            hasher.update(&(values.len() as u64).to_le_bytes());
-            for value in values {
-                found = true;
-                hasher.update(&(value.len() as u64).to_le_bytes());
-                hasher.update(value.as_bytes());
-            }
-        }
-        found.then(|| UserId::digest(hasher.finalize().as_bytes()))
+        user_of(self.names.iter().map(|name| {
+            cookie_values(&request.headers, name).into_iter().map(str::as_bytes).collect()
+        }))
     }
 }
 
