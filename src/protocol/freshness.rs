@@ -106,8 +106,8 @@ pub(crate) fn freshness(
     })
 }
 
-/// The statuses RFC 9110 section 15.1 makes heuristically cacheable (`206` too, which no rule
-/// stores whole).
+/// The statuses RFC 9110 section 15.1 makes heuristically cacheable, but `206`, which no rule
+/// stores (a part is never stored as the whole).
 const HEURISTICALLY_CACHEABLE: [StatusCode; 11] = [
     StatusCode::OK,
     StatusCode::NON_AUTHORITATIVE_INFORMATION,
