@@ -58,7 +58,7 @@ impl CacheLayer {
                 honor_request_no_cache: false,
                 stale_if_error_timeout: None,
                 refresh_ahead: Some(1.0),
-                compress_above: Some(1024),
+                compress_above: cfg!(feature = "zstd").then_some(1024),
                 decoded_cache_bytes: 16 * 1024 * 1024,
                 surrogate_keys: false,
                 clock: Arc::new(SystemClock),
@@ -285,6 +285,10 @@ impl CacheLayerBuilder {
     /// Stores bodies of at least `bytes` (default 1 KiB) compressed with zstd, unless the inner
     /// service encoded them already. Clients that accept `zstd` are served the compressed
     /// bytes as they are; the others get them decompressed.
+    ///
+    /// Needs the `zstd` feature (on by default); without it bodies are stored as they are.
+    #[cfg(feature = "zstd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "zstd")))]
     pub fn compress_above(mut self, bytes: usize) -> Self {
         self.settings.compress_above = Some(bytes);
         self

@@ -115,9 +115,21 @@
 //!
 //! # Stores
 //!
-//! [`RedisStore`] (through `fred`: single node, cluster, sentinel and TLS URLs, a pool that
-//! reconnects by itself) and [`MemoryStore`] (bounded by bytes, through `moka`) implement
-//! [`Store`]; so can your own.
+//! `RedisStore` (through `fred`: single node, cluster, sentinel, Unix socket and TLS URLs, a
+//! pool that reconnects by itself) and [`MemoryStore`] (bounded by bytes, through `moka`)
+//! implement [`Store`]; so can your own.
+//!
+//! # Cargo features
+//!
+//! - `redis` (default): `RedisStore` and `TieredStore`, through `fred`. Without it the crate
+//!   builds no Redis client.
+//! - `tls-rustls-ring` (default) and `tls-rustls-aws-lc-rs`: `rediss://` with rustls. The
+//!   process's default crypto provider is used when one is installed, otherwise the one the
+//!   feature names.
+//! - `zstd` (default): entries stored compressed
+//!   ([`compress_above`](CacheLayerBuilder::compress_above)).
+//! - `axum`: `CacheRouter`, and [`CacheHandle`] as an extractor.
+//! - `test-util`: [`store::conformance`], the suite a `Store` of your own must pass.
 //!
 //! # gRPC
 //!
@@ -127,6 +139,7 @@
 //! [Tower]: https://docs.rs/tower
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unreachable_pub, missing_docs)]
 
 mod background;
@@ -166,9 +179,10 @@ pub use self::service::body::CacheBody;
 pub use self::service::future::ResponseFuture;
 pub use self::service::CacheService;
 #[doc(inline)]
-pub use self::store::{
-    MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreError, TieredStore, TieredStoreBuilder,
-};
+pub use self::store::{MemoryStore, Store, StoreError};
+#[cfg(feature = "redis")]
+#[doc(inline)]
+pub use self::store::{RedisStore, RedisStoreBuilder, TieredStore, TieredStoreBuilder};
 pub use self::telemetry::Stats;
 #[doc(inline)]
 pub use self::user::{

@@ -13,6 +13,7 @@
 //! The `users_api` live page (`/cache`) is checked in Debian's headless Chromium (`chromium` on
 //! `PATH` or at `/usr/bin/chromium`); without it that test is skipped with a note, unless `CI`
 //! is set, where it fails (`.ci/run` installs it).
+#![cfg(feature = "redis")]
 
 mod support;
 

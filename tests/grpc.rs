@@ -13,6 +13,7 @@ mod users;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
 use support::redis::RedisServer;
 use tokio::task::JoinHandle;
 use tonic::metadata::MetadataMap;
@@ -22,9 +23,9 @@ use tonic_health::pb::health_check_response::ServingStatus as Wire;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::ServingStatus;
-use tower_redis_cache::{
-    CacheHandle, CacheLayer, CacheLayerBuilder, MemoryStore, RedisStore, Rule, Store,
-};
+#[cfg(feature = "redis")]
+use tower_redis_cache::RedisStore;
+use tower_redis_cache::{CacheHandle, CacheLayer, CacheLayerBuilder, MemoryStore, Rule, Store};
 use users::{GetUserRequest, ListUsersRequest, User, UsersClient, UsersServer, UsersService};
 
 /// How long a test waits for an entry's background write to land.
@@ -33,6 +34,7 @@ const STORE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     Memory,
+    #[cfg(feature = "redis")]
     Redis,
 }
 
@@ -44,7 +46,8 @@ struct GrpcServer {
     health: tonic_health::server::HealthReporter,
     cache: CacheHandle,
     task: JoinHandle<()>,
-    _redis: Option<RedisServer>,
+    /// What the store needs running (the test's `redis-server`).
+    _backing: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl GrpcServer {
@@ -52,14 +55,16 @@ impl GrpcServer {
         backend: Backend,
         rules: impl FnOnce(CacheLayerBuilder) -> CacheLayerBuilder,
     ) -> Self {
-        let (store, redis): (Arc<dyn Store>, _) = match backend {
-            Backend::Memory => (Arc::new(MemoryStore::default()), None),
-            Backend::Redis => {
-                let server = RedisServer::start();
-                let store = RedisStore::from_url(server.url()).await.expect("connect to redis");
-                (Arc::new(store), Some(server))
-            }
-        };
+        let (store, backing): (Arc<dyn Store>, Option<Box<dyn std::any::Any + Send>>) =
+            match backend {
+                Backend::Memory => (Arc::new(MemoryStore::default()), None),
+                #[cfg(feature = "redis")]
+                Backend::Redis => {
+                    let server = RedisServer::start();
+                    let store = RedisStore::from_url(server.url()).await.expect("connect to redis");
+                    (Arc::new(store), Some(Box::new(server)))
+                }
+            };
         let builder = CacheLayer::builder(store).store_timeout(Duration::from_secs(2));
         let cache = rules(builder).build().expect("valid rules");
         let users = UsersService::seeded();
@@ -72,7 +77,7 @@ impl GrpcServer {
             .add_service(health_service)
             .serve_with_incoming(TcpIncoming::from(listener));
         let task = tokio::spawn(async move { server.await.expect("the server runs") });
-        Self { addr, users, health, cache: cache.handle(), task, _redis: redis }
+        Self { addr, users, health, cache: cache.handle(), task, _backing: backing }
     }
 
     /// The users example's rules.
@@ -239,6 +244,7 @@ macro_rules! over_both_stores {
                 super::$scenario(super::Backend::Memory).await
             })*
         }
+        #[cfg(feature = "redis")]
         mod redis {
             $(#[tokio::test(flavor = "multi_thread")]
             async fn $scenario() {

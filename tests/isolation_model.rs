@@ -53,10 +53,13 @@ use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+#[cfg(feature = "redis")]
 use support::redis::RedisServer;
 use tower::{Layer, Service, ServiceExt};
 use tower_redis_cache::clock::ManualClock;
-use tower_redis_cache::{CacheHandle, CacheLayer, MemoryStore, RedisStore, Rule, Store};
+#[cfg(feature = "redis")]
+use tower_redis_cache::RedisStore;
+use tower_redis_cache::{CacheHandle, CacheLayer, MemoryStore, Rule, Store};
 
 // ---------------------------------------------------------------------------------------------
 // The operations.
@@ -975,6 +978,7 @@ fn model_over_memory_store() {
     check("MemoryStore", &runtime, 256, |_| (Arc::new(MemoryStore::default()), "iso".to_owned()));
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn model_over_redis() {
     let server = RedisServer::start();

@@ -1,5 +1,6 @@
 //! The crate's `rust-version` is what its dependency tree needs: no dependency that a user of
-//! the crate builds (normal and build dependencies, this platform's) declares a newer Rust.
+//! the crate builds (normal and build dependencies, this platform's, with every feature on)
+//! declares a newer Rust.
 //!
 //! Read from `cargo metadata`, so a dependency update that raises the bar fails here instead of
 //! in a user's build.
@@ -36,7 +37,8 @@ fn no_dependency_needs_a_newer_rust_than_the_crate_declares() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let host = host_triple(&cargo);
     let output = Command::new(&cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--filter-platform", &host])
+        .args(["metadata", "--format-version", "1", "--locked", "--all-features"])
+        .args(["--filter-platform", &host])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");

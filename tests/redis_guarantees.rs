@@ -1,6 +1,7 @@
 //! The guarantees, end to end, through axum, against a private `redis-server`:
 //! no cross-user leaks, no stale read after a write (including the slow-miss race, across
 //! instances, and across a store outage), and a cache that never breaks the service.
+#![cfg(feature = "redis")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The service suite (`tests/suite/service.rs`) over Redis: each test gets a private
 //! `redis-server` on a free loopback port, stopped when the test's layer is dropped.
+#![cfg(feature = "redis")]
 
 mod support;
 

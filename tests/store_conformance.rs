@@ -8,11 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+#[cfg(feature = "redis")]
 use support::cluster::RedisCluster;
+#[cfg(feature = "redis")]
 use support::redis::RedisServer;
 use tower_redis_cache::store::conformance;
-use tower_redis_cache::{MemoryStore, RedisStore, Store, TieredStore};
+use tower_redis_cache::{MemoryStore, Store};
+#[cfg(feature = "redis")]
+use tower_redis_cache::{RedisStore, TieredStore};
 
+#[cfg(feature = "redis")]
 fn tags(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| format!("test:v1:t:{n}")).collect()
 }
@@ -26,6 +31,7 @@ async fn memory_store_conforms() {
     conformance(Arc::new(MemoryStore::default())).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_store_conforms() {
     let server = RedisServer::start();
@@ -33,6 +39,7 @@ async fn redis_store_conforms() {
     conformance(Arc::new(store)).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_store_with_one_connection_conforms() {
     let server = RedisServer::start();
@@ -40,6 +47,29 @@ async fn redis_store_with_one_connection_conforms() {
     conformance(Arc::new(store)).await;
 }
 
+// `redis+unix://`: the store talks to the server through its Unix socket (the harness pings
+// its TCP port).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_store_over_a_unix_socket_conforms() {
+    let dir = std::env::temp_dir().join(format!("trc-socket-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("redis.sock");
+    let socket = socket.to_str().unwrap();
+    let server = RedisServer::start_with(&["--unixsocket", socket, "--unixsocketperm", "700"]);
+    let store = RedisStore::from_url(format!("redis+unix://{socket}")).await.unwrap();
+    store
+        .put("test:over-the-socket", Bytes::from_static(b"yes"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    conformance(Arc::new(store)).await;
+    // What the store wrote went through the socket to this very server.
+    assert!(server.keys().contains("test:over-the-socket"), "{}", server.keys());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn tiered_store_conforms() {
     let server = RedisServer::start();
@@ -47,6 +77,7 @@ async fn tiered_store_conforms() {
     conformance(Arc::new(store)).await;
 }
 
+#[cfg(feature = "redis")]
 /// No command names two keys, so entries and tag versions may live on any node.
 #[tokio::test]
 async fn redis_store_on_a_cluster_conforms() {
@@ -72,6 +103,7 @@ async fn memory_store_stays_within_its_byte_bound() {
     assert!(used > 24 * 1024, "should still hold a good share of the bound, holds {used}");
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_tag_versions_overwritten_by_something_else_are_replaced() {
     let server = RedisServer::start();
@@ -83,6 +115,7 @@ async fn redis_tag_versions_overwritten_by_something_else_are_replaced() {
     assert_eq!(store.lookup("test:v1:e:any", &t).await.unwrap().versions, vec![Some(version)]);
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_tag_versions_expire_so_templated_tags_do_not_pile_up() {
     let server = RedisServer::start();
@@ -105,6 +138,7 @@ async fn redis_tag_versions_expire_so_templated_tags_do_not_pile_up() {
     assert!((3500..=3600).contains(&ttl()), "an eviction's version too");
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_store_reports_unreachable_servers_and_bad_urls() {
     let port = support::redis::free_port();

@@ -16,10 +16,8 @@
 mod support;
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, Response};
@@ -28,10 +26,12 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use support::echo::echo;
+#[cfg(feature = "redis")]
 use support::redis::RedisServer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::{Layer, ServiceExt};
-use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore, Rule, Store};
+#[cfg(feature = "redis")]
+use tower_redis_cache::RedisStore;
+use tower_redis_cache::{CacheLayer, MemoryStore, Rule, Store};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -176,6 +176,7 @@ impl Req {
         builder.body(body).expect("a valid request")
     }
 
+    #[cfg(feature = "redis")]
     /// The request as HTTP/1.1 bytes, asking the server to close the connection after it.
     fn raw(&self) -> Vec<u8> {
         let name = |name: &str| match self.title_case {
@@ -201,6 +202,7 @@ impl Req {
     }
 }
 
+#[cfg(feature = "redis")]
 fn title(word: &str) -> String {
     let mut chars = word.chars();
     chars.next().map(|c| c.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
@@ -544,6 +546,7 @@ fn what_the_memory_store_serves_is_what_the_origin_answers() {
     tally.check("memory store");
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn what_redis_serves_is_what_the_origin_answers() {
     let (runtime, tally) = (runtime(), Tally::default());
@@ -566,166 +569,181 @@ fn what_redis_serves_is_what_the_origin_answers() {
 
 // ---------------------------------------------------------------------------------------------
 // Over sockets, through the proxy example
+#[cfg(feature = "redis")]
+mod proxy_example {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
 
-/// A running `proxy` example, killed on drop.
-struct Proxy {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-impl Proxy {
-    fn start(upstream: &str, env: &[(&str, &str)]) -> Self {
-        let binary = example_binary("proxy");
-        static STARTED: AtomicUsize = AtomicUsize::new(0);
-        let log = std::env::temp_dir().join(format!(
-            "trc-transparency-proxy-{}-{}.log",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = std::fs::File::create(&log).expect("create the proxy's log");
-        let child = Command::new(&binary)
-            .env_clear()
-            .env("UPSTREAM_URL", upstream)
-            .env("BIND", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone the log file"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-        let mut proxy = Self { child, addr: String::new(), log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while proxy.addr.is_empty() {
-            let text = std::fs::read_to_string(&proxy.log).unwrap_or_default();
-            if let Some(at) = text.find("listening on http://") {
-                let rest = &text[at + "listening on http://".len()..];
-                proxy.addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+    use super::*;
+
+    /// A running `proxy` example, killed on drop.
+    struct Proxy {
+        child: Child,
+        addr: String,
+        log: PathBuf,
+    }
+
+    impl Proxy {
+        fn start(upstream: &str, env: &[(&str, &str)]) -> Self {
+            let binary = example_binary("proxy");
+            static STARTED: AtomicUsize = AtomicUsize::new(0);
+            let log = std::env::temp_dir().join(format!(
+                "trc-transparency-proxy-{}-{}.log",
+                std::process::id(),
+                STARTED.fetch_add(1, Ordering::Relaxed)
+            ));
+            let file = std::fs::File::create(&log).expect("create the proxy's log");
+            let child = Command::new(&binary)
+                .env_clear()
+                .env("UPSTREAM_URL", upstream)
+                .env("BIND", "127.0.0.1:0")
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("clone the log file"))
+                .stderr(file)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+            let mut proxy = Self { child, addr: String::new(), log };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while proxy.addr.is_empty() {
+                let text = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+                if let Some(at) = text.find("listening on http://") {
+                    let rest = &text[at + "listening on http://".len()..];
+                    proxy.addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                }
+                if let Ok(Some(status)) = proxy.child.try_wait() {
+                    panic!("the proxy exited during startup ({status}):\n{text}");
+                }
+                assert!(Instant::now() < deadline, "the proxy did not start:\n{text}");
+                std::thread::sleep(Duration::from_millis(25));
             }
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("the proxy exited during startup ({status}):\n{text}");
+            proxy
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+
+    /// The built example `name`, next to this test's `deps` directory (a plain `cargo test` builds
+    /// the examples first).
+    fn example_binary(name: &str) -> PathBuf {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile = exe.parent().and_then(Path::parent).expect("<target>/<profile>/deps");
+        let binary =
+            profile.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            binary.is_file(),
+            "example binary {} is missing: run `cargo build --examples` first \
+             (a plain `cargo test` builds the examples; `cargo test --test transparency` does not)",
+            binary.display()
+        );
+        binary
+    }
+
+    /// Sends `raw` on a new connection and reads the response until the server closes it.
+    async fn exchange(addr: &str, raw: &[u8]) -> Seen {
+        let talk = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(raw).await.expect("send");
+            let mut bytes = Vec::new();
+            stream.read_to_end(&mut bytes).await.expect("receive");
+            bytes
+        };
+        let bytes = tokio::time::timeout(Duration::from_secs(20), talk).await.expect("an answer");
+        parse_response(&bytes)
+    }
+
+    fn parse_response(bytes: &[u8]) -> Seen {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+        let head = String::from_utf8_lossy(&bytes[..end]);
+        let mut lines = head.split("\r\n");
+        let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok());
+        let mut headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        headers.sort_by(|a, b| a.0.cmp(&b.0));
+        let rest = &bytes[end + 4..];
+        let chunked =
+            headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+        let body = if chunked { unchunk(rest) } else { rest.to_vec() };
+        Seen { status: status.expect("a status line"), headers, body }
+    }
+
+    fn unchunk(mut rest: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = String::from_utf8_lossy(&rest[..end]);
+            let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16);
+            let Ok(size) = size else { break };
+            if size == 0 || rest.len() < end + 2 + size {
+                break;
             }
-            assert!(Instant::now() < deadline, "the proxy did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(25));
+            body.extend_from_slice(&rest[end + 2..end + 2 + size]);
+            rest = &rest[(end + 4 + size).min(rest.len())..];
         }
-        proxy
+        body
     }
-}
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// The built example `name`, next to this test's `deps` directory (a plain `cargo test` builds
-/// the examples first).
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile = exe.parent().and_then(Path::parent).expect("<target>/<profile>/deps");
-    let binary = profile.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "example binary {} is missing: run `cargo build --examples` first \
-         (a plain `cargo test` builds the examples; `cargo test --test transparency` does not)",
-        binary.display()
-    );
-    binary
-}
-
-/// Sends `raw` on a new connection and reads the response until the server closes it.
-async fn exchange(addr: &str, raw: &[u8]) -> Seen {
-    let talk = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(raw).await.expect("send");
-        let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).await.expect("receive");
-        bytes
-    };
-    let bytes = tokio::time::timeout(Duration::from_secs(20), talk).await.expect("an answer");
-    parse_response(&bytes)
-}
-
-fn parse_response(bytes: &[u8]) -> Seen {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-    let head = String::from_utf8_lossy(&bytes[..end]);
-    let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok());
-    let mut headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
-    let rest = &bytes[end + 4..];
-    let chunked = headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { unchunk(rest) } else { rest.to_vec() };
-    Seen { status: status.expect("a status line"), headers, body }
-}
-
-fn unchunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = String::from_utf8_lossy(&rest[..end]);
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16);
-        let Ok(size) = size else { break };
-        if size == 0 || rest.len() < end + 2 + size {
-            break;
-        }
-        body.extend_from_slice(&rest[end + 2..end + 2 + size]);
-        rest = &rest[(end + 4 + size).min(rest.len())..];
-    }
-    body
-}
-
-#[test]
-fn what_the_proxy_example_serves_is_what_it_answers_without_a_cache() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime");
-    let origin = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("an address");
-        let app = axum::Router::new().fallback(echo);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}")
-    });
-    let redis = RedisServer::start();
-    let plain = Proxy::start(&origin, &[("CACHE_STORE", "none")]);
-    let cached = [
-        ("memory store", Proxy::start(&origin, &[("CACHE_STORE", "memory")])),
-        ("Redis", Proxy::start(&origin, &[("CACHE_STORE", "redis"), ("REDIS_URL", &redis.url())])),
-    ];
-    let tallies = [Tally::default(), Tally::default()];
-    let result = runner(120).run(&scenario(), |requests| {
-        runtime.block_on(async {
-            for ((what, proxy), tally) in cached.iter().zip(&tallies) {
-                tally.cases.fetch_add(1, Ordering::Relaxed);
-                for (at, request) in requests.iter().enumerate() {
-                    let raw = request.raw();
-                    let served = exchange(&proxy.addr, &raw).await;
-                    let direct = exchange(&plain.addr, &raw).await;
-                    tally.count(request, &served);
-                    if let Some(why) = difference(&direct, &served, request.head) {
-                        let why = format!("{why}\n(through the proxy, {what})");
-                        return Err(failure(at, &requests, &served, why));
-                    }
-                    if served.x_cache() == "MISS" {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+    #[test]
+    fn what_the_proxy_example_serves_is_what_it_answers_without_a_cache() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a Tokio runtime");
+        let origin = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("an address");
+            let app = axum::Router::new().fallback(echo);
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            format!("http://{addr}")
+        });
+        let redis = RedisServer::start();
+        let plain = Proxy::start(&origin, &[("CACHE_STORE", "none")]);
+        let cached = [
+            ("memory store", Proxy::start(&origin, &[("CACHE_STORE", "memory")])),
+            (
+                "Redis",
+                Proxy::start(&origin, &[("CACHE_STORE", "redis"), ("REDIS_URL", &redis.url())]),
+            ),
+        ];
+        let tallies = [Tally::default(), Tally::default()];
+        let result = runner(120).run(&scenario(), |requests| {
+            runtime.block_on(async {
+                for ((what, proxy), tally) in cached.iter().zip(&tallies) {
+                    tally.cases.fetch_add(1, Ordering::Relaxed);
+                    for (at, request) in requests.iter().enumerate() {
+                        let raw = request.raw();
+                        let served = exchange(&proxy.addr, &raw).await;
+                        let direct = exchange(&plain.addr, &raw).await;
+                        tally.count(request, &served);
+                        if let Some(why) = difference(&direct, &served, request.head) {
+                            let why = format!("{why}\n(through the proxy, {what})");
+                            return Err(failure(at, &requests, &served, why));
+                        }
+                        if served.x_cache() == "MISS" {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                 }
-            }
-            Ok(())
-        })
-    });
-    if let Err(error) = result {
-        panic!("{error}");
-    }
-    for ((what, _), tally) in cached.iter().zip(&tallies) {
-        tally.check(&format!("proxy example, {what}"));
+                Ok(())
+            })
+        });
+        if let Err(error) = result {
+            panic!("{error}");
+        }
+        for ((what, _), tally) in cached.iter().zip(&tallies) {
+            tally.check(&format!("proxy example, {what}"));
+        }
     }
 }

@@ -1,37 +1,57 @@
 //! Entries stored compressed with zstd: bodies over the layer's threshold take less room in
 //! the store, clients that accept `zstd` get the compressed bytes as they are, and the others
 //! get them decompressed.
-
-use std::cell::RefCell;
+//!
+//! Without the `zstd` feature nothing is compressed, and a compressed entry that another
+//! instance stored is served as it is to clients that accept `zstd` and is a miss for others.
 
 use http::header::{self, HeaderMap, HeaderValue};
-use zstd::bulk::{Compressor, Decompressor};
 
 use super::Entry;
+#[cfg(feature = "zstd")]
+use zstd_contexts::{zstd_compress, zstd_decompress};
 
 const ZSTD: HeaderValue = HeaderValue::from_static("zstd");
-/// zstd's default level: a good ratio at hundreds of MB/s.
-const LEVEL: i32 = 3;
 
-thread_local! {
-    // One context per thread, kept: making a zstd context costs more than (de)compressing a
-    // few kilobytes with it (some 12 us against 2 us for a 2 KB JSON body).
-    static COMPRESSOR: RefCell<Option<Compressor<'static>>> = const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+#[cfg(feature = "zstd")]
+mod zstd_contexts {
+    use std::cell::RefCell;
+
+    use zstd::bulk::{Compressor, Decompressor};
+
+    /// zstd's default level: a good ratio at hundreds of MB/s.
+    const LEVEL: i32 = 3;
+
+    thread_local! {
+        // One context per thread, kept: making a zstd context costs more than (de)compressing
+        // a few kilobytes with it (some 12 us against 2 us for a 2 KB JSON body).
+        static COMPRESSOR: RefCell<Option<Compressor<'static>>> = const { RefCell::new(None) };
+        static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn zstd_compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+        COMPRESSOR.with_borrow_mut(|context| match context {
+            Some(compressor) => compressor.compress(data),
+            None => context.insert(Compressor::new(LEVEL)?).compress(data),
+        })
+    }
+
+    pub(super) fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+        DECOMPRESSOR.with_borrow_mut(|context| match context {
+            Some(decompressor) => decompressor.decompress(data, capacity),
+            None => context.insert(Decompressor::new()?).decompress(data, capacity),
+        })
+    }
 }
 
-fn zstd_compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with_borrow_mut(|context| match context {
-        Some(compressor) => compressor.compress(data),
-        None => context.insert(Compressor::new(LEVEL)?).compress(data),
-    })
+#[cfg(not(feature = "zstd"))]
+fn zstd_compress(_: &[u8]) -> std::io::Result<Vec<u8>> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
-fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
-    DECOMPRESSOR.with_borrow_mut(|context| match context {
-        Some(decompressor) => decompressor.decompress(data, capacity),
-        None => context.insert(Decompressor::new()?).decompress(data, capacity),
-    })
+#[cfg(not(feature = "zstd"))]
+fn zstd_decompress(_: &[u8], _: usize) -> std::io::Result<Vec<u8>> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// Compresses the entry's body in place when it is at least `threshold` bytes, not already

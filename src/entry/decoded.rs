@@ -121,7 +121,6 @@ mod tests {
     use http::{HeaderMap, StatusCode};
 
     use super::*;
-    use crate::entry::compression::compress;
 
     fn entry(body: &'static [u8]) -> Entry {
         Entry {
@@ -154,8 +153,11 @@ mod tests {
         assert!(entries.decode("k", Bytes::from_static(b"not an entry")).is_none());
     }
 
+    #[cfg(feature = "zstd")]
     #[test]
     fn a_compressed_body_is_decompressed_once_for_clients_without_zstd() {
+        use crate::entry::compression::compress;
+
         let body = b"[{\"id\":1,\"name\":\"User Number 1\"}]".repeat(64).leak();
         let mut stored = entry(body);
         compress(&mut stored, 1024);

@@ -31,8 +31,12 @@ pub(crate) mod breaker;
 pub mod conformance;
 pub(crate) mod guarded;
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
 mod tiered;
+#[cfg(feature = "redis")]
+mod tls;
 
 use std::time::Duration;
 
@@ -40,7 +44,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::tiered::{TieredStore, TieredStoreBuilder};
 
 /// A tag's version: an opaque number that changes every time the tag is evicted.

@@ -12,6 +12,7 @@ use fred::prelude::{
 
 use fred::util::redis_keyslot;
 
+use super::tls::{self, TlsSettings};
 use super::{fresh_version, Lookup, Store, StoreError, TagVersion, PROVISIONAL_TAG_VERSION_TTL};
 
 /// How long a tag version lives in Redis after it was last set. Losing a version is safe
@@ -61,6 +62,7 @@ pub struct RedisStoreBuilder {
     connection_timeout: Duration,
     command_timeout: Duration,
     tag_version_ttl: Duration,
+    tls: TlsSettings,
 }
 
 /// One round trip of reads (see [`RedisStore::read`]).
@@ -92,6 +94,7 @@ impl RedisStore {
             connection_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_millis(500),
             tag_version_ttl: DEFAULT_TAG_VERSION_TTL,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -100,16 +103,8 @@ impl RedisStore {
         Self::builder(url).build().await
     }
 
-    /// Uses a pool that the application built and connected itself.
-    ///
-    /// Give the pool a reconnect policy and a command timeout: without a policy `fred` never
-    /// reconnects.
-    pub fn from_pool(pool: Pool) -> Self {
-        Self { pool, tag_version_ttl: DEFAULT_TAG_VERSION_TTL }
-    }
-
-    /// The underlying `fred` pool.
-    pub fn pool(&self) -> &Pool {
+    /// The pool, for the tiered store's announcements and evictions.
+    pub(super) fn pool(&self) -> &Pool {
         &self.pool
     }
 
@@ -250,6 +245,44 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Verifies the server's TLS certificate against the certificate authorities in this PEM
+    /// instead of the system's: for a server whose certificate a private CA signed.
+    ///
+    /// Only for TLS URLs (`rediss://`, `rediss-cluster://`, `rediss-sentinel://`); with any
+    /// other, [`build`](Self::build) fails. A PEM that holds no certificate fails there too.
+    #[cfg(any(feature = "tls-rustls-ring", feature = "tls-rustls-aws-lc-rs"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "tls-rustls-ring", feature = "tls-rustls-aws-lc-rs")))
+    )]
+    pub fn tls_ca_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_certificates = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate chain and private key (both PEM) to servers that ask for
+    /// one: mutual TLS (`tls-auth-clients yes`).
+    ///
+    /// Only for TLS URLs, as [`tls_ca_certificates`](Self::tls_ca_certificates).
+    #[cfg(any(feature = "tls-rustls-ring", feature = "tls-rustls-aws-lc-rs"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "tls-rustls-ring", feature = "tls-rustls-aws-lc-rs")))
+    )]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_chain_pem: impl Into<Vec<u8>>,
+        private_key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_certificate = Some((certificate_chain_pem.into(), private_key_pem.into()));
+        self
+    }
+
+    /// The `fred` configuration for the URL, with TLS built by this crate.
+    pub(super) fn config(&self) -> Result<Config, StoreError> {
+        tls::fred_config(&self.url, &self.tls)
+    }
+
     /// Builds the pool and waits for its first connection.
     ///
     /// Fails when the URL is invalid or the server cannot be reached within the connection
@@ -259,8 +292,7 @@ impl RedisStoreBuilder {
         if self.pool_size == 0 {
             return Err(StoreError::msg("option `pool_size`: must be at least 1"));
         }
-        let config = Config::from_url(&self.url)
-            .map_err(|e| StoreError::from_source("invalid Redis URL", e))?;
+        let config = self.config()?;
         let connection_timeout = self.connection_timeout;
         let pool = Builder::from_config(config)
             .with_connection_config(|c| {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{
-    Builder, ClientLike, Config, EventInterface, KeysInterface, PubsubInterface, ReconnectPolicy,
-    Value,
+    Builder, ClientLike, EventInterface, KeysInterface, PubsubInterface, ReconnectPolicy, Value,
 };
 use fred::types::config::Server;
 use fred::types::Message;
@@ -86,7 +85,6 @@ impl std::fmt::Debug for TieredStore {
 #[must_use]
 pub struct TieredStoreBuilder {
     redis: super::RedisStoreBuilder,
-    url: String,
     l1_max_bytes: u64,
     l1_max_age: Duration,
     channel: String,
@@ -97,10 +95,8 @@ impl TieredStore {
     /// Starts configuring a tiered store over the Redis at `url` (any URL
     /// [`RedisStore::builder`] takes).
     pub fn builder(url: impl Into<String>) -> TieredStoreBuilder {
-        let url = url.into();
         TieredStoreBuilder {
-            redis: RedisStore::builder(url.clone()),
-            url,
+            redis: RedisStore::builder(url),
             l1_max_bytes: DEFAULT_L1_MAX_BYTES,
             l1_max_age: DEFAULT_L1_MAX_AGE,
             channel: DEFAULT_CHANNEL.to_owned(),
@@ -180,10 +176,9 @@ impl TieredStoreBuilder {
                 "options `l1_max_age`, `l1_max_bytes`: must be more than zero",
             ));
         }
+        let config = self.redis.config()?;
         let l2 = self.redis.build().await?;
         let l1 = Arc::new(L1::new(self.l1_max_bytes, self.l1_max_age));
-        let config = Config::from_url(&self.url)
-            .map_err(|e| StoreError::from_source("invalid Redis URL", e))?;
         let subscriber = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build_subscriber_client()
