@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::entry::key::uri_tag;
+use crate::entry::key::{uri_tag, EVERY_ENTRY_TAG};
+use crate::inspect::{self, StoredEntry};
 use crate::service::shared::Shared;
 use crate::store::StoreError;
 use crate::telemetry::Stats;
@@ -72,6 +73,64 @@ impl CacheHandle {
             return Ok(());
         }
         self.shared.evict(&[uri_tag(path)]).await
+    }
+
+    /// What the store holds for `path`: every entry of it (each query, `Vary` variant and
+    /// user) that was stored while the layer invalidates on unsafe requests (the default), with
+    /// its age, TTL, tags and size, and whether an eviction has made it unservable.
+    ///
+    /// Entries are found through an index of their path that the layer keeps in the store
+    /// (`Store::add_to_index`): a `MemoryStore` keeps the latest 256 entries of each path; a
+    /// `RedisStore` keeps a set per path, which expires with tag versions. A store of your own
+    /// that keeps no index shows nothing.
+    ///
+    /// ```
+    /// # tokio_test::block_on(async {
+    /// use http::{Request, Response};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+    ///
+    /// let layer = CacheLayer::builder(MemoryStore::default())
+    ///     .route("/users", Rule::get().tag("users"))
+    ///     .build()
+    ///     .unwrap();
+    /// let cache = layer.handle();
+    /// let app = layer.layer(service_fn(|_: Request<String>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(String::from("[]")))
+    /// }));
+    /// app.oneshot(Request::get("/users?page=2").body(String::new()).unwrap()).await.unwrap();
+    /// # while cache.stats().stores == 0 { tokio::task::yield_now().await }
+    ///
+    /// let stored = cache.inspect("/users").await.unwrap();
+    /// assert_eq!(stored.len(), 1);
+    /// assert!(stored[0].tags.contains(&"users".to_owned()));
+    /// assert!(stored[0].is_fresh());
+    /// # });
+    /// ```
+    pub async fn inspect(&self, path: &str) -> Result<Vec<StoredEntry>, StoreError> {
+        inspect::stored_entries(&self.shared, path).await
+    }
+
+    /// Evicts every entry this layer's routes stored (every entry under its key prefix, in
+    /// every process sharing the store): one write, a new version of the tag every entry
+    /// carries. For "purge everything" after a deploy that changed what pages look like.
+    ///
+    /// The entries stay in the store until their TTL ends or the store's memory bound evicts
+    /// them; none is served again.
+    ///
+    /// ```
+    /// # tokio_test::block_on(async {
+    /// use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+    ///
+    /// let layer = CacheLayer::builder(MemoryStore::default())
+    ///     .route("/users", Rule::get())
+    ///     .build()
+    ///     .unwrap();
+    /// layer.handle().purge_all().await.unwrap();
+    /// # });
+    /// ```
+    pub async fn purge_all(&self) -> Result<(), StoreError> {
+        self.shared.evict(&[EVERY_ENTRY_TAG.to_owned()]).await
     }
 
     /// The counters so far, with the latency percentiles of hits and misses, for code that

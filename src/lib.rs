@@ -12,46 +12,73 @@
 //! rules, by a `CacheRouter`:
 //!
 //! ```
+//! # tokio_test::block_on(async {
 //! use std::time::Duration;
-//! use axum::routing::get;
+//! use axum::{body::Body, http::Request, routing::get};
+//! use tower::ServiceExt; // `oneshot`
 //! use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
 //!
-//! # async fn list_users() -> &'static str { "[]" }
-//! # async fn create_user() -> &'static str { "{}" }
-//! # async fn me() -> &'static str { "{}" }
-//! # fn main() -> Result<(), tower_redis_cache::BuildError> {
+//! async fn list_users() -> &'static str { "[]" }
+//! async fn create_user() -> &'static str { "{}" }
+//! async fn me() -> &'static str { "{}" }
+//!
 //! // `RedisStore::from_url("redis://127.0.0.1:6379").await?` in production.
-//! let store = MemoryStore::default();
-//! let (app, cache) = CacheLayer::builder(store)
+//! let (app, cache) = CacheLayer::builder(MemoryStore::default())
 //!     .router()
 //!     .route("/users", get(list_users).post(create_user), [
 //!         Rule::get().ttl(Duration::from_secs(60)).tag("users"),
 //!         Rule::post().evicts(["users"]),
 //!     ])
 //!     .route("/me", get(me), [Rule::get().per_user()])
-//!     .build()?;
-//! let app: axum::Router = app;
-//! # let _ = cache;
-//! # Ok(()) }
+//!     .build()
+//!     .unwrap();
+//!
+//! let users = || Request::get("/users").body(Body::empty()).unwrap();
+//! let first = app.clone().oneshot(users()).await.unwrap();
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! # while cache.stats().stores == 0 { tokio::task::yield_now().await }
+//! let second = app.clone().oneshot(users()).await.unwrap();
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//!
+//! // A successful POST evicts the `users` tag: the next GET is a miss.
+//! app.clone().oneshot(Request::post("/users").body(Body::empty()).unwrap()).await.unwrap();
+//! let third = app.oneshot(users()).await.unwrap();
+//! assert_eq!(third.headers()["x-cache"], "MISS");
+//! # });
 //! ```
 //!
 //! Any other Tower service takes the same rules as a table, and the layer:
 //!
 //! ```
-//! # use std::time::Duration;
-//! # use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
-//! # fn main() -> Result<(), tower_redis_cache::BuildError> {
+//! # tokio_test::block_on(async {
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{Layer, ServiceExt};
+//! use tower_redis_cache::{CacheLayer, MemoryStore, Rule};
+//!
 //! let cache = CacheLayer::builder(MemoryStore::default())
 //!     .route("/users", Rule::get().ttl(Duration::from_secs(60)).tag("users"))
 //!     .route("/users", Rule::post().evicts(["users"]))
 //!     .route("/me", Rule::get().per_user())
 //!     .bypass("/auth/{*rest}")
-//!     .build()?;
-//! let service = tower::ServiceBuilder::new().layer(cache).service_fn(|_request: http::Request<String>| async {
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
-//! });
-//! # let _ = service;
-//! # Ok(()) }
+//!     .build()
+//!     .unwrap();
+//! let service = cache.layer(tower::service_fn(|_request: Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(String::from("[]")))
+//! }));
+//!
+//! let users = || Request::get("/users").body(String::new()).unwrap();
+//! let first = service.clone().oneshot(users()).await.unwrap();
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! # while cache.handle().stats().stores == 0 { tokio::task::yield_now().await }
+//! let second = service.clone().oneshot(users()).await.unwrap();
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//!
+//! // Credentials on a route that is neither per-user nor shared: straight to the service.
+//! let private = Request::get("/users").header("authorization", "Bearer x");
+//! let third = service.oneshot(private.body(String::new()).unwrap()).await.unwrap();
+//! assert_eq!(third.headers()["x-cache"], "BYPASS");
+//! # });
 //! ```
 //!
 //! # What happens to a request
@@ -154,6 +181,7 @@ mod error;
 pub mod fuzzing;
 pub mod grpc;
 mod handle;
+mod inspect;
 mod layer;
 mod outcome;
 mod protocol;
@@ -165,11 +193,17 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_util;
+
+// The README's Rust blocks, compiled (and, where they need no server, run) as doctests.
+#[cfg(all(doctest, feature = "redis", feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub mod user;
 
 pub use self::error::BuildError;
 pub use self::grpc::GrpcCacheLayer;
 pub use self::handle::CacheHandle;
+pub use self::inspect::StoredEntry;
 pub use self::layer::{CacheLayer, CacheLayerBuilder};
 pub use self::outcome::CacheOutcome;
 #[cfg(feature = "axum")]

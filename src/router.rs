@@ -114,6 +114,10 @@ impl<S> std::fmt::Debug for CacheRouter<S> {
 /// it to every request that reaches the handler. Without the layer in front, the request is
 /// answered `500`.
 ///
+/// For handlers behind no cache layer (an admin router), put the handle in the application
+/// state and take it with `State<CacheHandle>`, through `impl FromRef<AppState> for
+/// CacheHandle` (or `#[derive(FromRef)]`).
+///
 /// ```
 /// use axum::routing::post;
 /// use tower_redis_cache::{CacheHandle, CacheLayer, MemoryStore, Rule};

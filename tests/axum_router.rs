@@ -155,3 +155,49 @@ async fn a_handler_takes_the_cache_handle_to_evict() {
     let response = bare.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+/// An application state that holds the handle, as axum's `FromRef` reads it.
+#[derive(Clone)]
+struct AppState {
+    cache: CacheHandle,
+}
+
+impl axum::extract::FromRef<AppState> for CacheHandle {
+    fn from_ref(state: &AppState) -> Self {
+        state.cache.clone()
+    }
+}
+
+// A handler behind no cache layer (a separate admin router) takes the handle from the
+// application state, through `FromRef`, and evicts what the cached router stored.
+#[tokio::test]
+async fn the_handle_comes_from_the_application_state_through_from_ref() {
+    let calls = Calls::default();
+    let list = calls.clone();
+    let (api, cache) = CacheLayer::builder(MemoryStore::default())
+        .router()
+        .route(
+            "/users",
+            get(move || async move { format!("list #{}", list.bump(LIST)) }),
+            [Rule::get().tag("users")],
+        )
+        .build()
+        .unwrap();
+    let admin = Router::new()
+        .route(
+            "/admin/purge",
+            post(|axum::extract::State(cache): axum::extract::State<CacheHandle>| async move {
+                cache.purge_all().await.unwrap();
+                "purged"
+            }),
+        )
+        .with_state(AppState { cache });
+    let app = api.merge(admin);
+    send(&app, Method::GET, "/users").await;
+    assert_eq!(send(&app, Method::GET, "/users").await.0, "HIT");
+    let purge = Request::post("/admin/purge").body(Body::empty()).unwrap();
+    let purged = app.clone().oneshot(purge).await.unwrap();
+    assert_eq!(purged.status(), StatusCode::OK);
+    assert!(purged.headers().get("x-cache").is_none(), "the admin route has no layer");
+    assert_eq!(send(&app, Method::GET, "/users").await, ("MISS".into(), "list #2".into()));
+}

@@ -35,6 +35,12 @@ impl Store for ServerStore {
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         self.store.release_lease(key).await
     }
+    async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.store.add_to_index(index, key, ttl).await
+    }
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        self.store.index_members(index).await
+    }
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,

@@ -347,6 +347,16 @@ pub(crate) fn tag_key(prefix: &str, tag: &str) -> String {
     }
 }
 
+/// The tag every entry carries, whatever its route: evicting it (`CacheHandle::purge_all`)
+/// makes every entry a miss at once, one write whatever the number of entries. Tags that
+/// start with `#` are the layer's own; rules cannot name them.
+pub(crate) const EVERY_ENTRY_TAG: &str = "#all";
+
+/// The store key of the index of a URL's entries (see `Store::add_to_index`), by its URI tag.
+pub(crate) fn index_key(prefix: &str, uri_tag: &str) -> String {
+    [prefix, ":", KEY_VERSION, ":i:", uri_tag].concat()
+}
+
 /// The store key of the miss lock's lease on the entry `key` (see `service::flight`).
 pub(crate) fn lease_key(key: &str) -> String {
     format!("{key}:lease")
@@ -363,7 +373,14 @@ pub(crate) fn uri_tag(path: &str) -> String {
     let path = normalize_path(path);
     let digest = URI_TAG_HASHER.clone().update(&decode_unreserved(&path)).finalize();
     // Half the digest: a collision would only invalidate more than needed.
-    ["#uri:", &digest.to_hex()[..32]].concat()
+    [URI_TAG_PREFIX, &digest.to_hex()[..32]].concat()
+}
+
+const URI_TAG_PREFIX: &str = "#uri:";
+
+/// Whether `tag` is a path's tag (see [`uri_tag`]).
+pub(crate) fn is_uri_tag(tag: &str) -> bool {
+    tag.starts_with(URI_TAG_PREFIX)
 }
 
 /// The path the client asked for: under axum's `Router::nest` (feature `axum`), the full path

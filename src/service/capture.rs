@@ -16,6 +16,7 @@ use super::learn::{learn_groups, learn_vary};
 use super::shared::Shared;
 use crate::background;
 use crate::entry::compression::compress;
+use crate::entry::key::{index_key, is_uri_tag};
 use crate::entry::Entry;
 use crate::grpc;
 use crate::protocol::conditional::strong_etag;
@@ -188,10 +189,16 @@ pub(crate) fn store_entry(
         if let Some(threshold) = shared.settings.compress_above {
             compress(&mut entry, threshold);
         }
+        // Indexed under its path, for `CacheHandle::inspect`.
+        let index = entry.tags.iter().find(|(tag, _)| is_uri_tag(tag));
+        let index = index.map(|(uri_tag, _)| index_key(&shared.settings.key_prefix, uri_tag));
         let value = entry.encode();
         let bytes = value.len();
         if shared.store.put(&key, value, keep_for).await {
             shared.telemetry.stored(&route, bytes);
+            if let Some(index) = index {
+                shared.store.add_to_index(&index, &key, keep_for).await;
+            }
             if !after.provisional.is_empty() {
                 shared.store.keep_tag_versions(&after.provisional).await;
             }

@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use super::shared::Shared;
 use crate::entry::compression::accepts_zstd;
 use crate::entry::key::{
-    authority, kept_params, served_path, tag_key, uri_tag, vary_union, KeyParts,
+    authority, kept_params, served_path, tag_key, uri_tag, vary_union, KeyParts, EVERY_ENTRY_TAG,
 };
 use crate::grpc::MessageDigest;
 use crate::outcome::BypassReason;
@@ -181,6 +181,7 @@ pub(crate) fn decide(
     if invalidate_unsafe {
         tags.push(uri_tag(served_path(&request.uri, &request.extensions)));
     }
+    tags.push(EVERY_ENTRY_TAG.to_owned());
     // Whose entry: one user's, or the shared one, which a credentialed request may look up
     // only as `Plan::credentialed` says.
     let (user, credentialed) = match &rule.scope {

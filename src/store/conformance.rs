@@ -38,6 +38,7 @@ pub async fn check_store(store: Arc<dyn Store>) {
     keeping_tag_versions_never_changes_them(&*store).await;
     eviction_changes_only_the_evicted_tags(&*store).await;
     repeated_evictions_never_reuse_a_version(&*store).await;
+    an_index_lists_each_key_once_or_nothing(&*store).await;
     concurrent_first_uses_agree_on_one_version(store).await;
 }
 
@@ -160,6 +161,22 @@ async fn concurrent_first_uses_agree_on_one_version(store: Arc<dyn Store>) {
         versions.insert(task.await.unwrap());
     }
     assert_eq!(versions.len(), 1, "every caller must see the one version that won");
+}
+
+/// A store that keeps indexes (for `CacheHandle::inspect`) lists what was added, each key once;
+/// one that keeps none lists nothing.
+async fn an_index_lists_each_key_once_or_nothing(store: &dyn Store) {
+    let ttl = Duration::from_secs(60);
+    for key in ["test:v1:e:i1", "test:v1:e:i2", "test:v1:e:i1"] {
+        store.add_to_index("test:v1:i:path", key, ttl).await.unwrap();
+    }
+    store.add_to_index("test:v1:i:other", "test:v1:e:i3", ttl).await.unwrap();
+    let mut listed = store.index_members("test:v1:i:path").await.unwrap();
+    listed.sort();
+    if !listed.is_empty() {
+        assert_eq!(listed, ["test:v1:e:i1", "test:v1:e:i2"]);
+    }
+    assert!(store.index_members("test:v1:i:none").await.unwrap().is_empty());
 }
 
 async fn leases_go_to_one_holder_at_a_time(store: &dyn Store) {

@@ -26,7 +26,7 @@ use super::{Lookup, Store, StoreError, TagVersion};
 use crate::background;
 
 /// The store operations, as [`StoreEvents`] names them.
-pub(crate) const OPERATIONS: [&str; 8] = [
+pub(crate) const OPERATIONS: [&str; 9] = [
     "lookup",
     "ensure_tag_versions",
     "keep_tag_versions",
@@ -35,6 +35,7 @@ pub(crate) const OPERATIONS: [&str; 8] = [
     "acquire_lease",
     "release_lease",
     "acquire_lease_then_lookup",
+    "add_to_index",
 ];
 
 /// How a store call ended.
@@ -202,6 +203,16 @@ impl GuardedStore {
     ) -> Option<(bool, Lookup)> {
         let call = self.store.acquire_lease_then_lookup(lease, ttl, key, tag_keys);
         self.run("acquire_lease_then_lookup", call).await
+    }
+
+    /// Records `key` as one of the entries of the URL `index` names.
+    pub(crate) async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) {
+        self.run("add_to_index", self.store.add_to_index(index, key, ttl)).await;
+    }
+
+    /// The store itself, for the handle's inspection, which wants its errors.
+    pub(crate) fn unguarded(&self) -> &dyn Store {
+        &*self.store
     }
 
     /// Gives the lease `key` back.

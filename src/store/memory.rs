@@ -1,5 +1,6 @@
 //! The in-process store.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -32,7 +33,18 @@ pub struct MemoryStore {
     entries: Cache<String, StoredValue>,
     versions: Cache<String, StoredVersion>,
     leases: Cache<String, Duration>,
+    indexes: Cache<String, Arc<Mutex<IndexMembers>>>,
 }
+
+/// The keys of one URL's entries, for inspection: the latest [`MAX_INDEX_MEMBERS`], each once.
+type IndexMembers = indexmap::IndexSet<String>;
+
+/// How many URLs have an index (the least used go first), how many keys each keeps (the
+/// oldest go first), and how long one lasts after its last entry was stored: inspection is a
+/// diagnosis, not a promise to list every per-user entry of a busy URL.
+const MAX_INDEXES: u64 = 10_000;
+const MAX_INDEX_MEMBERS: usize = 256;
+const INDEX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A tag version, and whether it is provisional: made for a miss, and kept only once an entry
 /// carrying it is stored (see [`Store::ensure_tag_versions`]).
@@ -130,7 +142,8 @@ impl MemoryStore {
             .expire_after(VersionTtl)
             .build();
         let leases = Cache::builder().max_capacity(MAX_LEASES).expire_after(LeaseTtl).build();
-        Self { entries, versions, leases }
+        let indexes = Cache::builder().max_capacity(MAX_INDEXES).time_to_idle(INDEX_TTL).build();
+        Self { entries, versions, leases, indexes }
     }
 
     /// The bytes of keys, entries and tag versions held now, once pending evictions have run.
@@ -222,5 +235,22 @@ impl Store for MemoryStore {
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         self.leases.invalidate(key);
         Ok(())
+    }
+
+    async fn add_to_index(&self, index: &str, key: &str, _: Duration) -> Result<(), StoreError> {
+        let members = self.indexes.get_with_by_ref(index, Default::default);
+        let mut members = members.lock().unwrap_or_else(PoisonError::into_inner);
+        members.shift_remove(key);
+        if members.len() == MAX_INDEX_MEMBERS {
+            members.shift_remove_index(0);
+        }
+        members.insert(key.to_owned());
+        Ok(())
+    }
+
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let Some(members) = self.indexes.get(index) else { return Ok(Vec::new()) };
+        let members = members.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(members.iter().cloned().collect())
     }
 }

@@ -127,6 +127,22 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Records that the entry under `key` is one of the entries of the URL that `index` names,
+    /// for [`CacheHandle::inspect`](crate::CacheHandle::inspect). The record may outlive the
+    /// entry, and need not outlive `ttl`. The default records nothing, and inspection then
+    /// finds nothing.
+    async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        let _ = (index, key, ttl);
+        Ok(())
+    }
+
+    /// The keys recorded under `index` by [`add_to_index`](Store::add_to_index); some may have
+    /// expired since.
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let _ = index;
+        Ok(Vec::new())
+    }
+
     /// Takes the lease `lease` like [`acquire_lease`](Self::acquire_lease), *then* reads `key`
     /// and `tags` like [`lookup`](Self::lookup): whether this caller got the lease, and what
     /// the store holds once it has. A missing request that becomes a leader looks again after
@@ -180,6 +196,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         (**self).release_lease(key).await
+    }
+
+    async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        (**self).add_to_index(index, key, ttl).await
+    }
+
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        (**self).index_members(index).await
     }
 
     async fn acquire_lease_then_lookup(

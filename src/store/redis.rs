@@ -7,7 +7,7 @@ use bytes::Bytes;
 use fred::clients::Pipeline;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, ErrorKind, Expiration, KeysInterface, Pool,
-    ReconnectPolicy, SetOptions, TcpConfig, Value,
+    ReconnectPolicy, SetOptions, SetsInterface, TcpConfig, Value,
 };
 
 use fred::util::redis_keyslot;
@@ -461,6 +461,22 @@ impl Store for RedisStore {
 
     async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
         self.pool.del::<(), _>(key).await.map_err(redis_error("Redis lease DEL failed"))
+    }
+
+    /// A set per URL (`SADD`), which lives as long as tag versions do after its last entry was
+    /// stored.
+    async fn add_to_index(&self, index: &str, key: &str, _: Duration) -> Result<(), StoreError> {
+        let lifetime = i64::try_from(self.tag_version_ttl.as_millis()).unwrap_or(i64::MAX);
+        let pipeline = self.pool.next().pipeline();
+        let queued: Result<(), _> = pipeline.sadd(index, key).await;
+        queued.map_err(redis_error("Redis index SADD failed"))?;
+        let queued: Result<(), _> = pipeline.pexpire(index, lifetime, None).await;
+        queued.map_err(redis_error("Redis index PEXPIRE failed"))?;
+        pipeline.all::<()>().await.map_err(redis_error("Redis index write failed"))
+    }
+
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        self.pool.smembers(index).await.map_err(redis_error("Redis index SMEMBERS failed"))
     }
 
     async fn acquire_lease_then_lookup(

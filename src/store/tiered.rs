@@ -627,6 +627,14 @@ impl Store for TieredStore {
         self.l2.release_lease(key).await
     }
 
+    async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.l2.add_to_index(index, key, ttl).await
+    }
+
+    async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        self.l2.index_members(index).await
+    }
+
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,

@@ -2482,6 +2482,94 @@ async fn responses_carry_their_outcome_when_asked_to() {
     assert!(response.extensions().get::<CacheOutcome>().is_none());
 }
 
+// Every variant of a path the store holds (queries, `Vary` values, users), with what each
+// carries; an eviction shows, and other paths' entries do not.
+#[tokio::test]
+async fn the_handle_shows_what_is_stored_for_a_path() {
+    let (builder, clock) = clocked(builder_for(test_store().await));
+    let layer = builder
+        .route("/items/{id}", Rule::get().vary(["accept-language"]).tags(["items", "item:{id}"]))
+        .route("/me/{id}", Rule::get().per_user())
+        .build()
+        .unwrap();
+    let mut h = Harness::new(layer);
+    assert!(h.cache.inspect("/items/1").await.unwrap().is_empty());
+    for request in [
+        get("/items/1"),
+        get("/items/1?page=2"),
+        get_as("/items/1", "accept-language", "fr"),
+        get("/items/2"),
+    ] {
+        h.send(request, |_| ok("twelve bytes")).await;
+    }
+    h.send(get_as("/me/1", "authorization", "Bearer a"), |_| ok("a's")).await;
+    h.send(get_as("/me/1", "authorization", "Bearer b"), |_| ok("b's")).await;
+    clock.advance(Duration::from_secs(5));
+
+    let stored = h.cache.inspect("/items/1").await.unwrap();
+    assert_eq!(stored.len(), 3, "{stored:#?}");
+    let keys: std::collections::HashSet<_> = stored.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(keys.len(), 3, "three variants, three keys");
+    for entry in &stored {
+        assert_eq!(entry.status, StatusCode::OK);
+        assert_eq!((entry.age, entry.ttl), (Duration::from_secs(5), Duration::from_secs(60)));
+        assert!(entry.tags.iter().any(|t| t == "item:1") && entry.tags.iter().any(|t| t == "items"));
+        assert_eq!(entry.body_bytes, 12);
+        assert!(entry.stored_bytes > 12, "the entry holds its head too");
+        assert!(!entry.evicted && entry.is_fresh());
+    }
+    assert_eq!(h.cache.inspect("/me/1").await.unwrap().len(), 2, "one entry per user");
+
+    h.cache.evict_tags(["item:1"]).await.unwrap();
+    let stored = h.cache.inspect("/items/1").await.unwrap();
+    assert!(stored.iter().all(|e| e.evicted && !e.is_fresh()), "{stored:#?}");
+    let other = h.cache.inspect("/items/2").await.unwrap();
+    assert!(other.len() == 1 && !other[0].evicted, "{other:#?}");
+}
+
+// Every route, every variant, every user; then the layer stores and serves again. A layer
+// with another key prefix on the same store keeps its entries.
+#[tokio::test]
+async fn the_handle_purges_everything_under_its_prefix() {
+    let store = test_store().await;
+    let rules = |builder: CacheLayerBuilder| {
+        builder
+            .route("/items/{id}", Rule::get().vary(["accept-language"]))
+            .route("/me", Rule::get().per_user())
+            .build()
+            .unwrap()
+    };
+    let mut h = Harness::new(rules(builder_for(Arc::clone(&store))));
+    let mut other = Harness::new(rules(builder_for(Arc::clone(&store)).key_prefix("other")));
+    let requests = || {
+        vec![
+            get("/items/1"),
+            get("/items/2?page=2"),
+            get_as("/items/1", "accept-language", "fr"),
+            get_as("/me", "authorization", "Bearer a"),
+            get_as("/me", "authorization", "Bearer b"),
+        ]
+    };
+    for request in requests() {
+        h.send(request, |_| ok("x")).await;
+    }
+    other.send(get("/items/1"), |_| ok("other")).await;
+    for request in requests() {
+        assert_eq!(h.send(request, |_| ok("x")).await.x_cache(), "HIT");
+    }
+
+    h.cache.purge_all().await.unwrap();
+    for request in requests() {
+        let uri = request.uri().clone();
+        assert_eq!(h.send(request, |_| ok("new")).await.x_cache(), "MISS", "{uri}");
+    }
+    for request in requests() {
+        let again = h.send(request, |_| ok("unused")).await;
+        assert_eq!((again.x_cache(), &again.body[..]), ("HIT", &b"new"[..]));
+    }
+    assert_eq!(other.send(get("/items/1"), |_| ok("unused")).await.x_cache(), "HIT");
+}
+
 #[tokio::test]
 async fn the_handle_purges_every_variant_of_a_path() {
     let layer = builder_for(test_store().await)
