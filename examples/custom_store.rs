@@ -30,7 +30,8 @@ use tower_redis_cache::{Store, StoreError};
 struct HashMapStore {
     entries: Mutex<HashMap<String, (Bytes, Instant)>>,
     versions: Mutex<HashMap<String, TagVersion>>,
-    leases: Mutex<HashMap<String, Instant>>,
+    /// Each lease's holder, and until when it holds it.
+    leases: Mutex<HashMap<String, (u64, Instant)>>,
     /// Versions are never reused: an evicted tag's old entries must never match again.
     next_version: AtomicU64,
 }
@@ -79,20 +80,28 @@ impl Store for HashMapStore {
         Ok(())
     }
 
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut leases = self.leases.lock().unwrap();
         match leases.get(key) {
-            Some(until) if *until > now => Ok(false),
+            Some((_, until)) if *until > now => Ok(false),
             _ => {
-                leases.insert(key.to_owned(), now + ttl);
+                leases.insert(key.to_owned(), (holder, now + ttl));
                 Ok(true)
             }
         }
     }
 
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        self.leases.lock().unwrap().remove(key);
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().unwrap();
+        if leases.get(key).is_some_and(|(held_by, _)| *held_by == holder) {
+            leases.remove(key);
+        }
         Ok(())
     }
 }

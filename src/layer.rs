@@ -55,6 +55,7 @@ impl CacheLayer {
                 credential_cookies: None,
                 outcome_extension: false,
                 miss_lock_timeout: Some(Duration::from_secs(5)),
+                release_miss_lock_on_head: false,
                 honor_request_no_cache: false,
                 stale_if_error_timeout: None,
                 refresh_ahead: Some(1.0),
@@ -243,6 +244,19 @@ impl CacheLayerBuilder {
     /// the one that calls, as nginx's `proxy_cache_lock` does.
     pub fn miss_lock_timeout(mut self, timeout: Duration) -> Self {
         self.settings.miss_lock_timeout = Some(timeout);
+        self
+    }
+
+    /// Lets the misses waiting on a key go as soon as the leader's response head is known
+    /// (default `false`: they wait until its entry is stored, or the lock times out).
+    ///
+    /// With a body that takes long to arrive (a slow upstream, a large download), waiting
+    /// requests would otherwise wait for all of it. Let go, they call the inner service
+    /// themselves, as they do after [`miss_lock_timeout`](Self::miss_lock_timeout): the inner
+    /// service sees them all again, but none waits for another's body. The store lease goes
+    /// with the lock, so other instances' requests call too.
+    pub fn release_miss_lock_on_head(mut self, release: bool) -> Self {
+        self.settings.release_miss_lock_on_head = release;
         self
     }
 

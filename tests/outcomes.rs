@@ -300,20 +300,26 @@ impl Store for FlakyStore {
         }
         self.inner.evict_tags(tags).await
     }
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.acquire_lease(key, ttl).await
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.acquire_lease(key, holder, ttl).await
     }
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(key).await
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        self.inner.release_lease(key, holder).await
     }
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,
+        holder: u64,
         ttl: Duration,
         key: &str,
         tags: &[String],
     ) -> Result<(bool, Lookup), StoreError> {
-        self.inner.acquire_lease_then_lookup(lease, ttl, key, tags).await
+        self.inner.acquire_lease_then_lookup(lease, holder, ttl, key, tags).await
     }
 }
 

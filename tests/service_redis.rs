@@ -29,11 +29,16 @@ impl Store for ServerStore {
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
         self.store.evict_tags(tags).await
     }
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.store.acquire_lease(key, ttl).await
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.store.acquire_lease(key, holder, ttl).await
     }
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        self.store.release_lease(key).await
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        self.store.release_lease(key, holder).await
     }
     async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) -> Result<(), StoreError> {
         self.store.add_to_index(index, key, ttl).await
@@ -44,11 +49,12 @@ impl Store for ServerStore {
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,
+        holder: u64,
         ttl: Duration,
         key: &str,
         tags: &[String],
     ) -> Result<(bool, Lookup), StoreError> {
-        self.store.acquire_lease_then_lookup(lease, ttl, key, tags).await
+        self.store.acquire_lease_then_lookup(lease, holder, ttl, key, tags).await
     }
 }
 

@@ -289,6 +289,8 @@ fn capture_with<B: Body<Data = Bytes>>(
             return (Response::from_parts(parts, CacheBody::passthrough(body)), None);
         }
     };
+    // Dropping the flight lets the waiting misses go (see `release_miss_lock_on_head`).
+    let flight = flight.filter(|_| !settings.release_miss_lock_on_head);
     let pending = PendingEntry {
         shared: Arc::clone(shared),
         route: Arc::clone(&plan.rule.pattern),

@@ -37,6 +37,9 @@ pub(crate) struct Settings {
     /// How long requests that miss on a key another request is filling wait for it; `None`
     /// turns the miss lock off.
     pub(crate) miss_lock_timeout: Option<Duration>,
+    /// Waiting misses are let go once the leader's response head is known, not its entry
+    /// stored.
+    pub(crate) release_miss_lock_on_head: bool,
     /// How long to wait for the inner service when a stale entry could answer if it fails.
     pub(crate) stale_if_error_timeout: Option<Duration>,
     /// XFetch's `beta` for refreshing fresh entries ahead of expiry; `None` turns it off.

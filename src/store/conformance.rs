@@ -43,7 +43,8 @@ pub async fn check_store(store: Arc<dyn Store>) {
 }
 
 /// Checks the leases that make one instance of many fill a missing entry: one holder at a
-/// time, released or expired, and taken before the look that goes with it.
+/// time, released (by their holder only) or expired, and taken before the look that goes with
+/// it.
 pub async fn check_leases(store: &dyn Store) {
     leases_go_to_one_holder_at_a_time(store).await;
     a_lease_and_a_lookup_go_together(store).await;
@@ -181,13 +182,19 @@ async fn an_index_lists_each_key_once_or_nothing(store: &dyn Store) {
 
 async fn leases_go_to_one_holder_at_a_time(store: &dyn Store) {
     let ttl = Duration::from_millis(300);
-    assert!(store.acquire_lease("test:v1:l:a", ttl).await.unwrap());
-    assert!(!store.acquire_lease("test:v1:l:a", ttl).await.unwrap(), "held");
-    assert!(store.acquire_lease("test:v1:l:b", ttl).await.unwrap(), "another key");
-    store.release_lease("test:v1:l:a").await.unwrap();
-    assert!(store.acquire_lease("test:v1:l:a", ttl).await.unwrap(), "released");
+    assert!(store.acquire_lease("test:v1:l:a", 1, ttl).await.unwrap());
+    assert!(!store.acquire_lease("test:v1:l:a", 2, ttl).await.unwrap(), "held");
+    assert!(store.acquire_lease("test:v1:l:b", 2, ttl).await.unwrap(), "another key");
+    store.release_lease("test:v1:l:a", 2).await.unwrap();
+    assert!(!store.acquire_lease("test:v1:l:a", 2, ttl).await.unwrap(), "not 2's to release");
+    store.release_lease("test:v1:l:a", 1).await.unwrap();
+    assert!(store.acquire_lease("test:v1:l:a", 2, ttl).await.unwrap(), "released");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(store.acquire_lease("test:v1:l:b", ttl).await.unwrap(), "expired");
+    assert!(store.acquire_lease("test:v1:l:b", 3, ttl).await.unwrap(), "expired");
+    // Holder 2's lease expired and went to 3: 2 letting go late leaves it 3's.
+    store.release_lease("test:v1:l:b", 2).await.unwrap();
+    assert!(!store.acquire_lease("test:v1:l:b", 4, ttl).await.unwrap(), "still 3's");
+    store.release_lease("test:v1:l:b", 3).await.unwrap();
 }
 
 /// The lease is taken before the read, and the read sees what the store holds then.
@@ -196,14 +203,14 @@ async fn a_lease_and_a_lookup_go_together(store: &dyn Store) {
     let tags = ["test:v1:t:lease-users".to_owned()];
     let versions = store.ensure_tag_versions(&tags).await.unwrap();
     let (leased, found) =
-        store.acquire_lease_then_lookup("test:v1:l:c", ttl, "test:v1:e:c", &tags).await.unwrap();
+        store.acquire_lease_then_lookup("test:v1:l:c", 1, ttl, "test:v1:e:c", &tags).await.unwrap();
     assert!(leased);
     assert_eq!(found, Lookup { entry: None, versions: vec![Some(versions[0])] });
     store.put("test:v1:e:c", Bytes::from_static(b"entry"), ttl).await.unwrap();
     let (leased, found) =
-        store.acquire_lease_then_lookup("test:v1:l:c", ttl, "test:v1:e:c", &tags).await.unwrap();
+        store.acquire_lease_then_lookup("test:v1:l:c", 2, ttl, "test:v1:e:c", &tags).await.unwrap();
     assert!(!leased, "held");
     assert_eq!(found.entry.as_deref(), Some(&b"entry"[..]));
-    assert!(!store.acquire_lease("test:v1:l:c", ttl).await.unwrap(), "taken by the first call");
-    store.release_lease("test:v1:l:c").await.unwrap();
+    assert!(!store.acquire_lease("test:v1:l:c", 2, ttl).await.unwrap(), "taken by the first call");
+    store.release_lease("test:v1:l:c", 1).await.unwrap();
 }

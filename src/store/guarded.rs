@@ -66,6 +66,9 @@ pub(crate) struct GuardedStore {
     events: Arc<dyn StoreEvents>,
     failed_evictions: FailedEvictions,
     error_log: ErrorLog,
+    /// Who this layer is when it holds a lease: drawn at random, so that releasing a lease that
+    /// expired and went to another instance leaves it theirs.
+    lease_holder: u64,
 }
 
 /// Tag keys whose eviction failed (store down or slow) and is being retried. Until it
@@ -101,6 +104,7 @@ impl GuardedStore {
             events,
             failed_evictions: FailedEvictions::default(),
             error_log: ErrorLog::new(),
+            lease_holder: fastrand::u64(..),
         }
     }
 
@@ -190,7 +194,8 @@ impl GuardedStore {
 
     /// Takes the lease `key` (`None` when the store failed).
     pub(crate) async fn acquire_lease(&self, key: &str, ttl: Duration) -> Option<bool> {
-        self.run("acquire_lease", self.store.acquire_lease(key, ttl)).await
+        let call = self.store.acquire_lease(key, self.lease_holder, ttl);
+        self.run("acquire_lease", call).await
     }
 
     /// Takes the lease `lease`, then looks the entry up (`None` when the store failed).
@@ -201,7 +206,8 @@ impl GuardedStore {
         key: &str,
         tag_keys: &[String],
     ) -> Option<(bool, Lookup)> {
-        let call = self.store.acquire_lease_then_lookup(lease, ttl, key, tag_keys);
+        let call =
+            self.store.acquire_lease_then_lookup(lease, self.lease_holder, ttl, key, tag_keys);
         self.run("acquire_lease_then_lookup", call).await
     }
 
@@ -217,7 +223,7 @@ impl GuardedStore {
 
     /// Gives the lease `key` back.
     pub(crate) async fn release_lease(&self, key: &str) {
-        self.run("release_lease", self.store.release_lease(key)).await;
+        self.run("release_lease", self.store.release_lease(key, self.lease_holder)).await;
     }
 
     /// Evicts the tags `tag_keys`. On failure they are remembered, reported pending and retried

@@ -32,7 +32,7 @@ const VERSION_WEIGHT: usize = 8 + 256;
 pub struct MemoryStore {
     entries: Cache<String, StoredValue>,
     versions: Cache<String, StoredVersion>,
-    leases: Cache<String, Duration>,
+    leases: Cache<String, Lease>,
     indexes: Cache<String, Arc<Mutex<IndexMembers>>>,
 }
 
@@ -95,12 +95,19 @@ struct StoredValue {
 /// How many leases a [`MemoryStore`] holds at once; they last seconds at most.
 const MAX_LEASES: u64 = 100_000;
 
+/// Who holds a lease, and for how long.
+#[derive(Clone, Copy)]
+struct Lease {
+    holder: u64,
+    ttl: Duration,
+}
+
 /// Gives each lease its own time to live.
 struct LeaseTtl;
 
-impl Expiry<String, Duration> for LeaseTtl {
-    fn expire_after_create(&self, _: &String, ttl: &Duration, _: Instant) -> Option<Duration> {
-        Some(*ttl)
+impl Expiry<String, Lease> for LeaseTtl {
+    fn expire_after_create(&self, _: &String, lease: &Lease, _: Instant) -> Option<Duration> {
+        Some(lease.ttl)
     }
 }
 
@@ -228,12 +235,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        Ok(self.leases.entry_by_ref(key).or_insert_with(|| ttl).is_fresh())
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(self.leases.entry_by_ref(key).or_insert_with(|| Lease { holder, ttl }).is_fresh())
     }
 
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        self.leases.invalidate(key);
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        self.leases.entry_by_ref(key).and_compute_with(|lease| match lease {
+            Some(lease) if lease.value().holder == holder => Op::Remove,
+            _ => Op::Nop,
+        });
         Ok(())
     }
 

@@ -111,19 +111,26 @@ pub trait Store: Send + Sync + 'static {
     /// Gives every tag in `tags` a fresh version, so that no entry stored before becomes a hit.
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError>;
 
-    /// Takes the short lease `key` for `ttl` if nobody holds it: `true` when this caller got it.
+    /// Takes the short lease `key` for `holder` (a number each layer draws for itself) for
+    /// `ttl` if nobody holds it: `true` when this caller got it.
     ///
     /// Instances sharing a store use leases so that one of them computes a missing entry while
     /// the others wait for it. The default grants every lease, which keeps the stampede
     /// protection to one process.
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let _ = (key, ttl);
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (key, holder, ttl);
         Ok(true)
     }
 
-    /// Gives a lease back before its time is up.
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        let _ = key;
+    /// Gives the lease `key` back before its time is up, if `holder` still holds it: a lease
+    /// that expired and was taken by another holder stays theirs (compare and delete).
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        let _ = (key, holder);
         Ok(())
     }
 
@@ -153,11 +160,12 @@ pub trait Store: Send + Sync + 'static {
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,
+        holder: u64,
         ttl: Duration,
         key: &str,
         tags: &[String],
     ) -> Result<(bool, Lookup), StoreError> {
-        let leased = self.acquire_lease(lease, ttl).await?;
+        let leased = self.acquire_lease(lease, holder, ttl).await?;
         Ok((leased, self.lookup(key, tags).await?))
     }
 }
@@ -190,12 +198,17 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         (**self).keep_tag_versions(tags).await
     }
 
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        (**self).acquire_lease(key, ttl).await
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        (**self).acquire_lease(key, holder, ttl).await
     }
 
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        (**self).release_lease(key).await
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        (**self).release_lease(key, holder).await
     }
 
     async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) -> Result<(), StoreError> {
@@ -209,11 +222,12 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,
+        holder: u64,
         ttl: Duration,
         key: &str,
         tags: &[String],
     ) -> Result<(bool, Lookup), StoreError> {
-        (**self).acquire_lease_then_lookup(lease, ttl, key, tags).await
+        (**self).acquire_lease_then_lookup(lease, holder, ttl, key, tags).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Redis store, through `fred`.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,10 +11,19 @@ use fred::prelude::{
     ReconnectPolicy, SetOptions, SetsInterface, TcpConfig, Value,
 };
 
+use fred::types::scripts::Script;
 use fred::util::redis_keyslot;
 
 use super::tls::{self, TlsSettings};
 use super::{fresh_version, Lookup, Store, StoreError, TagVersion, PROVISIONAL_TAG_VERSION_TTL};
+
+/// Deletes the lease `KEYS[1]` only if its holder is `ARGV[1]`.
+static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
+         return 0",
+    )
+});
 
 /// How long a tag version lives in Redis after it was last set. Losing a version is safe
 /// (entries that recorded it become misses), so this only bounds the memory of templated tags.
@@ -71,8 +81,8 @@ pub(super) struct Read<'a> {
     pub(super) tags: &'a [String],
     /// Also read how long the entry has left.
     pub(super) read_ttl: bool,
-    /// Take this lease for this long before reading.
-    pub(super) lease: Option<(&'a str, Duration)>,
+    /// Take this lease, for this holder, for this long before reading.
+    pub(super) lease: Option<(&'a str, u64, Duration)>,
 }
 
 /// What [`RedisStore::read`] found.
@@ -130,9 +140,9 @@ impl RedisStore {
             return Ok(ReadReply { lookup, ttl: None, leased: false });
         }
         let pipeline = client.pipeline();
-        if let Some((lease, ttl)) = lease {
+        if let Some((lease, holder, ttl)) = lease {
             let _: () = pipeline
-                .set(lease, "1", Some(px(ttl)), Some(SetOptions::NX), false)
+                .set(lease, holder.to_string(), Some(px(ttl)), Some(SetOptions::NX), false)
                 .await
                 .map_err(redis_error("cannot queue SET NX"))?;
         }
@@ -450,17 +460,27 @@ impl Store for RedisStore {
             .map_err(redis_error("Redis SET failed"))
     }
 
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let set: Option<String> = self
             .pool
-            .set(key, "1", Some(px(ttl)), Some(SetOptions::NX), false)
+            .set(key, holder.to_string(), Some(px(ttl)), Some(SetOptions::NX), false)
             .await
             .map_err(redis_error("Redis lease SET NX failed"))?;
         Ok(set.is_some())
     }
 
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        self.pool.del::<(), _>(key).await.map_err(redis_error("Redis lease DEL failed"))
+    /// Compare and delete, in one script: a lease that expired and was taken by another
+    /// instance is theirs.
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        let released: Result<i64, _> = RELEASE_LEASE
+            .evalsha_with_reload(self.pool.next(), vec![key], vec![holder.to_string()])
+            .await;
+        released.map(drop).map_err(redis_error("Redis lease release failed"))
     }
 
     /// A set per URL (`SADD`), which lives as long as tag versions do after its last entry was
@@ -482,11 +502,12 @@ impl Store for RedisStore {
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,
+        holder: u64,
         ttl: Duration,
         key: &str,
         tags: &[String],
     ) -> Result<(bool, Lookup), StoreError> {
-        let read = Read { key, tags, read_ttl: false, lease: Some((lease, ttl)) };
+        let read = Read { key, tags, read_ttl: false, lease: Some((lease, holder, ttl)) };
         let reply = self.read(read).await?;
         Ok((reply.leased, reply.lookup))
     }

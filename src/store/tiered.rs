@@ -119,7 +119,7 @@ impl TieredStore {
         &self,
         key: &str,
         tags: &[String],
-        lease: Option<(&str, Duration)>,
+        lease: Option<(&str, u64, Duration)>,
     ) -> Result<ReadReply, StoreError> {
         let snapshot =
             self.l1.snapshot(std::iter::once(key).chain(tags.iter().map(String::as_str)));
@@ -619,12 +619,17 @@ impl Store for TieredStore {
         Ok(())
     }
 
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.l2.acquire_lease(key, ttl).await
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.l2.acquire_lease(key, holder, ttl).await
     }
 
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        self.l2.release_lease(key).await
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        self.l2.release_lease(key, holder).await
     }
 
     async fn add_to_index(&self, index: &str, key: &str, ttl: Duration) -> Result<(), StoreError> {
@@ -638,11 +643,12 @@ impl Store for TieredStore {
     async fn acquire_lease_then_lookup(
         &self,
         lease: &str,
+        holder: u64,
         ttl: Duration,
         key: &str,
         tags: &[String],
     ) -> Result<(bool, Lookup), StoreError> {
-        let reply = self.read_through(key, tags, Some((lease, ttl))).await?;
+        let reply = self.read_through(key, tags, Some((lease, holder, ttl))).await?;
         Ok((reply.leased, reply.lookup))
     }
 }

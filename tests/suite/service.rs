@@ -896,11 +896,11 @@ impl Store for StallingStore {
     async fn evict_tags(&self, tags: &[String]) -> Result<(), StoreError> {
         self.answer(self.inner.evict_tags(tags)).await
     }
-    async fn acquire_lease(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.answer(self.inner.acquire_lease(key, ttl)).await
+    async fn acquire_lease(&self, key: &str, holder: u64, ttl: Duration) -> Result<bool, StoreError> {
+        self.answer(self.inner.acquire_lease(key, holder, ttl)).await
     }
-    async fn release_lease(&self, key: &str) -> Result<(), StoreError> {
-        self.answer(self.inner.release_lease(key)).await
+    async fn release_lease(&self, key: &str, holder: u64) -> Result<(), StoreError> {
+        self.answer(self.inner.release_lease(key, holder)).await
     }
 }
 
@@ -1481,6 +1481,41 @@ async fn a_leader_whose_response_is_not_stored_releases_the_waiting_misses_at_on
         call.await.unwrap();
     }
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+// A leader whose body comes slowly: by default the others wait for all of it; let go once its
+// head is known, they call the inner service while that body is still coming.
+#[tokio::test]
+async fn waiting_misses_can_be_let_go_once_the_leader_s_head_is_known() {
+    for release in [false, true] {
+        let layer = users_rules(builder_for(test_store().await))
+            .release_miss_lock_on_head(release)
+            .build()
+            .unwrap();
+        let mut h = Harness::new(layer);
+        let calls = call_many(&mut h, 3, "/users");
+        let (_, leader) = h.inner.next_request().await.unwrap();
+        let (feed, body) = fed();
+        leader.send_response(Response::new(body));
+        feed.send("[1,").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if release {
+            // Well within the 5 s lock: they were let go, not timed out.
+            for _ in 0..2 {
+                let next = tokio::time::timeout(Duration::from_secs(2), h.inner.next_request());
+                let (_, reply) = next.await.expect("let go before the lock's timeout").unwrap();
+                reply.send_response(ok("[1,2]"));
+            }
+        } else {
+            assert!(h.inner.poll_request().is_pending(), "the others wait for the body");
+        }
+        feed.send("2]").await.unwrap();
+        drop(feed);
+        for call in calls {
+            assert_eq!(call.await.unwrap().1, "[1,2]", "release: {release}");
+        }
+        assert!(h.inner.poll_request().is_pending(), "release: {release}");
+    }
 }
 
 #[tokio::test]
