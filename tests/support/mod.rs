@@ -6,5 +6,7 @@ pub mod cluster;
 pub mod echo;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub mod sentinel;
 #[cfg(any(feature = "tls-rustls-ring", feature = "tls-rustls-aws-lc-rs"))]
 pub mod tls;
