@@ -112,3 +112,102 @@ async fn a_failover_under_load_answers_every_request_and_hits_come_back() {
     let back_from = back_from.expect("hits came back before the end of the run");
     assert!(back_from <= BACK_WITHIN, "hits back {back_from:?} after the kill");
 }
+
+/// What reads of one item saw after a write that the primary acknowledged and then lost.
+struct AfterFailover {
+    stale_reads: usize,
+    fresh_hits: usize,
+}
+
+/// Stores item 1, freezes replication so that the replica never receives what comes next,
+/// writes item 1 (its eviction reaches the primary only), kills the primary, lets the
+/// sentinels promote the replica, then reads item 1 for `READ_FOR`.
+async fn write_lost_in_a_failover(wait_for_replicas: bool) -> AfterFailover {
+    const READ_FOR: Duration = Duration::from_secs(12);
+    let mut deployment = SentinelDeployment::start();
+    let mut store = RedisStore::builder(deployment.url());
+    if wait_for_replicas {
+        store = store.wait_for_replicas(1, Duration::from_millis(200));
+    }
+    let store = store.build().await.expect("connect through the sentinels");
+    let layer = CacheLayer::builder(store)
+        .store_timeout(Duration::from_secs(1))
+        .route("/items/{id}", Rule::get().ttl(Duration::from_secs(300)).tag("item:{id}"))
+        .route("/items/{id}", Rule::put().evicts(["item:{id}"]))
+        .build()
+        .unwrap();
+    let cache = layer.handle();
+    let version = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (read, write) = (Arc::clone(&version), Arc::clone(&version));
+    let app =
+        Router::new()
+            .route(
+                "/items/{id}",
+                get(move || async move {
+                    format!("v{}", read.load(std::sync::atomic::Ordering::SeqCst))
+                })
+                .put(move || async move {
+                    write.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    StatusCode::NO_CONTENT
+                }),
+            )
+            .layer(layer);
+    let send = |method: &str| {
+        let request = Request::builder().method(method).uri("/items/1").body(Body::empty());
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request.unwrap()).await.unwrap();
+            let hit = response.headers().get("x-cache").is_some_and(|v| v == "HIT");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (hit, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+
+    send("GET").await;
+    while cache.stats().stores == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let synced = deployment.primary.command(&["WAIT", "1", "2000"]).expect("WAIT");
+    assert!(synced.starts_with(":1"), "the replica has the entry: {synced}");
+    assert_eq!(send("GET").await, (true, "v0".to_owned()));
+
+    deployment.replication.freeze();
+    send("PUT").await;
+    deployment.primary.kill();
+
+    let replica = deployment.replica.port();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while deployment.primary_port_by_sentinels() != Some(replica) {
+        assert!(Instant::now() < deadline, "the sentinels promoted the replica");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen = AfterFailover { stale_reads: 0, fresh_hits: 0 };
+    let reading = Instant::now();
+    while reading.elapsed() < READ_FOR {
+        match send("GET").await {
+            (_, body) if body == "v0" => seen.stale_reads += 1,
+            (true, _) => seen.fresh_hits += 1,
+            (false, _) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
+// Replication is asynchronous: without waiting for the replica, the eviction dies with the
+// primary, the old tag version comes back with the promoted replica, and with it the entry the
+// write had made stale. Waiting for the replica (`wait_for_replicas`), the eviction that timed
+// out is bypassed and retried until the new primary has it: no stale read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_the_failover_lost_serves_stale_unless_evictions_wait_for_replicas() {
+    let without = write_lost_in_a_failover(false).await;
+    let with = write_lost_in_a_failover(true).await;
+    println!(
+        "after the failover: without waiting, {} stale reads and {} fresh hits; waiting, {} \
+         stale reads and {} fresh hits",
+        without.stale_reads, without.fresh_hits, with.stale_reads, with.fresh_hits
+    );
+    assert!(without.stale_reads > 0, "the lost eviction brings the stale entry back");
+    assert_eq!(with.stale_reads, 0, "waiting for the replica, no stale read");
+    assert!(with.fresh_hits > 0, "and the cache serves again once the eviction landed");
+}

@@ -7,11 +7,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::clients::Pipeline;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, ErrorKind, Expiration, KeysInterface, Pool,
-    ReconnectPolicy, SetOptions, SetsInterface, TcpConfig, Value,
+    Builder, Client, ClientLike, ClusterInterface, Config, ErrorKind, Expiration, KeysInterface,
+    Pool, ReconnectPolicy, ServerInterface, SetOptions, SetsInterface, TcpConfig, Value,
 };
 
+use fred::types::config::Server;
 use fred::types::scripts::Script;
+use fred::types::InfoKind;
 use fred::util::redis_keyslot;
 
 use super::tls::{self, TlsSettings};
@@ -52,6 +54,10 @@ const DEFAULT_TAG_VERSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub struct RedisStore {
     pool: Pool,
     tag_version_ttl: Duration,
+    /// Evictions wait for this many replicas, this long (see
+    /// [`RedisStoreBuilder::wait_for_replicas`]), on a connection of their own: `WAIT` blocks
+    /// the connection it is sent on, which must not hold up the pool's lookups.
+    wait_for_replicas: Option<(u32, Duration, Client)>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -72,6 +78,7 @@ pub struct RedisStoreBuilder {
     connection_timeout: Duration,
     command_timeout: Duration,
     tag_version_ttl: Duration,
+    wait_for_replicas: Option<(u32, Duration)>,
     tls: TlsSettings,
 }
 
@@ -104,6 +111,7 @@ impl RedisStore {
             connection_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_millis(500),
             tag_version_ttl: DEFAULT_TAG_VERSION_TTL,
+            wait_for_replicas: None,
             tls: TlsSettings::default(),
         }
     }
@@ -211,6 +219,64 @@ impl RedisStore {
     }
 }
 
+/// Waits until the evictions of `tags` that `client` just made are on `replicas` replicas of
+/// each primary that took them, or on every replica it has connected if that is fewer.
+async fn replicated(
+    client: &Client,
+    tags: &[String],
+    replicas: u32,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    let timeout = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let wanted = i64::from(replicas);
+    if !client.is_clustered() {
+        return wait_on(client, wanted, timeout).await;
+    }
+    // On a cluster, `WAIT` on the connection to each primary that took one of the evictions.
+    let routing = client.cached_cluster_state().ok_or_else(|| {
+        StoreError::msg("Redis Cluster: no cluster state to find the primaries").unavailable()
+    })?;
+    let mut primaries: Vec<Server> = tags
+        .iter()
+        .filter_map(|tag| routing.get_server(redis_keyslot(tag.as_bytes())))
+        .cloned()
+        .collect();
+    primaries.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    primaries.dedup();
+    for primary in primaries {
+        wait_on(&client.with_cluster_node(primary), wanted, timeout).await?;
+    }
+    Ok(())
+}
+
+/// `WAIT` on `client`'s connection; fewer acknowledgements than `wanted` are enough when they
+/// are every replica the primary has connected.
+async fn wait_on<C: ServerInterface>(
+    client: &C,
+    wanted: i64,
+    timeout: i64,
+) -> Result<(), StoreError> {
+    let acknowledged: i64 =
+        client.wait(wanted, timeout).await.map_err(redis_error("Redis WAIT failed"))?;
+    if acknowledged >= wanted {
+        return Ok(());
+    }
+    let info: String = client
+        .info(Some(InfoKind::Replication))
+        .await
+        .map_err(redis_error("Redis INFO replication failed"))?;
+    let connected = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_slaves:"))
+        .and_then(|n| n.trim().parse::<i64>().ok());
+    if connected.is_some_and(|connected| acknowledged >= connected) {
+        return Ok(());
+    }
+    Err(StoreError::msg(format!(
+        "eviction acknowledged by {acknowledged} of {wanted} replicas in time"
+    )))
+}
+
 /// Half the cores, at least 1 and at most 8 (see [`RedisStoreBuilder::pool_size`]).
 fn default_pool_size() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -252,6 +318,27 @@ impl RedisStoreBuilder {
     /// `user:{id}` take.
     pub fn tag_version_ttl(mut self, ttl: Duration) -> Self {
         self.tag_version_ttl = ttl;
+        self
+    }
+
+    /// Makes every eviction wait until `replicas` replicas of the primary that took it have it
+    /// too (`WAIT`), up to `timeout`; on a cluster, the replicas of each primary it touched.
+    /// Off by default.
+    ///
+    /// Replication is asynchronous: an eviction that a primary acknowledged and then lost,
+    /// dying before its replica received it, is undone by the failover that promotes the
+    /// replica. The tags' old versions come back, and with them the entries the write had
+    /// made stale. Waiting closes that window, at the cost of a round trip to the replicas on
+    /// every write that evicts.
+    ///
+    /// An eviction counts once `replicas` replicas, or every replica the primary has
+    /// connected if that is fewer, acknowledged it. Past `timeout` it counts as failed: the
+    /// write's response still leaves, and, as for any failed eviction, this process bypasses
+    /// the cache for the evicted tags and retries the eviction in the background until it is
+    /// acknowledged. Other processes keep serving the entries until then, as they would if the
+    /// store were down.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_for_replicas = Some((replicas, timeout));
         self
     }
 
@@ -324,7 +411,17 @@ impl RedisStoreBuilder {
                 return Err(StoreError::msg("cannot connect to Redis: timed out"));
             }
         }
-        Ok(RedisStore { pool, tag_version_ttl: self.tag_version_ttl })
+        let wait_for_replicas = match self.wait_for_replicas {
+            None => None,
+            Some((replicas, timeout)) => {
+                let evictions = pool.next().clone_new();
+                match tokio::time::timeout(self.connection_timeout, evictions.init()).await {
+                    Ok(Ok(_connection_task)) => Some((replicas, timeout, evictions)),
+                    _ => return Err(StoreError::msg("cannot connect to Redis for evictions")),
+                }
+            }
+        };
+        Ok(RedisStore { pool, tag_version_ttl: self.tag_version_ttl, wait_for_replicas })
     }
 }
 
@@ -516,9 +613,16 @@ impl Store for RedisStore {
         if tags.is_empty() {
             return Ok(());
         }
-        let pipeline = self.pool.next().pipeline();
+        let client = match &self.wait_for_replicas {
+            Some((_, _, evictions)) => evictions,
+            None => self.pool.next(),
+        };
+        let pipeline = client.pipeline();
         self.queue_evictions(&pipeline, tags).await?;
         let _: Vec<Value> = pipeline.all().await.map_err(redis_error("Redis eviction failed"))?;
-        Ok(())
+        match &self.wait_for_replicas {
+            Some((replicas, timeout, _)) => replicated(client, tags, *replicas, *timeout).await,
+            None => Ok(()),
+        }
     }
 }

@@ -56,10 +56,13 @@ impl Drop for Sentinel {
     }
 }
 
-/// The primary, its replica and three sentinels. Dropped together.
+/// The primary, its replica (which replicates through a [`Relay`]) and three sentinels.
+/// Dropped together.
 pub struct SentinelDeployment {
     pub primary: RedisServer,
     pub replica: RedisServer,
+    /// Between the replica and the primary.
+    pub replication: Relay,
     sentinels: Vec<Sentinel>,
     dir: PathBuf,
 }
@@ -69,8 +72,9 @@ impl SentinelDeployment {
     /// replica and the other sentinels.
     pub fn start() -> Self {
         let primary = RedisServer::start();
-        let primary_port = primary.port().to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary_port]);
+        let replication = Relay::start(primary.port());
+        let relay_port = replication.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &relay_port]);
         let dir = std::env::temp_dir().join(format!(
             "trc-sentinel-{}-{}",
             std::process::id(),
@@ -78,7 +82,7 @@ impl SentinelDeployment {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let sentinels = (0..3).map(|_| Sentinel::start(&dir, primary.port())).collect();
-        let deployment = Self { primary, replica, sentinels, dir };
+        let deployment = Self { primary, replica, replication, sentinels, dir };
         deployment.wait_until(Duration::from_secs(20), "the replica in sync and seen", |d| {
             d.replica
                 .command(&["INFO", "replication"])
@@ -121,5 +125,53 @@ impl Drop for SentinelDeployment {
     fn drop(&mut self) {
         self.sentinels.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP relay on a free loopback port to `target`, that the test can freeze: from then on
+/// it passes nothing on in either direction (what it reads is dropped), while keeping both
+/// connections open, as a network that stopped delivering would. Between a primary and its
+/// replica, a frozen relay loses replication without the primary seeing its replica go.
+pub struct Relay {
+    pub port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(target: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let pass = |mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>| {
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 16 * 1024];
+                while let Ok(n @ 1..) = from.read(&mut buffer) {
+                    if !frozen.load(Ordering::SeqCst) && to.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            });
+        };
+        let accepting = Arc::clone(&frozen);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let (client_in, upstream_in) =
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                pass(client_in, upstream, Arc::clone(&accepting));
+                pass(upstream_in, client, Arc::clone(&accepting));
+            }
+        });
+        Self { port, frozen }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
