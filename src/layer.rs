@@ -46,6 +46,7 @@ impl CacheLayer {
             settings: Settings {
                 key_prefix: "trc".to_owned(),
                 store_timeout: Duration::from_millis(100),
+                eviction_hold: Duration::from_secs(1),
                 breaker: Some(BreakerSettings { failures: 5, open_for: Duration::from_secs(2) }),
                 max_body_bytes: 1024 * 1024,
                 max_capture_bytes: 64 * 1024 * 1024,
@@ -194,6 +195,20 @@ impl CacheLayerBuilder {
     /// adds to a request.
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.settings.store_timeout = timeout;
+        self
+    }
+
+    /// How long a write's response waits, when its eviction failed, for the background
+    /// retries to land it (default 1 s; zero answers at once).
+    ///
+    /// A failed eviction is retried until the store takes it, and this process bypasses the
+    /// evicted entries meanwhile. Other instances do not know: if they still reach the store
+    /// (this process reconnecting later than they did, after a restart), they serve those
+    /// entries to clients who read after the write's response. Holding the response closes
+    /// that window for outages shorter than the hold, at the cost of that much more latency on
+    /// writes while the store is unreachable.
+    pub fn eviction_hold(mut self, hold: Duration) -> Self {
+        self.settings.eviction_hold = hold;
         self
     }
 

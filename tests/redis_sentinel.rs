@@ -123,7 +123,7 @@ struct AfterFailover {
 /// writes item 1 (its eviction reaches the primary only), kills the primary, lets the
 /// sentinels promote the replica, then reads item 1 for `READ_FOR`.
 async fn write_lost_in_a_failover(wait_for_replicas: bool) -> AfterFailover {
-    const READ_FOR: Duration = Duration::from_secs(12);
+    const READ_FOR: Duration = Duration::from_secs(8);
     let mut deployment = SentinelDeployment::start();
     let mut store = RedisStore::builder(deployment.url());
     if wait_for_replicas {

@@ -152,4 +152,42 @@ async fn redis_store_reports_unreachable_servers_and_bad_urls() {
     assert!(started.elapsed() < Duration::from_secs(3));
     let err = RedisStore::from_url("redis://127.0.0.1:not-a-port").await.unwrap_err();
     assert!(err.to_string().contains("invalid Redis URL"), "{err}");
+    for (replicas, timeout) in [(0, Duration::from_millis(100)), (1, Duration::ZERO)] {
+        let err = RedisStore::builder(format!("redis://127.0.0.1:{port}"))
+            .wait_for_replicas(replicas, timeout)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("wait_for_replicas"), "{err}");
+    }
+}
+
+// Stores whose evictions wait for a replica (`wait_for_replicas`) conform, and an eviction the
+// replica cannot acknowledge (it is frozen) fails instead of passing for done.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn stores_whose_evictions_wait_for_a_replica_conform() {
+    let primary = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !replica.command(&["INFO", "replication"]).unwrap().contains("master_link_status:up") {
+        assert!(std::time::Instant::now() < deadline, "the replica did not sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = Duration::from_millis(300);
+    let redis = RedisStore::builder(primary.url()).wait_for_replicas(1, waiting).build().await;
+    let redis = redis.unwrap();
+    conformance(Arc::new(redis.clone())).await;
+    let tiered = TieredStore::builder(primary.url())
+        .redis(|redis| redis.wait_for_replicas(1, waiting))
+        .build()
+        .await
+        .unwrap();
+    conformance(Arc::new(tiered)).await;
+
+    replica.pause();
+    let err = redis.evict_tags(&tags(&["frozen"])).await.unwrap_err();
+    replica.resume();
+    assert!(err.to_string().contains("acknowledged by 0 of 1"), "{err}");
 }

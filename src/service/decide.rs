@@ -181,7 +181,6 @@ pub(crate) fn decide(
     if invalidate_unsafe {
         tags.push(uri_tag(served_path(&request.uri, &request.extensions)));
     }
-    tags.push(EVERY_ENTRY_TAG.to_owned());
     // Whose entry: one user's, or the shared one, which a credentialed request may look up
     // only as `Plan::credentialed` says.
     let (user, credentialed) = match &rule.scope {
@@ -214,6 +213,7 @@ pub(crate) fn decide(
             None => return bypass(BypassReason::UnreadMessage),
         }
     }
+    tags.push(EVERY_ENTRY_TAG.to_owned());
     let prefix = &shared.settings.key_prefix;
     let key = key_parts.key(prefix, &request.headers, &rule.vary);
     let (key, vary, rule_vary_key) = match shared.learned.vary.get(&key) {

@@ -27,6 +27,8 @@ pub(crate) struct Settings {
     pub(crate) key_prefix: String,
     /// The longest a store call may take.
     pub(crate) store_timeout: Duration,
+    /// How long a write's response waits for a failed eviction's retries.
+    pub(crate) eviction_hold: Duration,
     /// The circuit breaker in front of the store; `None` calls the store whatever happens.
     pub(crate) breaker: Option<BreakerSettings>,
     pub(crate) max_body_bytes: usize,
@@ -87,7 +89,8 @@ impl Shared {
     pub(crate) fn new(store: Arc<dyn Store>, routes: RouteTable, settings: Settings) -> Self {
         let telemetry = Arc::new(Telemetry::new(routes.patterns()));
         let events = Arc::clone(&telemetry);
-        let store = GuardedStore::new(store, settings.store_timeout, settings.breaker, events);
+        let store = GuardedStore::new(store, settings.store_timeout, settings.breaker, events)
+            .with_eviction_hold(settings.eviction_hold);
         Self {
             store: Arc::new(store),
             telemetry,

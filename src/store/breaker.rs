@@ -100,6 +100,13 @@ impl Breaker {
         }
     }
 
+    /// Lets a store call through whatever the breaker's state: for evictions, which a sick
+    /// store may still take and which the layer must not skip. While the breaker is open, its
+    /// outcome changes nothing.
+    pub(crate) fn admit_always(&self) -> Admission<'_> {
+        self.admit().unwrap_or(Admission { breaker: self, probe: false, finished: false })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

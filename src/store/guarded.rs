@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::breaker::{Breaker, BreakerSettings, Change, Health};
+use super::breaker::{Admission, Breaker, BreakerSettings, Change, Health};
 use super::{Lookup, Store, StoreError, TagVersion};
 use crate::background;
 
@@ -69,6 +69,8 @@ pub(crate) struct GuardedStore {
     /// Who this layer is when it holds a lease: drawn at random, so that releasing a lease that
     /// expired and went to another instance leaves it theirs.
     lease_holder: u64,
+    /// How long a failed eviction waits for its retries before it reports failure.
+    eviction_hold: Duration,
 }
 
 /// Tag keys whose eviction failed (store down or slow) and is being retried. Until it
@@ -87,6 +89,8 @@ struct FailedState {
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
+/// How often a held eviction looks whether its retries landed.
+const HOLD_POLL: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl GuardedStore {
@@ -105,7 +109,15 @@ impl GuardedStore {
             failed_evictions: FailedEvictions::default(),
             error_log: ErrorLog::new(),
             lease_holder: fastrand::u64(..),
+            eviction_hold: Duration::ZERO,
         }
+    }
+
+    /// Makes a failed eviction wait up to `hold` for its background retries to land before it
+    /// reports failure (see `CacheLayerBuilder::eviction_hold`).
+    pub(crate) fn with_eviction_hold(mut self, hold: Duration) -> Self {
+        self.eviction_hold = hold;
+        self
     }
 
     /// Runs one store operation under the timeout, unless the circuit breaker is open. `None`
@@ -119,6 +131,23 @@ impl GuardedStore {
             self.events.store_call(operation, StoreCall::Skipped, Duration::ZERO);
             return None;
         };
+        self.run_admitted(admission, operation, call).await
+    }
+
+    /// An eviction, made under the timeout even while the circuit breaker is open: skipping
+    /// it would leave the entries it makes stale to other instances that still reach the
+    /// store, and evictions are few.
+    async fn run_eviction(&self, tag_keys: &[String]) -> Option<()> {
+        let call = self.store.evict_tags(tag_keys);
+        self.run_admitted(self.breaker.admit_always(), "evict_tags", call).await
+    }
+
+    async fn run_admitted<T>(
+        &self,
+        admission: Admission<'_>,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
         let started = Instant::now();
         let span = tracing::debug_span!("cache_store", operation);
         let timed = tokio::time::timeout(self.timeout, call);
@@ -227,16 +256,27 @@ impl GuardedStore {
     }
 
     /// Evicts the tags `tag_keys`. On failure they are remembered, reported pending and retried
-    /// in the background until the store takes the eviction.
+    /// in the background until the store takes the eviction; this waits up to the eviction
+    /// hold for that before it reports the failure.
     pub(crate) async fn evict(self: &Arc<Self>, tag_keys: &[String]) -> Result<(), StoreError> {
         if tag_keys.is_empty() {
             return Ok(());
         }
-        if self.run("evict_tags", self.store.evict_tags(tag_keys)).await.is_some() {
+        if self.run_eviction(tag_keys).await.is_some() {
             self.events.evicted(tag_keys.len());
             return Ok(());
         }
         self.remember_failed_evictions(tag_keys);
+        // Another instance that still reaches the store would serve the evicted entries to
+        // whoever reads after this write's response: hold the response while the retries may
+        // still land (a store restarting, this process reconnecting late).
+        let held_until = tokio::time::Instant::now() + self.eviction_hold;
+        while tokio::time::Instant::now() < held_until {
+            tokio::time::sleep(HOLD_POLL.min(self.eviction_hold)).await;
+            if !self.eviction_pending(tag_keys) {
+                return Ok(());
+            }
+        }
         Err(StoreError::msg("eviction failed; it is retried in the background"))
     }
 
@@ -264,7 +304,7 @@ impl GuardedStore {
             tokio::time::sleep(delay).await;
             let tag_keys: Vec<String> =
                 self.failed_evictions.lock().tag_keys.iter().cloned().collect();
-            if self.run("evict_tags", self.store.evict_tags(&tag_keys)).await.is_none() {
+            if self.run_eviction(&tag_keys).await.is_none() {
                 delay = (delay * 2).min(RETRY_MAX);
                 continue;
             }

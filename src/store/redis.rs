@@ -192,6 +192,28 @@ impl RedisStore {
         })
     }
 
+    /// The client evictions go through: the connection kept for them when they wait for
+    /// replicas, else any of the pool's.
+    pub(super) fn eviction_client(&self) -> &Client {
+        match &self.wait_for_replicas {
+            Some((_, _, evictions)) => evictions,
+            None => self.pool.next(),
+        }
+    }
+
+    /// After the eviction of `tags` that `client` sent: waits for the replicas, when the store
+    /// was built to (see [`RedisStoreBuilder::wait_for_replicas`]).
+    pub(super) async fn replicate_eviction(
+        &self,
+        client: &Client,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        match &self.wait_for_replicas {
+            Some((replicas, timeout, _)) => replicated(client, tags, *replicas, *timeout).await,
+            None => Ok(()),
+        }
+    }
+
     /// Queues on `pipeline` a fresh version for each of `tags`.
     pub(super) async fn queue_evictions(
         &self,
@@ -387,11 +409,19 @@ impl RedisStoreBuilder {
     /// Builds the pool and waits for its first connection.
     ///
     /// Fails when the URL is invalid or the server cannot be reached within the connection
-    /// timeout. Once connected, the clients reconnect by themselves (exponential backoff with
-    /// jitter, without limit), and the layer serves from the inner service meanwhile.
+    /// timeout. Once connected, the clients reconnect by themselves (exponential backoff from
+    /// 100 ms to 1 s, with jitter, without limit), and the layer serves from the inner service
+    /// meanwhile.
     pub async fn build(self) -> Result<RedisStore, StoreError> {
         if self.pool_size == 0 {
             return Err(StoreError::msg("option `pool_size`: must be at least 1"));
+        }
+        // `WAIT` with a timeout of 0 blocks until the replicas answer, however long.
+        if self.wait_for_replicas.is_some_and(|(n, timeout)| n == 0 || timeout.as_millis() == 0) {
+            return Err(StoreError::msg(
+                "option `wait_for_replicas`: needs at least 1 replica and a timeout of at least \
+                 1 ms",
+            ));
         }
         let config = self.config()?;
         let connection_timeout = self.connection_timeout;
@@ -404,7 +434,7 @@ impl RedisStoreBuilder {
                 c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() };
             })
             .with_performance_config(|p| p.default_command_timeout = self.command_timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
             .build_pool(self.pool_size)
             .map_err(|e| StoreError::from_source("cannot build the Redis pool", e))?;
         match tokio::time::timeout(self.connection_timeout, pool.init()).await {
@@ -617,16 +647,10 @@ impl Store for RedisStore {
         if tags.is_empty() {
             return Ok(());
         }
-        let client = match &self.wait_for_replicas {
-            Some((_, _, evictions)) => evictions,
-            None => self.pool.next(),
-        };
+        let client = self.eviction_client();
         let pipeline = client.pipeline();
         self.queue_evictions(&pipeline, tags).await?;
         let _: Vec<Value> = pipeline.all().await.map_err(redis_error("Redis eviction failed"))?;
-        match &self.wait_for_replicas {
-            Some((replicas, timeout, _)) => replicated(client, tags, *replicas, *timeout).await,
-            None => Ok(()),
-        }
+        self.replicate_eviction(client, tags).await
     }
 }

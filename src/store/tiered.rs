@@ -180,7 +180,7 @@ impl TieredStoreBuilder {
         let l2 = self.redis.build().await?;
         let l1 = Arc::new(L1::new(self.l1_max_bytes, self.l1_max_age));
         let subscriber = Builder::from_config(config)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
             .build_subscriber_client()
             .map_err(|e| StoreError::from_source("cannot build the Redis subscriber", e))?;
         // Listen before subscribing, so that no announcement slips between the two.
@@ -583,7 +583,8 @@ impl Store for TieredStore {
         }
         let announcer = &self.announcer;
         let keys: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let pipeline = self.l2.pool().next().pipeline();
+        let client = self.l2.eviction_client();
+        let pipeline = client.pipeline();
         self.l2.queue_evictions(&pipeline, tags).await?;
         // Counted from before the pipeline leaves: confirmations may come back before its reply.
         let (number, notify) = announcer.expect_confirmations();
@@ -616,7 +617,7 @@ impl Store for TieredStore {
                 announcer.confirm_timeout
             )));
         }
-        Ok(())
+        self.l2.replicate_eviction(client, tags).await
     }
 
     async fn acquire_lease(
