@@ -80,9 +80,10 @@ impl CacheHandle {
     /// its age, TTL, tags and size, and whether an eviction has made it unservable.
     ///
     /// Entries are found through an index of their path that the layer keeps in the store
-    /// (`Store::add_to_index`): a `MemoryStore` keeps the latest 256 entries of each path; a
-    /// `RedisStore` keeps a set per path, which expires with tag versions. A store of your own
-    /// that keeps no index shows nothing.
+    /// (`Store::add_to_index`): a `MemoryStore` keeps the latest 32 entries of each path, for
+    /// as many paths as a sixty-fourth of its bound holds (the most used first); a `RedisStore`
+    /// keeps a set per path, which expires with tag versions. A store of your own that keeps no
+    /// index shows nothing.
     ///
     /// ```
     /// # tokio_test::block_on(async {

@@ -96,6 +96,9 @@ async fn memory_store_stays_within_its_byte_bound() {
     let value = Bytes::from(vec![7u8; 1024]);
     for i in 0..1_000 {
         store.put(&format!("test:v1:e:{i}"), value.clone(), Duration::from_secs(60)).await.unwrap();
+        // Path indexes count against the bound too.
+        let (index, key) = (format!("test:v1:i:{}", i % 300), format!("test:v1:e:{i}"));
+        store.add_to_index(&index, &key, Duration::from_secs(60)).await.unwrap();
     }
     let used = store.used_bytes();
     assert!(used <= 64 * 1024, "holds {used} bytes");

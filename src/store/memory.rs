@@ -39,12 +39,19 @@ pub struct MemoryStore {
 /// The keys of one URL's entries, for inspection: the latest [`MAX_INDEX_MEMBERS`], each once.
 type IndexMembers = indexmap::IndexSet<String>;
 
-/// How many URLs have an index (the least used go first), how many keys each keeps (the
-/// oldest go first), and how long one lasts after its last entry was stored: inspection is a
-/// diagnosis, not a promise to list every per-user entry of a busy URL.
-const MAX_INDEXES: u64 = 10_000;
-const MAX_INDEX_MEMBERS: usize = 256;
+/// How many keys an index keeps (the oldest go first), what one is counted as against the
+/// store's bound (that many keys, each with its share of the set), and how long one lasts
+/// after its last entry was stored: inspection is a diagnosis, not a promise to list every
+/// per-user entry of a busy URL.
+const MAX_INDEX_MEMBERS: usize = 32;
+const INDEX_WEIGHT: usize = MAX_INDEX_MEMBERS * 128;
 const INDEX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The share of a store's bound its path indexes may take: a sixty-fourth, at least 4 KiB and
+/// at most an eighth (1 MiB, some 250 paths, in the default 64 MiB).
+fn indexes_share(max_bytes: u64) -> u64 {
+    (max_bytes / 64).max(4 * 1024).min(max_bytes / 8)
+}
 
 /// A tag version, and whether it is provisional: made for a miss, and kept only once an entry
 /// carrying it is stored (see [`Store::ensure_tag_versions`]).
@@ -131,11 +138,11 @@ impl Expiry<String, StoredValue> for PerEntryTtl {
 }
 
 impl MemoryStore {
-    /// A store that holds at most `max_bytes` of keys, entries and tag versions (the versions
-    /// take at most a sixteenth of it).
+    /// A store that holds at most `max_bytes` of keys, entries, tag versions and path indexes
+    /// (the versions take at most a sixteenth of it, the indexes a sixty-fourth).
     pub fn new(max_bytes: u64) -> Self {
         let entries = Cache::builder()
-            .max_capacity(max_bytes - versions_share(max_bytes))
+            .max_capacity(max_bytes - versions_share(max_bytes) - indexes_share(max_bytes))
             .weigher(|key: &String, value: &StoredValue| {
                 u32::try_from(key.len() + value.bytes.len()).unwrap_or(u32::MAX)
             })
@@ -149,16 +156,23 @@ impl MemoryStore {
             .expire_after(VersionTtl)
             .build();
         let leases = Cache::builder().max_capacity(MAX_LEASES).expire_after(LeaseTtl).build();
-        let indexes = Cache::builder().max_capacity(MAX_INDEXES).time_to_idle(INDEX_TTL).build();
+        let indexes = Cache::builder()
+            .max_capacity(indexes_share(max_bytes))
+            .weigher(|path: &String, _: &Arc<Mutex<IndexMembers>>| {
+                u32::try_from(path.len() + INDEX_WEIGHT).unwrap_or(u32::MAX)
+            })
+            .time_to_idle(INDEX_TTL)
+            .build();
         Self { entries, versions, leases, indexes }
     }
 
-    /// The bytes of keys, entries and tag versions held now, once pending evictions have run.
-    /// Never more than the bound given to [`new`](Self::new), give or take one entry being
-    /// inserted.
+    /// The bytes of keys, entries, tag versions and path indexes held now, once pending
+    /// evictions have run. Never more than the bound given to [`new`](Self::new), give or take
+    /// one entry being inserted.
     pub fn used_bytes(&self) -> u64 {
         self.entries.run_pending_tasks();
-        self.entries.weighted_size() + self.tag_version_bytes()
+        self.indexes.run_pending_tasks();
+        self.entries.weighted_size() + self.tag_version_bytes() + self.indexes.weighted_size()
     }
 
     /// The bytes counted for tag versions now (each its key and a fixed share for the version
